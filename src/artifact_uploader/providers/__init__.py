@@ -1,0 +1,1 @@
+"""Backends. Import providers from :mod:`artifact_uploader`, not from here."""

@@ -1,0 +1,148 @@
+"""The contract between the engine and a backend.
+
+A provider turns one request into one backend call and maps backend errors onto
+:mod:`artifact_uploader._errors` (``raise ... from exc``), marking transient ones
+(``ProviderError(..., transient=True)``). It knows nothing of staging, journals, retries, threads
+or the concurrency limit: the engine calls each method under its one semaphore, retries transient
+failures, and drives multipart uploads part by part. Every coroutine runs on the engine's loop;
+SDK clients are created in :meth:`Provider.open` and closed in :meth:`Provider.aclose` on that loop.
+
+Two capabilities, as small protocols:
+
+- :class:`Provider`: ``put`` writes a whole object in one request (any size the backend accepts in
+  one request; a provider may stream a large file inside that one call, as GCS resumable uploads do).
+- :class:`MultipartProvider`: adds create / put_part / complete / abort. The engine uses it for
+  files at or above ``PartPolicy.threshold``, uploading parts concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .._types import FileSlice, PartResult, PutResult
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PartLimits:
+    """What a backend allows for multipart uploads.
+
+    Attributes:
+        min_part_size: Smallest part except the last (S3: 5 MiB).
+        max_part_size: Largest part (S3: 5 GiB).
+        max_parts: Most parts in one upload (S3: 10,000).
+    """
+
+    min_part_size: int = 5 * MiB
+    max_part_size: int = 5 * 1024 * MiB
+    max_parts: int = 10_000
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A backend that can write an object in one request."""
+
+    @property
+    def scheme(self) -> str:
+        """URI scheme, e.g. ``"s3"``."""
+        ...
+
+    def uri(self, name: str) -> str:
+        """Full URI of object ``name`` (which is relative to the store's prefix)."""
+        ...
+
+    def check_name(self, name: str) -> None:
+        """Raise :class:`InvalidObjectNameError` if the store cannot hold ``name``."""
+        ...
+
+    async def open(self, *, verify: bool = True) -> None:
+        """Create clients on the running loop; when ``verify``, check the bucket is reachable.
+
+        Raises:
+            StoreNotFoundError: The bucket / container / root does not exist.
+            PermissionDeniedError: The credentials were refused.
+        """
+        ...
+
+    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
+        """Write ``data`` as object ``name`` atomically.
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the object exists.
+            ProviderError: Any other failure, ``transient`` set when a retry may help.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close clients. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class MultipartProvider(Provider, Protocol):
+    """A backend that can upload one object as parts sent concurrently."""
+
+    @property
+    def part_limits(self) -> PartLimits:
+        """The backend's part-size and part-count limits."""
+        ...
+
+    async def create_multipart(self, name: str, *, overwrite: bool) -> str:
+        """Start a multipart upload and return its id."""
+        ...
+
+    async def put_part(
+        self, name: str, upload_id: str, part_number: int, data: FileSlice
+    ) -> PartResult:
+        """Upload part ``part_number`` (1-based)."""
+        ...
+
+    async def complete_multipart(
+        self, name: str, upload_id: str, parts: Sequence[PartResult], *, overwrite: bool
+    ) -> PutResult:
+        """Assemble the parts into the object; atomic and conditional when ``overwrite`` is False.
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the object exists.
+        """
+        ...
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        """Discard an unfinished upload and its parts. Must not raise if it is already gone."""
+        ...
+
+
+MAX_NAME_BYTES = 1024
+
+
+def check_common_name(name: str, *, max_bytes: int = MAX_NAME_BYTES) -> None:
+    """Checks every store shares: non-empty, no NUL, not only slashes, at most ``max_bytes``.
+
+    Raises:
+        InvalidObjectNameError: Naming the offending value and why.
+    """
+    from .._errors import InvalidObjectNameError
+
+    if not isinstance(name, str):
+        raise InvalidObjectNameError(repr(name), f"must be a str, not {type(name).__name__}")
+    if not name.strip("/"):
+        raise InvalidObjectNameError(name, "empty (or only slashes)")
+    if "\x00" in name:
+        raise InvalidObjectNameError(name, "contains a NUL character")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidObjectNameError(name, f"not valid UTF-8 ({exc.reason})") from None
+    if len(encoded) > max_bytes:
+        raise InvalidObjectNameError(
+            name[:64] + "...", f"{len(encoded)} bytes long, the limit is {max_bytes}"
+        )
+
+
+def join_key(prefix: str, name: str) -> str:
+    """Join a store prefix and an object name with exactly one slash."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{name}" if prefix else name
