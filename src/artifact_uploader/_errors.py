@@ -9,7 +9,7 @@
      ├── SourceFileError (OSError)            the file to upload is missing, a directory, unreadable
      ├── StagingError (OSError)               could not stage (unwritable folder, disk full)
      ├── StagingTimeoutError (TimeoutError)   the staging budget stayed full past the timeout
-     ├── ProviderError                        a backend request failed (`transient` says if retrying may help)
+     ├── ProviderError                        a backend request failed (`transient`: retry may help)
      │    ├── ObjectExistsError (FileExistsError)   overwrite=False and the object exists
      │    ├── PermissionDeniedError (PermissionError) credentials refused
      │    ├── StoreNotFoundError               bucket / container / root does not exist
@@ -98,6 +98,7 @@ class ProviderError(UploadError):
             connection resets). The engine retries only transient errors.
         retry_after: Seconds the server asked us to wait before retrying, if it said.
         status: The HTTP status, where there was one.
+        attempts: How many attempts were made before giving up (set by the engine).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class ProviderError(UploadError):
         self.transient = transient
         self.retry_after = retry_after
         self.status = status
+        self.attempts = 1
 
 
 class ObjectExistsError(ProviderError, FileExistsError):

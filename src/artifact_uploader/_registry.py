@@ -96,7 +96,9 @@ def provider_from_seed(
             f"unknown provider {provider!r}; valid options: {', '.join(sorted(_PROVIDER_NAMES))}"
         )
     if not isinstance(container, str) or not container.strip("/"):
-        raise ConfigError(f"container must name a bucket (or a directory for 'file'), got {container!r}")
+        raise ConfigError(
+            f"container must name a bucket (or a directory for 'file'), got {container!r}"
+        )
     if scheme == "file":
         uri = Path(container).expanduser().absolute().as_uri()
     else:

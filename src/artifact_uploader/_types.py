@@ -31,7 +31,9 @@ class FileSlice:
                 f.seek(self.offset)
             data = f.read(self.length)
         if len(data) != self.length:
-            raise OSError(f"{self.path}: expected {self.length} bytes at {self.offset}, got {len(data)}")
+            raise OSError(
+                f"{self.path}: expected {self.length} bytes at {self.offset}, got {len(data)}"
+            )
         return data
 
     async def read(self) -> bytes:

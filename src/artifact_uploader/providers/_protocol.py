@@ -9,8 +9,8 @@ SDK clients are created in :meth:`Provider.open` and closed in :meth:`Provider.a
 
 Two capabilities, as small protocols:
 
-- :class:`Provider`: ``put`` writes a whole object in one request (any size the backend accepts in
-  one request; a provider may stream a large file inside that one call, as GCS resumable uploads do).
+- :class:`Provider`: ``put`` writes a whole object in one request (any size the backend accepts
+  in one request; a provider may stream a large file in that one call, as GCS resumable uploads do).
 - :class:`MultipartProvider`: adds create / put_part / complete / abort. The engine uses it for
   files at or above ``PartPolicy.threshold``, uploading parts concurrently.
 """

@@ -78,7 +78,9 @@ class LocalProvider:
             raise InvalidObjectNameError(name, "absolute names are refused on the local store")
         segments = name.split("/")
         if any(s in ("..", ".") for s in segments):
-            raise InvalidObjectNameError(name, "'.' and '..' segments would escape the store's root")
+            raise InvalidObjectNameError(
+                name, "'.' and '..' segments would escape the store's root"
+            )
         if any(s == "" for s in segments):
             raise InvalidObjectNameError(name, "empty path segment ('//' or trailing '/')")
         if segments[0] == _TMP_DIR:
@@ -125,7 +127,9 @@ class LocalProvider:
                 while left:
                     chunk = src.read(min(_CHUNK, left))
                     if not chunk:
-                        raise ProviderError(f"{data.path} shrank while uploading {name!r}", name=name)
+                        raise ProviderError(
+                            f"{data.path} shrank while uploading {name!r}", name=name
+                        )
                     crc = zlib.crc32(chunk, crc)
                     out.write(chunk)
                     left -= len(chunk)

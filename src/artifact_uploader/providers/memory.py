@@ -50,7 +50,9 @@ class MemoryProvider:
 
     def __init__(self, name: str = "store", *, part_limits: PartLimits | None = None) -> None:
         self.label = name
-        self._limits = part_limits or PartLimits(min_part_size=1, max_part_size=1 << 40, max_parts=10_000)
+        self._limits = part_limits or PartLimits(
+            min_part_size=1, max_part_size=1 << 40, max_parts=10_000
+        )
         self.objects: dict[str, bytes] = {}
         self.multipart_uploads: dict[str, _Multipart] = {}
         self.requests: list[tuple[str, str]] = []
@@ -84,12 +86,14 @@ class MemoryProvider:
         ``ops`` limits it to some of "put", "create_multipart", "put_part", "complete_multipart".
         A factory may return None to let an operation through without counting it.
         """
+        factory: FaultFactory
         if isinstance(error, BaseException):
             exc = error
 
-            def factory(op: str, name: str) -> BaseException | None:
+            def always(op: str, name: str) -> BaseException | None:
                 return exc
 
+            factory = always
         else:
             factory = error
         with self._lock:
@@ -153,7 +157,9 @@ class MemoryProvider:
             self.in_flight -= 1
 
     def _exists_error(self, name: str) -> ObjectExistsError:
-        return ObjectExistsError(f"object {self.uri(name)!r} already exists", name=name, uri=self.uri(name))
+        return ObjectExistsError(
+            f"object {self.uri(name)!r} already exists", name=name, uri=self.uri(name)
+        )
 
     async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
         await self._enter("put", name)
@@ -222,4 +228,3 @@ class MemoryProvider:
 def _result(body: bytes, etag_suffix: str = "") -> PutResult:
     crc = f"{zlib.crc32(body):08x}"
     return PutResult(etag=crc + etag_suffix, checksum_algorithm="crc32", checksum=crc)
-

@@ -1,0 +1,108 @@
+"""artifact-uploader: get checkpoints, logs and traces into object storage without slowing down.
+
+The engine is :class:`AsyncUploader` (asyncio); :class:`Uploader` is its synchronous twin for
+training loops, and :class:`ObjectStoreLogger` is the Composer-compatible logger destination.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._config import PartPolicy as PartPolicy
+from ._config import RetryPolicy as RetryPolicy
+from ._errors import ConfigError as ConfigError
+from ._errors import FailedUpload as FailedUpload
+from ._errors import IntegrityError as IntegrityError
+from ._errors import InvalidObjectNameError as InvalidObjectNameError
+from ._errors import MissingDependencyError as MissingDependencyError
+from ._errors import ObjectExistsError as ObjectExistsError
+from ._errors import PermissionDeniedError as PermissionDeniedError
+from ._errors import ProviderError as ProviderError
+from ._errors import SourceFileError as SourceFileError
+from ._errors import StagingError as StagingError
+from ._errors import StagingTimeoutError as StagingTimeoutError
+from ._errors import StoreNotFoundError as StoreNotFoundError
+from ._errors import UploaderClosedError as UploaderClosedError
+from ._errors import UploadError as UploadError
+from ._errors import UploadFailedError as UploadFailedError
+from ._errors import is_transient as is_transient
+from ._events import EventKind as EventKind
+from ._events import ProgressTotals as ProgressTotals
+from ._events import UploadEvent as UploadEvent
+from ._logger import LogLevel as LogLevel
+from ._logger import ObjectStoreLogger as ObjectStoreLogger
+from ._sync import Uploader as Uploader
+from ._types import FileSlice as FileSlice
+from ._types import PartResult as PartResult
+from ._types import PutResult as PutResult
+from ._types import UploadResult as UploadResult
+from ._uploader import AsyncUploader as AsyncUploader
+from ._uploader import DependencyFailedError as DependencyFailedError
+from ._uploader import ResumeReport as ResumeReport
+from ._uploader import UploadHandle as UploadHandle
+from .providers._protocol import MultipartProvider as MultipartProvider
+from .providers._protocol import PartLimits as PartLimits
+from .providers._protocol import Provider as Provider
+from .providers.local import LocalProvider as LocalProvider
+from .providers.memory import MemoryProvider as MemoryProvider
+
+if TYPE_CHECKING:
+    from .providers.azure import AzureProvider as AzureProvider
+    from .providers.gcs import GCSProvider as GCSProvider
+    from .providers.s3 import S3Provider as S3Provider
+
+__version__ = "0.1.0"
+
+# Providers whose SDK is an optional extra are imported on first use. They stay out of __all__
+# so that `from artifact_uploader import *` works without every extra installed.
+_LAZY = {"S3Provider": "s3", "GCSProvider": "gs", "AzureProvider": "az"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from ._registry import provider_class
+
+        return provider_class(_LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AsyncUploader",
+    "ConfigError",
+    "DependencyFailedError",
+    "EventKind",
+    "FailedUpload",
+    "FileSlice",
+    "IntegrityError",
+    "InvalidObjectNameError",
+    "LocalProvider",
+    "LogLevel",
+    "MemoryProvider",
+    "MissingDependencyError",
+    "MultipartProvider",
+    "ObjectExistsError",
+    "ObjectStoreLogger",
+    "PartLimits",
+    "PartPolicy",
+    "PartResult",
+    "PermissionDeniedError",
+    "ProgressTotals",
+    "Provider",
+    "ProviderError",
+    "PutResult",
+    "ResumeReport",
+    "RetryPolicy",
+    "SourceFileError",
+    "StagingError",
+    "StagingTimeoutError",
+    "StoreNotFoundError",
+    "UploadError",
+    "UploadEvent",
+    "UploadFailedError",
+    "UploadHandle",
+    "UploadResult",
+    "Uploader",
+    "UploaderClosedError",
+    "__version__",
+    "is_transient",
+]

@@ -1,0 +1,102 @@
+"""Progress events: what happened to each upload, and running totals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    """What an :class:`UploadEvent` reports."""
+
+    QUEUED = "queued"
+    """Accepted by ``submit``; staging starts."""
+    STAGED = "staged"
+    """Staged; ``submit`` returns."""
+    BYTES_SENT = "bytes_sent"
+    """A request (a whole object or one part) finished; ``bytes`` says how many it carried."""
+    RETRY = "retry"
+    """A transient failure; the request will be retried after ``delay`` seconds."""
+    DONE = "done"
+    """Durable in the store."""
+    FAILED = "failed"
+    """Gave up; ``error`` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEvent:
+    """One progress event.
+
+    Attributes:
+        kind: What happened.
+        name: Object name.
+        size: The object's total size in bytes.
+        bytes: Bytes carried by this event (BYTES_SENT), else 0.
+        attempt: Failed attempt number (RETRY), else 0.
+        delay: Seconds before the retry (RETRY), else 0.
+        error: The error (RETRY, FAILED), else None.
+        totals: Running totals after this event.
+    """
+
+    kind: EventKind
+    name: str
+    size: int
+    totals: ProgressTotals
+    bytes: int = 0
+    attempt: int = 0
+    delay: float = 0.0
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressTotals:
+    """Running totals since the uploader opened.
+
+    Attributes:
+        files_queued: Files accepted by ``submit``.
+        files_done: Files durable.
+        files_failed: Files given up on.
+        bytes_queued: Bytes of files accepted.
+        bytes_sent: Bytes confirmed by the store (retried bytes counted once).
+        in_flight: Files accepted and not yet done or failed.
+        elapsed: Seconds since the uploader opened.
+    """
+
+    files_queued: int = 0
+    files_done: int = 0
+    files_failed: int = 0
+    bytes_queued: int = 0
+    bytes_sent: int = 0
+    in_flight: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second sent since the uploader opened."""
+        return self.bytes_sent / self.elapsed if self.elapsed > 0 else 0.0
+
+
+EventCallback = Callable[[UploadEvent], None]
+
+
+@dataclass
+class _Counters:
+    start: float = field(default_factory=time.monotonic)
+    files_queued: int = 0
+    files_done: int = 0
+    files_failed: int = 0
+    bytes_queued: int = 0
+    bytes_sent: int = 0
+
+    def snapshot(self) -> ProgressTotals:
+        return ProgressTotals(
+            files_queued=self.files_queued,
+            files_done=self.files_done,
+            files_failed=self.files_failed,
+            bytes_queued=self.bytes_queued,
+            bytes_sent=self.bytes_sent,
+            in_flight=self.files_queued - self.files_done - self.files_failed,
+            elapsed=time.monotonic() - self.start,
+        )

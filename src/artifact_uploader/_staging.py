@@ -1,0 +1,314 @@
+"""Staging: put a private copy (or clone, link, or the file itself) where the uploader owns it.
+
+The caller blocks only here. After staging, changing or deleting the source does not change
+what is uploaded (except in ``link`` mode, whose caveat is documented). A byte budget bounds the
+staging folder: when full, staging waits for uploads to free space.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ._errors import ConfigError, SourceFileError, StagingError, StagingTimeoutError
+
+StagingMode = Literal["copy", "reflink", "link", "move", "auto"]
+STAGING_MODES: tuple[str, ...] = ("copy", "reflink", "link", "move", "auto")
+STAGED_DIR = "staged"
+_FICLONE = 0x40049409  # ioctl(dest, FICLONE, src): a copy-on-write clone on btrfs / xfs / bcachefs
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A file the uploader owns until it is uploaded."""
+
+    id: str
+    path: Path
+    size: int
+    source: str
+
+
+class ByteBudget:
+    """Bounds the bytes held in staging. Thread-safe: staging waits in callers' threads while
+    uploads on the loop thread release.
+
+    A file larger than the whole budget is admitted alone once nothing else is staged, so it can
+    never deadlock.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, timeout: float | None) -> None:
+        if self.limit is None:
+            with self._cond:
+                self.used += n
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self.used > 0 and self.used + n > self.limit:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StagingTimeoutError(
+                        f"staging budget of {self.limit} bytes stayed full for {timeout}s "
+                        f"({self.used} bytes staged, {n} more requested)"
+                    )
+                self._cond.wait(remaining)
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used = max(0, self.used - n)
+            self._cond.notify_all()
+
+
+class Stager:
+    """Owns the staging folder.
+
+    Args:
+        folder: Persistent staging folder (journalled, resumable). None: a private temporary
+            directory, removed at close if nothing failed.
+        mode: "copy" (default), "reflink", "link", "move" or "auto" (reflink, else copy).
+        max_staged_bytes: Bound on bytes staged at once; None for no bound.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] | None,
+        *,
+        mode: str = "copy",
+        max_staged_bytes: int | None = None,
+    ) -> None:
+        if mode not in STAGING_MODES:
+            raise ConfigError(f"staging mode must be one of {STAGING_MODES}, got {mode!r}")
+        if max_staged_bytes is not None and (
+            isinstance(max_staged_bytes, bool)
+            or not isinstance(max_staged_bytes, int)
+            or max_staged_bytes < 1
+        ):
+            raise ConfigError(
+                f"max_staged_bytes must be a positive integer, got {max_staged_bytes!r}"
+            )
+        self.mode = mode
+        self.budget = ByteBudget(max_staged_bytes)
+        self.persistent = folder is not None
+        if folder is None:
+            # mkdtemp creates the folder 0700.
+            self.folder = Path(tempfile.mkdtemp(prefix="artifact-uploader-"))
+        else:
+            self.folder = Path(folder).expanduser().absolute()
+        self.staged_dir = self.folder / STAGED_DIR
+        self._lock_fd: int | None = None
+        self._prepare()
+
+    def __repr__(self) -> str:
+        return f"Stager({str(self.folder)!r}, mode={self.mode!r})"
+
+    def _prepare(self) -> None:
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.staged_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.staged_dir, 0o700)
+            probe = self.staged_dir / f".probe-{uuid.uuid4().hex}"
+            probe.touch(mode=0o600)
+            probe.unlink()
+        except OSError as exc:
+            raise StagingError(
+                f"staging folder {str(self.folder)!r} is not usable: {exc.strerror or exc}",
+                path=self.folder,
+            ) from exc
+        if self.persistent:
+            # One uploader per folder at a time; a crashed owner's lock dies with its process.
+            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StagingError(
+                    f"staging folder {str(self.folder)!r} is in use by another live uploader",
+                    path=self.folder,
+                ) from None
+            self._lock_fd = fd
+
+    # -- staging ----------------------------------------------------------------------------
+
+    @staticmethod
+    def check_source(path: str | os.PathLike[str]) -> tuple[Path, int]:
+        """Validate the source file; return it and its size.
+
+        Raises:
+            SourceFileError: Missing, not a regular file, or unreadable; the message names it.
+        """
+        if not isinstance(path, str | os.PathLike):
+            raise SourceFileError(repr(path), f"expected a path, got {type(path).__name__}")
+        p = Path(path)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise SourceFileError(p, "no such file") from None
+        except OSError as exc:
+            raise SourceFileError(p, exc.strerror or str(exc)) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise SourceFileError(p, "is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceFileError(p, "is not a regular file")
+        if not os.access(p, os.R_OK):
+            raise SourceFileError(p, "is not readable (permission denied)")
+        return p, st.st_size
+
+    def stage(
+        self, path: str | os.PathLike[str], *, timeout: float | None = None, mode: str | None = None
+    ) -> StagedFile:
+        """Stage ``path``; blocks while the budget is full and while copying.
+
+        Raises:
+            SourceFileError: The source is missing, a directory or unreadable.
+            StagingError: The staging folder is unwritable or full; nothing half-staged remains.
+            StagingTimeoutError: The budget stayed full past ``timeout``.
+        """
+        src, size = self.check_source(path)
+        mode = mode or self.mode
+        staged_id = uuid.uuid4().hex
+        dest = self.staged_dir / f"{staged_id}-{src.name[:80]}"
+        self.budget.acquire(size, timeout)
+        try:
+            self._place(src, dest, mode)
+        except BaseException as exc:
+            self.budget.release(size)
+            try:
+                dest.unlink()
+            except FileNotFoundError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, StagingError | SourceFileError):
+                raise self._staging_error(src, exc) from exc
+            raise
+        return StagedFile(staged_id, dest, size, str(src))
+
+    def _staging_error(self, src: Path, exc: OSError) -> StagingError:
+        if exc.errno == errno.ENOSPC:
+            why = "no space left on the staging device"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = "the staging folder is not writable"
+        else:
+            why = exc.strerror or str(exc)
+        return StagingError(
+            f"could not stage {str(src)!r} into {str(self.staged_dir)!r}: {why}", path=src
+        )
+
+    def _place(self, src: Path, dest: Path, mode: str) -> None:
+        if mode == "link":
+            os.link(src, dest)
+            return
+        if mode == "move":
+            try:
+                os.rename(src, dest)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            _copy(src, dest)
+            src.unlink()
+            return
+        if mode in ("reflink", "auto") and _reflink(src, dest):
+            return
+        _copy(src, dest)
+
+    def adopt(self, path: Path, size: int, staged_id: str, source: str) -> StagedFile:
+        """Account for a file already in the staging folder (resume)."""
+        self.budget.acquire(size, None)
+        return StagedFile(staged_id, path, size, source)
+
+    def write_bytes(self, data: bytes, label: str) -> StagedFile:
+        """Stage generated content (e.g. a symlink object's text)."""
+        staged_id = uuid.uuid4().hex
+        dest = self.staged_dir / f"{staged_id}-{label[:80]}"
+        self.budget.acquire(len(data), None)
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            self.budget.release(len(data))
+            dest.unlink(missing_ok=True)
+            raise self._staging_error(Path(label), exc) from exc
+        return StagedFile(staged_id, dest, len(data), label)
+
+    def release(self, staged: StagedFile) -> None:
+        """Delete a staged file after its upload and return its bytes to the budget."""
+        try:
+            staged.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.budget.release(staged.size)
+
+    def forget(self, staged: StagedFile) -> None:
+        """Keep a failed upload's staged file but stop counting it against the budget."""
+        self.budget.release(staged.size)
+
+    def close(self) -> None:
+        """Release the folder lock; remove a temporary folder that holds nothing kept."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if not self.persistent:
+            try:
+                if not any(self.staged_dir.iterdir()):
+                    shutil.rmtree(self.folder, ignore_errors=True)
+            except FileNotFoundError:
+                pass
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """Copy with the kernel doing the work (copy_file_range, which may clone; else sendfile)."""
+    fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(src, "rb", buffering=0) as fsrc:
+            fd_in = fsrc.fileno()
+            size = os.fstat(fd_in).st_size
+            copied = 0
+            try:
+                while copied < size:
+                    n = os.copy_file_range(fd_in, fd_out, size - copied)
+                    if n == 0:
+                        break
+                    copied += n
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                os.lseek(fd_in, copied, os.SEEK_SET)
+                os.lseek(fd_out, copied, os.SEEK_SET)
+                while True:
+                    n = os.sendfile(fd_out, fd_in, None, 8 * 1024 * 1024)
+                    if n == 0:
+                        break
+    finally:
+        os.close(fd_out)
+
+
+def _reflink(src: Path, dest: Path) -> bool:
+    """Clone ``src`` to ``dest`` copy-on-write; False (and no dest) when unsupported."""
+    fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(src, "rb", buffering=0) as fsrc:
+            fcntl.ioctl(fd_out, _FICLONE, fsrc.fileno())
+        return True
+    except OSError:
+        os.close(fd_out)
+        fd_out = -1
+        dest.unlink(missing_ok=True)
+        return False
+    finally:
+        if fd_out >= 0:
+            os.close(fd_out)
