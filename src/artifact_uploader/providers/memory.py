@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import anyio.to_thread
 
-from .._errors import ObjectExistsError, ProviderError
+from .._errors import ObjectExistsError, ProviderError, StoreNotFoundError
 from .._types import FileSlice, PartResult, PutResult
 from ._protocol import PartLimits, check_common_name
 
@@ -38,6 +38,7 @@ class MemoryProvider:
     Args:
         name: Label used in URIs (``memory://<name>/<object>``). Defaults to "store".
         part_limits: Multipart limits; small defaults let tests exercise multipart cheaply.
+        exists: False makes ``open(verify=True)`` fail as a missing bucket would.
 
     Test hooks:
         - :meth:`inject` makes chosen operations fail (transiently or not), a number of times.
@@ -48,8 +49,11 @@ class MemoryProvider:
 
     scheme = "memory"
 
-    def __init__(self, name: str = "store", *, part_limits: PartLimits | None = None) -> None:
+    def __init__(
+        self, name: str = "store", *, part_limits: PartLimits | None = None, exists: bool = True
+    ) -> None:
         self.label = name
+        self.exists = exists
         self._limits = part_limits or PartLimits(
             min_part_size=1, max_part_size=1 << 40, max_parts=10_000
         )
@@ -123,6 +127,8 @@ class MemoryProvider:
         check_common_name(name)
 
     async def open(self, *, verify: bool = True) -> None:
+        if verify and not self.exists:
+            raise StoreNotFoundError(f"memory store {self.label!r} does not exist")
         self.opened = True
 
     async def aclose(self) -> None:
