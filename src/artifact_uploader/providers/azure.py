@@ -1,0 +1,779 @@
+"""Azure Blob Storage (``az://container/prefix``) over ``azure.storage.blob.aio``.
+
+Objects are block blobs. A small object is one Put Blob request carrying its Content-MD5, which the
+service checks on arrival; the MD5 the service reports back is compared with ours. A multipart
+upload maps onto blocks: ``create_multipart`` only chooses a random block-id prefix (Azure has no
+upload session), ``put_part`` is Put Block, ``complete_multipart`` is Put Block List, which
+publishes the whole blob atomically. ``overwrite=False`` is ``If-None-Match: *`` on the request
+that publishes the blob, so two writers racing for one name cannot both win.
+
+The SDK's own retry policy is turned off: the engine retries the errors marked transient, and two
+layers of retries would multiply the attempts and hide the delays from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import importlib.util
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import anyio.to_thread
+from azure.core import exceptions as azure_exc
+from azure.storage.blob import BlobBlock
+from azure.storage.blob.aio import BlobServiceClient
+
+from .._errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidObjectNameError,
+    ObjectExistsError,
+    PermissionDeniedError,
+    ProviderError,
+    StoreNotFoundError,
+)
+from .._types import FileSlice, PartResult, PutResult
+from ._protocol import MiB, PartLimits, check_common_name, join_key
+
+# Azure's limits for block blobs (service versions 2019-12-12 and later).
+_MAX_BLOCK_SIZE = 4000 * MiB
+_MAX_BLOCKS = 50_000
+_MAX_NAME_CHARS = 1024
+_MAX_SEGMENTS = 254
+# Up to this size a plain put is one Put Blob request (the service takes up to 5000 MiB, but the
+# SDK needs the body in memory); above it, put streams the file as blocks inside the one call.
+_SINGLE_PUT_MAX = 256 * MiB
+_PUT_BLOCK_SIZE = 64 * MiB
+# Hashing on the loop costs less than a thread hop for small bodies (same limit as FileSlice).
+_INLINE_HASH_LIMIT = 256 * 1024
+
+# Block ids must all have the same length within one blob: a fixed-width prefix and part number.
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+_PART_DIGITS = 5
+
+_DEFAULT_SUFFIX = "blob.core.windows.net"
+# Hosts under these suffixes address the account by subdomain; any other host (Azurite, IoT Edge)
+# puts the account name first in the path, as libcloud (the seed's backend) does.
+_CLOUD_SUFFIXES = (
+    "blob.core.windows.net",
+    "blob.core.chinacloudapi.cn",
+    "blob.core.usgovcloudapi.net",
+    "blob.core.cloudapi.de",
+)
+# A container name: 3-63 lowercase letters, digits and single hyphens; "$root"/"$web" are special.
+_CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:-?[a-z0-9])*$")
+_SPECIAL_CONTAINERS = frozenset({"$root", "$web", "$logs"})
+
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_CODES = frozenset({"ServerBusy", "OperationTimedOut", "InternalError"})
+_EXISTS_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
+_SECRET_PATTERNS = (
+    re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE),
+    re.compile(r"(AccountKey=)[^;\s'\"]+", re.IGNORECASE),
+    re.compile(r"(SharedAccessSignature=)[^;\s'\"]+", re.IGNORECASE),
+)
+
+_OPTION_NAMES = frozenset(
+    {
+        "connection_string",
+        "account_name",
+        "account_key",
+        "account_url",
+        "sas_token",
+        "credential",
+        "connection_timeout",
+        "read_timeout",
+        # The seed's (libcloud) provider_kwargs.
+        "key",
+        "secret",
+        "secure",
+        "host",
+        "port",
+        "region",
+        "api_version",
+    }
+)
+
+
+class AzureProvider:
+    """Writes block blobs into one Azure Storage container.
+
+    Give exactly one way to authenticate: ``connection_string``; ``account_key`` (with
+    ``account_name``); ``sas_token``; or ``credential`` (any azure-core async token credential).
+    With none of them, ``AZURE_STORAGE_CONNECTION_STRING`` is used when set, else
+    ``azure.identity.aio.DefaultAzureCredential`` (needs the ``azure-identity`` package).
+
+    Args:
+        container: The container's name.
+        prefix: Folder inside the container that object names are relative to. Default "".
+        account_name: The storage account. Needed unless a connection string or ``account_url``
+            names it.
+        account_key: The account's shared key. Secret: never shown.
+        account_url: The blob endpoint, e.g. ``https://acct.blob.core.windows.net`` or, for
+            Azurite, ``http://127.0.0.1:10000/devstoreaccount1``. Default: derived from
+            ``account_name``.
+        connection_string: A storage connection string. Secret: never shown.
+        sas_token: A shared access signature (account or container scope). Secret: never shown.
+        credential: An async token credential object (e.g. from ``azure.identity.aio``).
+        api_version: Storage service version to speak. Default: the SDK's newest.
+        connection_timeout: Seconds to wait for a connection. Default: the SDK's 20.
+        read_timeout: Seconds to wait between bytes of a response. Default: the SDK's 60.
+    """
+
+    scheme = "az"
+
+    def __init__(
+        self,
+        container: str,
+        prefix: str = "",
+        *,
+        account_name: str | None = None,
+        account_key: str | None = None,
+        account_url: str | None = None,
+        connection_string: str | None = None,
+        sas_token: str | None = None,
+        credential: Any = None,
+        api_version: str | None = None,
+        connection_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
+        _check_container(container)
+        given = [
+            label
+            for label, value in (
+                ("connection_string", connection_string),
+                ("account_key", account_key),
+                ("sas_token", sas_token),
+                ("credential", credential),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ConfigError(f"Azure: give one way to authenticate, not {' and '.join(given)}")
+        if connection_string is None and not given:
+            # The SDK's tools and samples read this variable; honour it when nothing else is given.
+            connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or None
+        if connection_string is not None and account_url is not None:
+            raise ConfigError("Azure: a connection string names its own endpoint; drop account_url")
+        if connection_string is not None:
+            parsed_name = _connection_string_account(connection_string)
+            if account_name is not None and parsed_name and account_name != parsed_name:
+                raise ConfigError(
+                    f"Azure: account_name {account_name!r} differs from the connection string's"
+                )
+            account_name = account_name or parsed_name
+        elif account_url is None:
+            if not account_name:
+                raise ConfigError(
+                    "Azure: no account given: pass account_name, account_url or connection_string"
+                )
+            account_url = f"https://{account_name}.{_DEFAULT_SUFFIX}"
+        else:
+            account_url = account_url.rstrip("/")
+            parts = urlsplit(account_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"Azure: account_url must be an http(s) URL, got {account_url!r}")
+            if parts.query:
+                raise ConfigError("Azure: pass the SAS token as sas_token, not in account_url")
+            account_name = account_name or _url_account(account_url)
+        if account_key is not None and not account_name:
+            raise ConfigError("Azure: account_key needs account_name")
+        if (
+            connection_string is None
+            and account_key is None
+            and sas_token is None
+            and credential is None
+            and importlib.util.find_spec("azure.identity") is None
+        ):
+            raise ConfigError(
+                "Azure: no credentials given and azure-identity is not installed for "
+                "DefaultAzureCredential: pass connection_string, account_key or sas_token, "
+                "or `pip install azure-identity`"
+            )
+
+        self.container = container
+        self.prefix = prefix.strip("/")
+        self.account_name = account_name
+        self.account_url = account_url
+        self.api_version = api_version
+        self._account_key = account_key
+        self._connection_string = connection_string
+        self._sas_token = sas_token.lstrip("?") if sas_token else None
+        self._credential = credential
+        self._owned_credential: Any = None
+        self._timeouts = {
+            k: v
+            for k, v in (("connection_timeout", connection_timeout), ("read_timeout", read_timeout))
+            if v is not None
+        }
+        self._service: Any = None
+        self._container: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AzureProvider(account={self.account_name!r}, container={self.container!r}, "
+            f"prefix={self.prefix!r})"
+        )
+
+    @classmethod
+    def from_uri(cls, uri: str, options: Mapping[str, Any] | None = None) -> AzureProvider:
+        """Build from ``az://container/prefix`` and options.
+
+        Options: ``connection_string``, ``account_name``, ``account_key``, ``account_url``,
+        ``sas_token``, ``credential``, ``api_version``, ``connection_timeout``, ``read_timeout``,
+        and the seed's keys: ``key`` (account name), ``secret`` (account key), ``host``, ``port``
+        and ``secure`` (which together make the account URL) and ``region`` (ignored).
+
+        Raises:
+            ConfigError: Malformed URI, unknown or conflicting options.
+        """
+        parts = urlsplit(uri)
+        if parts.scheme.lower() != "az":
+            raise ConfigError(f"not an Azure URI: {uri!r} (expected az://container/prefix)")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"Azure URI {uri!r} must not carry a query or fragment")
+        container = unquote(parts.netloc)
+        prefix = unquote(parts.path).strip("/")
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - _OPTION_NAMES)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) for the Azure store: {unknown}; known: {sorted(_OPTION_NAMES)}"
+            )
+        account_name = _merge(opts, "account_name", "key")
+        account_key = _merge(opts, "account_key", "secret")
+        # Azure accounts live in one region, which the endpoint already names.
+        opts.pop("region", None)
+        host = opts.pop("host", None)
+        port = opts.pop("port", None)
+        secure = opts.pop("secure", None)
+        account_url = opts.pop("account_url", None)
+        if host is not None or port is not None or secure is not None:
+            if account_url is not None:
+                raise ConfigError("Azure: give account_url or host/port/secure, not both")
+            if opts.get("connection_string") is not None:
+                raise ConfigError("Azure: a connection string names its own endpoint; drop host")
+            account_url = _url_from_host(account_name, host, port, secure)
+        return cls(
+            container,
+            prefix,
+            account_name=account_name,
+            account_key=account_key,
+            account_url=account_url,
+            connection_string=opts.pop("connection_string", None),
+            sas_token=opts.pop("sas_token", None),
+            credential=opts.pop("credential", None),
+            api_version=opts.pop("api_version", None),
+            connection_timeout=opts.pop("connection_timeout", None),
+            read_timeout=opts.pop("read_timeout", None),
+        )
+
+    @property
+    def part_limits(self) -> PartLimits:
+        """Azure's block limits (a block may be 1 byte; smaller than 1 MiB only wastes requests)."""
+        return PartLimits(
+            min_part_size=1 * MiB, max_part_size=_MAX_BLOCK_SIZE, max_parts=_MAX_BLOCKS
+        )
+
+    def uri(self, name: str) -> str:
+        """``az://container/prefix/name``."""
+        return f"az://{self.container}/{join_key(self.prefix, name)}"
+
+    def check_name(self, name: str) -> None:
+        """Refuse names Azure cannot hold or would alter.
+
+        Raises:
+            InvalidObjectNameError: Empty, NUL, over 1024 characters or 254 segments (with the
+                prefix), ending in a dot or slash, or with ``.``/``..`` segments that URL
+                normalisation would fold away.
+        """
+        # Azure counts characters, not bytes; a character is at most 4 bytes of UTF-8.
+        check_common_name(name, max_bytes=4 * _MAX_NAME_CHARS)
+        key = join_key(self.prefix, name)
+        if len(key) > _MAX_NAME_CHARS:
+            raise InvalidObjectNameError(
+                name[:64] + "...",
+                f"{len(key)} characters with the prefix, Azure's limit is {_MAX_NAME_CHARS}",
+            )
+        if key.count("/") + 1 > _MAX_SEGMENTS:
+            raise InvalidObjectNameError(name, f"more than {_MAX_SEGMENTS} path segments")
+        if name.endswith((".", "/")):
+            raise InvalidObjectNameError(name, "Azure blob names must not end with '.' or '/'")
+        if any(s in (".", "..") for s in name.split("/")):
+            raise InvalidObjectNameError(
+                name, "'.' and '..' segments are folded away by URL normalisation"
+            )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self, *, verify: bool = True) -> None:
+        """Create the clients on the running loop; when ``verify``, read the container's properties.
+
+        Raises:
+            StoreNotFoundError: The container does not exist.
+            PermissionDeniedError: The credentials were refused.
+            ConfigError: The SDK refused the configuration (e.g. an unknown api_version).
+        """
+        if self._service is not None:
+            return
+        kwargs: dict[str, Any] = {
+            # The engine retries; see the module docstring.
+            "retry_total": 0,
+            # upload_blob splits bodies above this into blocks; keep every put one request.
+            "max_single_put_size": _SINGLE_PUT_MAX,
+            **self._timeouts,
+        }
+        if self.api_version is not None:
+            kwargs["api_version"] = self.api_version
+        try:
+            if self._connection_string is not None:
+                service = BlobServiceClient.from_connection_string(
+                    self._connection_string, **kwargs
+                )
+            else:
+                # __init__ always sets an account_url when there is no connection string.
+                assert self.account_url is not None
+                service = BlobServiceClient(
+                    self.account_url, credential=self._make_credential(), **kwargs
+                )
+        except (ValueError, TypeError) as exc:
+            await self._close_credential()
+            # The SDK's message may quote the connection string; say only what was wrong.
+            raise ConfigError(f"Azure: {self._scrub(str(exc)).splitlines()[0]}") from None
+        self._service = service
+        self._container = service.get_container_client(self.container)
+        if verify:
+            try:
+                await self._container.get_container_properties()
+            except Exception as exc:
+                error = self._map(exc, None, "opening")
+                await self.aclose()
+                raise error from exc
+
+    def _make_credential(self) -> Any:
+        if self._account_key is not None:
+            return {"account_name": self.account_name, "account_key": self._account_key}
+        if self._sas_token is not None:
+            return self._sas_token
+        if self._credential is not None:
+            return self._credential
+        try:
+            from azure.identity.aio import DefaultAzureCredential
+        except ImportError as exc:  # pragma: no cover - checked in __init__
+            raise ConfigError(f"Azure: azure-identity cannot be imported ({exc})") from None
+        self._owned_credential = DefaultAzureCredential()
+        return self._owned_credential
+
+    async def aclose(self) -> None:
+        """Close the clients (and a credential this provider created). Idempotent."""
+        service, self._service, self._container = self._service, None, None
+        if service is not None:
+            await service.close()
+        await self._close_credential()
+
+    async def _close_credential(self) -> None:
+        credential, self._owned_credential = self._owned_credential, None
+        if credential is not None:
+            await credential.close()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _blob(self, name: str) -> Any:
+        if self._container is None:
+            raise ProviderError(
+                f"{self!r} is not open (call open() first, or it was closed)",
+                name=name,
+                uri=self.uri(name),
+            )
+        return self._container.get_blob_client(join_key(self.prefix, name))
+
+    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
+        """Write ``data`` as blob ``name`` in one Put Blob request with its Content-MD5.
+
+        Bodies over 256 MiB are sent as 64 MiB blocks and committed in one Put Block List, so
+        they need not sit in memory whole.
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the blob exists.
+            IntegrityError: The MD5 the service computed differs from ours.
+            ProviderError: Any other failure, ``transient`` set when a retry may help.
+        """
+        blob = self._blob(name)
+        if data.length > _SINGLE_PUT_MAX:
+            return await self._put_blocks(name, blob, data, overwrite=overwrite)
+        body, md5 = await _read_and_hash(data)
+        try:
+            resp = await blob.upload_blob(
+                body,
+                length=len(body),
+                overwrite=overwrite,
+                max_concurrency=1,
+                # Sent as Content-MD5: the service refuses the body if it arrives different.
+                transactional_content_md5=md5,
+            )
+        except Exception as exc:
+            raise self._map(exc, name, "uploading", conditional=not overwrite) from exc
+        self._check_md5(name, md5, resp.get("content_md5"))
+        return PutResult(
+            etag=resp.get("etag"),
+            version=resp.get("version_id"),
+            checksum_algorithm="md5",
+            checksum=_b64(md5),
+        )
+
+    async def _put_blocks(
+        self, name: str, blob: Any, data: FileSlice, *, overwrite: bool
+    ) -> PutResult:
+        upload_id = _new_upload_id()
+        whole = hashlib.md5(usedforsecurity=False)
+        block_ids = []
+        offset, end, part = data.offset, data.offset + data.length, 1
+        while offset < end:
+            piece = FileSlice(data.path, offset, min(_PUT_BLOCK_SIZE, end - offset))
+            body, md5 = await _read_and_hash(piece, whole)
+            block_ids.append(await self._stage(name, blob, upload_id, part, body, md5))
+            offset += piece.length
+            part += 1
+        return await self._commit(name, blob, block_ids, overwrite=overwrite, md5=whole.digest())
+
+    async def create_multipart(self, name: str, *, overwrite: bool) -> str:
+        """Choose the block-id prefix of a new upload.
+
+        With ``overwrite`` False, one request checks the blob is absent so a large upload fails
+        before it starts; the commit is conditional all the same.
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the blob already exists.
+        """
+        blob = self._blob(name)
+        if not overwrite:
+            try:
+                await blob.get_blob_properties()
+            except azure_exc.ResourceNotFoundError as exc:
+                if _code(exc) != "BlobNotFound":
+                    raise self._map(exc, name, "checking") from exc
+            except Exception as exc:
+                raise self._map(exc, name, "checking") from exc
+            else:
+                raise self._exists(name)
+        return _new_upload_id()
+
+    async def put_part(
+        self, name: str, upload_id: str, part_number: int, data: FileSlice
+    ) -> PartResult:
+        """Stage block ``part_number`` (Put Block, with Content-MD5).
+
+        Raises:
+            IntegrityError: The MD5 the service computed differs from ours.
+            ProviderError: A malformed upload id or part number, or the request failed.
+        """
+        blob = self._blob(name)
+        if not _UPLOAD_ID_RE.match(upload_id):
+            raise ProviderError(
+                f"not an Azure upload id: {upload_id!r}", name=name, uri=self.uri(name)
+            )
+        if not 1 <= part_number <= _MAX_BLOCKS:
+            raise ProviderError(
+                f"part number {part_number} outside 1..{_MAX_BLOCKS}", name=name, uri=self.uri(name)
+            )
+        body, md5 = await _read_and_hash(data)
+        block_id = await self._stage(name, blob, upload_id, part_number, body, md5)
+        return PartResult(part_number, block_id, _b64(md5))
+
+    async def _stage(
+        self, name: str, blob: Any, upload_id: str, part_number: int, body: bytes, md5: bytes
+    ) -> str:
+        block_id = f"{upload_id}-{part_number:0{_PART_DIGITS}d}"
+        try:
+            # The SDK base64-encodes the id; ids of one blob must be equally long, hence the
+            # fixed-width prefix and number.
+            resp = await blob.stage_block(
+                block_id, body, length=len(body), transactional_content_md5=md5
+            )
+        except Exception as exc:
+            raise self._map(exc, name, f"uploading block {part_number} of") from exc
+        self._check_md5(name, md5, resp.get("content_md5"))
+        return block_id
+
+    async def complete_multipart(
+        self, name: str, upload_id: str, parts: Sequence[PartResult], *, overwrite: bool
+    ) -> PutResult:
+        """Commit the staged blocks in part order (Put Block List): the blob appears whole.
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the blob exists.
+            ProviderError: A part from another upload, a repeated part, or the request failed.
+        """
+        blob = self._blob(name)
+        ordered = sorted(parts, key=lambda p: p.part_number)
+        block_ids = []
+        for i, p in enumerate(ordered):
+            if i and p.part_number == ordered[i - 1].part_number:
+                raise ProviderError(
+                    f"part {p.part_number} listed twice", name=name, uri=self.uri(name)
+                )
+            if p.etag != f"{upload_id}-{p.part_number:0{_PART_DIGITS}d}":
+                raise ProviderError(
+                    f"part {p.part_number} does not belong to upload {upload_id!r}",
+                    name=name,
+                    uri=self.uri(name),
+                )
+            block_ids.append(p.etag)
+        return await self._commit(name, blob, block_ids, overwrite=overwrite, md5=None)
+
+    async def _commit(
+        self, name: str, blob: Any, block_ids: list[str], *, overwrite: bool, md5: bytes | None
+    ) -> PutResult:
+        kwargs: dict[str, Any] = {}
+        if not overwrite:
+            kwargs["if_none_match"] = "*"
+        if md5 is not None:
+            from azure.storage.blob import ContentSettings
+
+            # Stored as the blob's Content-MD5 so readers can check what they download.
+            kwargs["content_settings"] = ContentSettings(content_md5=bytearray(md5))
+        try:
+            resp = await blob.commit_block_list(
+                [BlobBlock(block_id=b) for b in block_ids], **kwargs
+            )
+        except Exception as exc:
+            raise self._map(exc, name, "committing", conditional=not overwrite) from exc
+        return PutResult(
+            etag=resp.get("etag"),
+            version=resp.get("version_id"),
+            checksum_algorithm=None if md5 is None else "md5",
+            checksum=None if md5 is None else _b64(md5),
+        )
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        """Nothing to send: uncommitted blocks are dropped by the next commit or expire in 7 days.
+
+        Deleting them would mean deleting the blob, which may hold an older committed version.
+        """
+        return None
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _check_md5(self, name: str, ours: bytes, theirs: Any) -> None:
+        # Some servers (Azurite's Put Block) do not echo an MD5; the service already checked ours.
+        if theirs is not None and bytes(theirs) != ours:
+            raise IntegrityError(
+                f"Azure: MD5 of {self.uri(name)!r} is {_b64(bytes(theirs))} at the service, "
+                f"{_b64(ours)} here",
+                name=name,
+                uri=self.uri(name),
+            )
+
+    def _exists(self, name: str) -> ObjectExistsError:
+        uri = self.uri(name)
+        return ObjectExistsError(f"Azure: blob {uri!r} already exists", name=name, uri=uri)
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self._account_key, self._sas_token, self._connection_string):
+            if secret:
+                text = text.replace(secret, "***")
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub(r"\1***", text)
+        return text
+
+    def _map(
+        self, exc: BaseException, name: str | None, doing: str, *, conditional: bool = False
+    ) -> ProviderError:
+        """Turn an SDK or transport exception into the library's error tree."""
+        if isinstance(exc, ProviderError):
+            return exc
+        where = (
+            f"blob {self.uri(name)!r}"
+            if name is not None
+            else f"container {self.container!r} of account {self.account_name!r}"
+        )
+        uri = None if name is None else self.uri(name)
+        if isinstance(exc, azure_exc.HttpResponseError) and exc.status_code is not None:
+            status = int(exc.status_code)
+            code = _code(exc)
+            detail = f"HTTP {status}" + (f" {code}" if code else "")
+            if conditional and (status in (409, 412) and (code in _EXISTS_CODES or not code)):
+                return self._exists(name or "")
+            if status in (401, 403):
+                return PermissionDeniedError(
+                    f"Azure: {doing} {where}: credentials refused ({detail})",
+                    name=name,
+                    uri=uri,
+                    status=status,
+                )
+            if code == "ContainerNotFound" or (name is None and status == 404):
+                return StoreNotFoundError(
+                    f"Azure: container {self.container!r} does not exist in account "
+                    f"{self.account_name!r} ({detail})",
+                    name=name,
+                    uri=uri,
+                    status=status,
+                )
+            if code == "Md5Mismatch":
+                # The body changed on the wire; sending it again may well succeed.
+                return IntegrityError(
+                    f"Azure: {doing} {where}: the service's MD5 of the body differs from ours "
+                    f"({detail})",
+                    name=name,
+                    uri=uri,
+                    status=status,
+                    transient=True,
+                )
+            return ProviderError(
+                f"Azure: {doing} {where} failed: {detail}",
+                name=name,
+                uri=uri,
+                status=status,
+                transient=status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES,
+                retry_after=_retry_after(exc),
+            )
+        if isinstance(
+            exc,
+            azure_exc.ServiceRequestError
+            | azure_exc.ServiceResponseError
+            | TimeoutError
+            | ConnectionError,
+        ) or _is_aiohttp_error(exc):
+            reason = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return ProviderError(
+                f"Azure: {doing} {where}: connection failed: {reason}",
+                name=name,
+                uri=uri,
+                transient=True,
+            )
+        return ProviderError(
+            f"Azure: {doing} {where} failed: {type(exc).__name__}",
+            name=name,
+            uri=uri,
+        )
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _merge(opts: dict[str, Any], name: str, seed_name: str) -> Any:
+    value, seed_value = opts.pop(name, None), opts.pop(seed_name, None)
+    if value is not None and seed_value is not None and value != seed_value:
+        raise ConfigError(f"Azure: options {name!r} and {seed_name!r} disagree; give one")
+    return value if value is not None else seed_value
+
+
+def _url_from_host(account: str | None, host: Any, port: Any, secure: Any) -> str:
+    if not account:
+        raise ConfigError("Azure: host/port need the account name (option 'key' or 'account_name')")
+    if secure is None:
+        secure = True
+    if not isinstance(secure, bool):
+        raise ConfigError(f"Azure: option 'secure' must be a bool, got {secure!r}")
+    scheme = "https" if secure else "http"
+    host = host or _DEFAULT_SUFFIX
+    if not isinstance(host, str) or "/" in host or ":" in host:
+        raise ConfigError(f"Azure: option 'host' must be a bare host name, got {host!r}")
+    if port is not None:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Azure: option 'port' must be an int, got {port!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigError(f"Azure: option 'port' out of range: {port}")
+    netloc_port = "" if port in (None, 443 if secure else 80) else f":{port}"
+    for suffix in _CLOUD_SUFFIXES:
+        if host == suffix or host.endswith("." + suffix):
+            return f"{scheme}://{account}.{suffix}{netloc_port}"
+    # Azurite and IoT Edge: the account is the first path segment.
+    return f"{scheme}://{host}{netloc_port}/{quote(account)}"
+
+
+def _url_account(account_url: str) -> str | None:
+    parts = urlsplit(account_url)
+    host = parts.hostname or ""
+    for suffix in _CLOUD_SUFFIXES:
+        if host.endswith("." + suffix):
+            return host[: -len(suffix) - 1]
+    segment = parts.path.strip("/").split("/", 1)[0]
+    return unquote(segment) or None
+
+
+def _connection_string_account(conn: str) -> str | None:
+    for item in conn.split(";"):
+        key, _, value = item.partition("=")
+        if key.strip().lower() == "accountname":
+            return value.strip() or None
+        if key.strip().lower() == "usedevelopmentstorage" and value.strip().lower() == "true":
+            return "devstoreaccount1"
+    return None
+
+
+def _check_container(container: str) -> None:
+    if not isinstance(container, str) or not container:
+        raise ConfigError(f"Azure: a container name is required, got {container!r}")
+    if container not in _SPECIAL_CONTAINERS and not _CONTAINER_RE.match(container):
+        raise ConfigError(
+            f"Azure: invalid container name {container!r}: 3-63 lowercase letters, digits and "
+            "single hyphens, starting and ending with a letter or digit"
+        )
+
+
+def _code(exc: BaseException) -> str:
+    code = getattr(exc, "error_code", None)
+    if code is None:
+        return ""
+    return str(getattr(code, "value", code))
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _is_aiohttp_error(exc: BaseException) -> bool:
+    # aiohttp is the SDK's async transport; its errors normally arrive wrapped, but not always.
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - the azure extra installs it
+        return False
+    return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError)
+
+
+def _new_upload_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+async def _read_and_hash(data: FileSlice, running: Any = None) -> tuple[bytes, bytes]:
+    """Read the slice and its MD5 (also fed to ``running``), off the loop when large."""
+
+    def work() -> tuple[bytes, bytes]:
+        body = data.read_sync()
+        if running is not None:
+            running.update(body)
+        return body, hashlib.md5(body, usedforsecurity=False).digest()
+
+    if data.length <= _INLINE_HASH_LIMIT:
+        return work()
+    return await anyio.to_thread.run_sync(work)

@@ -1,0 +1,595 @@
+"""AzureProvider against a real Azurite blob service."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy
+from artifact_uploader._errors import (
+    ConfigError,
+    InvalidObjectNameError,
+    ObjectExistsError,
+    PermissionDeniedError,
+    ProviderError,
+    StoreNotFoundError,
+    UploadFailedError,
+)
+from artifact_uploader._registry import make_provider, provider_from_seed
+from artifact_uploader._types import FileSlice, PartResult
+from artifact_uploader.providers import azure as azure_module
+from artifact_uploader.providers._protocol import MiB, MultipartProvider
+from artifact_uploader.providers.azure import AzureProvider
+from artifact_uploader.testing import MultipartConformance, ReadObject
+from tests.servers.azurite import (
+    AzureContainer,
+    AzuriteServer,
+    azure_container,
+    azurite_server,
+)
+
+# The fixtures are imported so pytest finds them here; listing them marks the import as used.
+__all__ = ["azure_container", "azurite_server"]
+
+WRONG_KEY = base64.b64encode(b"not-the-key" * 6).decode()
+
+
+def _write(tmp_path: Path, data: bytes, name: str = "src.bin") -> FileSlice:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return FileSlice.whole(path)
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _key_provider(
+    server: AzuriteServer, container: str, prefix: str = "", **kw: object
+) -> AzureProvider:
+    return AzureProvider(
+        container,
+        prefix,
+        account_name=server.account_name,
+        account_key=server.account_key,
+        account_url=server.account_url,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest_asyncio.fixture
+async def provider(
+    azurite_server: AzuriteServer, azure_container: AzureContainer
+) -> AsyncIterator[AzureProvider]:
+    p = _key_provider(azurite_server, azure_container.name, prefix="runs/r1")
+    await p.open()
+    try:
+        yield p
+    finally:
+        await p.aclose()
+
+
+# -- construction and naming --------------------------------------------------------------------
+
+
+def test_is_a_multipart_provider(azurite_server: AzuriteServer) -> None:
+    p = _key_provider(azurite_server, "box")
+    assert isinstance(p, MultipartProvider)
+    assert p.scheme == "az"
+    assert p.part_limits.max_parts == 50_000
+    assert p.part_limits.min_part_size <= 8 * MiB <= p.part_limits.max_part_size
+
+
+def test_from_uri_parses_container_and_prefix() -> None:
+    p = AzureProvider.from_uri(
+        "az://box/ckpt/run-1/", {"account_name": "acct", "account_key": "c2VjcmV0"}
+    )
+    assert p.container == "box"
+    assert p.prefix == "ckpt/run-1"
+    assert p.account_url == "https://acct.blob.core.windows.net"
+    assert p.uri("ep1/model.pt") == "az://box/ckpt/run-1/ep1/model.pt"
+    bare = AzureProvider.from_uri("az://box", {"account_name": "acct", "account_key": "c2VjcmV0"})
+    assert bare.uri("a.txt") == "az://box/a.txt"
+
+
+def test_seed_host_port_secure_make_account_url() -> None:
+    local = AzureProvider.from_uri(
+        "az://box",
+        {"key": "dev", "secret": "c2VjcmV0", "host": "127.0.0.1", "port": 10000, "secure": False},
+    )
+    assert local.account_url == "http://127.0.0.1:10000/dev"
+    cloud = AzureProvider.from_uri(
+        "az://box",
+        {"key": "acct", "secret": "c2VjcmV0", "host": "blob.core.chinacloudapi.cn", "region": "x"},
+    )
+    assert cloud.account_url == "https://acct.blob.core.chinacloudapi.cn"
+
+
+@pytest.mark.parametrize(
+    ("uri", "options", "needle"),
+    [
+        ("az://box", {"account_name": "a", "account_key": "k", "bogus": 1, "zed": 2}, "bogus"),
+        ("az://Bad_Container", {"account_name": "a", "account_key": "k"}, "Bad_Container"),
+        ("az://box", {"account_name": "a", "account_key": "k", "sas_token": "s"}, "one way"),
+        ("az://box", {"key": "a", "account_name": "b", "account_key": "k"}, "disagree"),
+        ("az://box", {"account_name": "a", "account_key": "k", "secure": "no"}, "secure"),
+        ("s3://box", {"account_name": "a", "account_key": "k"}, "not an Azure URI"),
+    ],
+)
+def test_bad_options_are_config_errors(uri: str, options: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        AzureProvider.from_uri(uri, options)
+
+
+def test_no_credentials_without_azure_identity_is_a_clear_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    try:
+        import azure.identity  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="azure-identity"):
+            AzureProvider.from_uri("az://box", {"account_name": "acct"})
+    else:
+        p = AzureProvider.from_uri("az://box", {"account_name": "acct"})
+        assert p.account_url == "https://acct.blob.core.windows.net"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "empty"),
+        ("a\x00b", "NUL"),
+        ("x" * 1025, "1024"),
+        ("/".join(["s"] * 255), "254"),
+        ("dir/", "end"),
+        ("file.", "end"),
+        ("a/../b", "'..'"),
+    ],
+)
+def test_check_name_refuses(azurite_server: AzuriteServer, name: str, reason: str) -> None:
+    p = _key_provider(azurite_server, "box")
+    with pytest.raises(InvalidObjectNameError, match=reason):
+        p.check_name(name)
+
+
+def test_check_name_counts_the_prefix_and_characters(azurite_server: AzuriteServer) -> None:
+    p = _key_provider(azurite_server, "box", prefix="p" * 20)
+    with pytest.raises(InvalidObjectNameError):
+        p.check_name("n" * 1010)
+    # 600 characters of 3-byte UTF-8 are 1800 bytes but within Azure's 1024-character limit.
+    _key_provider(azurite_server, "box").check_name("é" * 300 + "中" * 300)
+    p.check_name("ep1/rank0/model.pt")
+
+
+def test_repr_hides_secrets(azurite_server: AzuriteServer) -> None:
+    for p in (
+        _key_provider(azurite_server, "box", prefix="pre"),
+        AzureProvider("box", connection_string=azurite_server.connection_string),
+        AzureProvider(
+            "box", account_url=azurite_server.account_url, sas_token="sv=1&sig=SECRETSIG"
+        ),
+    ):
+        text = repr(p)
+        assert "devstoreaccount1" in text and "box" in text
+        assert azurite_server.account_key not in text
+        assert "SECRETSIG" not in text and "AccountKey" not in text
+    assert "pre" in repr(_key_provider(azurite_server, "box", prefix="pre"))
+
+
+# -- against Azurite ----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [0, 1, 300_000])
+async def test_put_round_trip(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path, size: int
+) -> None:
+    data = os.urandom(size)
+    result = await provider.put("ep1/model.bin", _write(tmp_path, data), overwrite=True)
+    assert await azure_container.read("runs/r1/ep1/model.bin") == data
+    assert result.checksum_algorithm == "md5"
+    assert result.checksum == _md5_b64(data)
+    assert result.etag
+    props = await azure_container.properties("runs/r1/ep1/model.bin")
+    assert props.size == size
+    assert base64.b64encode(bytes(props.content_settings.content_md5)).decode() == _md5_b64(data)
+
+
+@pytest.mark.asyncio
+async def test_put_a_slice_and_overwrite(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    src = _write(tmp_path, b"0123456789")
+    await provider.put("x", FileSlice(src.path, 3, 4), overwrite=True)
+    assert await azure_container.read("runs/r1/x") == b"3456"
+    await provider.put("x", src, overwrite=True)
+    assert await azure_container.read("runs/r1/x") == b"0123456789"
+
+
+@pytest.mark.asyncio
+async def test_multipart_assembles_identical_bytes(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    part = 1 * MiB
+    data = os.urandom(3 * part + 12345)
+    src = _write(tmp_path, data)
+    upload_id = await provider.create_multipart("big/ckpt.pt", overwrite=True)
+    slices = [
+        FileSlice(src.path, off, min(part, len(data) - off)) for off in range(0, len(data), part)
+    ]
+    # Upload out of order and concurrently, as the engine may.
+    results = await asyncio.gather(
+        *(
+            provider.put_part("big/ckpt.pt", upload_id, i + 1, s)
+            for i, s in reversed(list(enumerate(slices)))
+        )
+    )
+    assert [r.part_number for r in results] == [4, 3, 2, 1]
+    assert results[-1].checksum == _md5_b64(data[:part])
+    assert not await azure_container.exists("runs/r1/big/ckpt.pt")  # nothing visible yet
+    done = await provider.complete_multipart("big/ckpt.pt", upload_id, results, overwrite=True)
+    assert done.etag
+    assert await azure_container.read("runs/r1/big/ckpt.pt") == data
+    assert await azure_container.uncommitted_blocks("runs/r1/big/ckpt.pt") == 0
+
+
+@pytest.mark.asyncio
+async def test_complete_refuses_parts_of_another_upload(
+    provider: AzureProvider, tmp_path: Path
+) -> None:
+    src = _write(tmp_path, b"abc")
+    first = await provider.create_multipart("m", overwrite=True)
+    second = await provider.create_multipart("m", overwrite=True)
+    assert first != second
+    part = await provider.put_part("m", first, 1, src)
+    with pytest.raises(ProviderError, match="does not belong"):
+        await provider.complete_multipart("m", second, [part], overwrite=True)
+    with pytest.raises(ProviderError, match="twice"):
+        await provider.complete_multipart("m", first, [part, part], overwrite=True)
+    with pytest.raises(ProviderError, match="upload id"):
+        await provider.put_part("m", "../etc", 1, src)
+
+
+@pytest.mark.asyncio
+async def test_committing_a_block_never_staged_fails_permanently(
+    provider: AzureProvider,
+) -> None:
+    upload_id = await provider.create_multipart("m", overwrite=True)
+    ghost = PartResult(1, f"{upload_id}-00001")
+    with pytest.raises(ProviderError) as info:
+        await provider.complete_multipart("m", upload_id, [ghost], overwrite=True)
+    assert info.value.status == 400
+    assert not info.value.transient
+    assert "runs/r1/m" in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_abort_is_harmless_and_idempotent(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    upload_id = await provider.create_multipart("gone", overwrite=True)
+    await provider.put_part("gone", upload_id, 1, _write(tmp_path, b"zz"))
+    await provider.abort_multipart("gone", upload_id)
+    await provider.abort_multipart("gone", upload_id)
+    await provider.abort_multipart("never", "0123456789abcdef")
+    assert not await azure_container.exists("runs/r1/gone")
+
+
+@pytest.mark.asyncio
+async def test_overwrite_false_put(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    await provider.put("once", _write(tmp_path, b"first", "a"), overwrite=False)
+    with pytest.raises(ObjectExistsError) as info:
+        await provider.put("once", _write(tmp_path, b"second", "b"), overwrite=False)
+    assert info.value.name == "once"
+    assert info.value.uri == f"az://{azure_container.name}/runs/r1/once"
+    assert not info.value.transient
+    assert await azure_container.read("runs/r1/once") == b"first"
+
+
+@pytest.mark.asyncio
+async def test_overwrite_false_is_atomic_under_a_race(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    payloads = [f"writer-{i}".encode() for i in range(8)]
+    slices = [_write(tmp_path, p, f"w{i}") for i, p in enumerate(payloads)]
+    outcomes = await asyncio.gather(
+        *(provider.put("race", s, overwrite=False) for s in slices), return_exceptions=True
+    )
+    winners = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(o, ObjectExistsError) for o in outcomes if o is not outcomes[winners[0]])
+    assert await azure_container.read("runs/r1/race") == payloads[winners[0]]
+
+
+@pytest.mark.asyncio
+async def test_overwrite_false_multipart(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    src = _write(tmp_path, b"part-one")
+    # Absent at create, present at commit: the commit's If-None-Match catches it.
+    upload_id = await provider.create_multipart("mp", overwrite=False)
+    part = await provider.put_part("mp", upload_id, 1, src)
+    await provider.put("mp", _write(tmp_path, b"sneaked in", "other"), overwrite=True)
+    with pytest.raises(ObjectExistsError):
+        await provider.complete_multipart("mp", upload_id, [part], overwrite=False)
+    assert await azure_container.read("runs/r1/mp") == b"sneaked in"
+    # Present at create: refused before any block is sent.
+    with pytest.raises(ObjectExistsError):
+        await provider.create_multipart("mp", overwrite=False)
+
+
+@pytest.mark.asyncio
+async def test_large_put_streams_blocks(
+    azurite_server: AzuriteServer,
+    azure_container: AzureContainer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shrink the single-request limit so a small file takes the streaming path.
+    monkeypatch.setattr(azure_module, "_SINGLE_PUT_MAX", 256 * 1024)
+    monkeypatch.setattr(azure_module, "_PUT_BLOCK_SIZE", 100 * 1024)
+    data = os.urandom(1 * MiB + 7)
+    async with _opened(_key_provider(azurite_server, azure_container.name)) as p:
+        result = await p.put("streamed", _write(tmp_path, data), overwrite=False)
+        assert result.checksum == _md5_b64(data)
+        assert await azure_container.read("streamed") == data
+        with pytest.raises(ObjectExistsError):
+            await p.put("streamed", _write(tmp_path, data), overwrite=False)
+    props = await azure_container.properties("streamed")
+    assert base64.b64encode(bytes(props.content_settings.content_md5)).decode() == _md5_b64(data)
+
+
+@pytest.mark.asyncio
+async def test_missing_container_is_store_not_found(azurite_server: AzuriteServer) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:12]}"
+    p = _key_provider(azurite_server, missing)
+    with pytest.raises(StoreNotFoundError, match=missing) as info:
+        await p.open()
+    assert info.value.status == 404
+    await p.aclose()  # idempotent after a failed open
+
+
+@pytest.mark.asyncio
+async def test_missing_container_found_on_put_without_verify(
+    azurite_server: AzuriteServer, tmp_path: Path
+) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:12]}"
+    async with _opened(_key_provider(azurite_server, missing), verify=False) as p:
+        with pytest.raises(StoreNotFoundError, match=missing):
+            await p.put("a", _write(tmp_path, b"a"), overwrite=True)
+
+
+@pytest.mark.asyncio
+async def test_wrong_key_is_permission_denied_without_leaking_it(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    p = AzureProvider(
+        azure_container.name,
+        account_name=azurite_server.account_name,
+        account_key=WRONG_KEY,
+        account_url=azurite_server.account_url,
+    )
+    with pytest.raises(PermissionDeniedError) as info:
+        await p.open()
+    assert info.value.status == 403
+    assert azure_container.name in str(info.value)
+    assert WRONG_KEY not in str(info.value) and WRONG_KEY not in repr(info.value)
+    async with _opened(p, verify=False):
+        with pytest.raises(PermissionDeniedError) as put_info:
+            await p.put("a", _write(tmp_path, b"a"), overwrite=True)
+    assert "a" == put_info.value.name
+    assert WRONG_KEY not in str(put_info.value)
+
+
+@pytest.mark.asyncio
+async def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Nothing listens on the port now: the connection is refused.
+    p = AzureProvider(
+        "box",
+        account_name="devstoreaccount1",
+        account_key=WRONG_KEY,
+        account_url=f"http://127.0.0.1:{port}/devstoreaccount1",
+        connection_timeout=5,
+    )
+    with pytest.raises(ProviderError) as info:
+        await p.open()
+    assert info.value.transient
+    assert WRONG_KEY not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_connection_string_and_sas_token(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    async with _opened(
+        AzureProvider(azure_container.name, connection_string=azurite_server.connection_string)
+    ) as p:
+        await p.put("via-conn", _write(tmp_path, b"cs"), overwrite=True)
+    sas = generate_container_sas(
+        azurite_server.account_name,
+        azure_container.name,
+        account_key=azurite_server.account_key,
+        permission=ContainerSasPermissions(read=True, write=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    p = AzureProvider(azure_container.name, account_url=azurite_server.account_url, sas_token=sas)
+    assert sas not in repr(p)
+    async with _opened(p, verify=False):
+        await p.put("via-sas", _write(tmp_path, b"sas"), overwrite=True)
+    assert await azure_container.read("via-conn") == b"cs"
+    assert await azure_container.read("via-sas") == b"sas"
+
+
+@pytest.mark.asyncio
+async def test_connection_string_errors_do_not_leak_it(azurite_server: AzuriteServer) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:12]}"
+    p = AzureProvider(missing, connection_string=azurite_server.connection_string)
+    with pytest.raises(StoreNotFoundError) as info:
+        await p.open()
+    assert azurite_server.account_key not in str(info.value)
+    assert "AccountKey" not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_seed_name_reaches_azure(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    p = provider_from_seed("azure_blobs", azure_container.name, azurite_server.seed_kwargs())
+    assert isinstance(p, AzureProvider)
+    assert p.account_url == azurite_server.account_url
+    assert azurite_server.account_key not in repr(p)
+    async with _opened(p):
+        await p.put("seeded.txt", _write(tmp_path, b"from the seed"), overwrite=True)
+    assert await azure_container.read("seeded.txt") == b"from the seed"
+    via_uri = make_provider(f"az://{azure_container.name}/pre", azurite_server.seed_kwargs())
+    assert isinstance(via_uri, AzureProvider) and via_uri.prefix == "pre"
+
+
+@pytest.mark.asyncio
+async def test_use_before_open_is_a_provider_error(tmp_path: Path) -> None:
+    p = AzureProvider("box", account_name="acct", account_key=WRONG_KEY)
+    with pytest.raises(ProviderError, match="not open"):
+        await p.put("a", _write(tmp_path, b"a"), overwrite=True)
+
+
+class _opened:
+    """``async with`` an opened provider, closed on exit."""
+
+    def __init__(self, provider: AzureProvider, *, verify: bool = True) -> None:
+        self.provider = provider
+        self.verify = verify
+
+    async def __aenter__(self) -> AzureProvider:
+        await self.provider.open(verify=self.verify)
+        return self.provider
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.provider.aclose()
+
+
+# -- the conformance suite and the engine -------------------------------------------------------
+
+
+class TestAzureConformance(MultipartConformance):
+    # Azure's smallest sensible block is 1 MiB, so a 2.5 MiB file makes three parts.
+    multipart_size = 5 * MiB // 2
+    part_size = 1 * MiB
+
+    @pytest_asyncio.fixture
+    async def provider(
+        self, azurite_server: AzuriteServer, azure_container: AzureContainer
+    ) -> AsyncIterator[AzureProvider]:
+        p = _key_provider(azurite_server, azure_container.name, prefix=f"c-{uuid.uuid4().hex[:8]}")
+        await p.open()
+        try:
+            yield p
+        finally:
+            await p.aclose()
+
+    @pytest.fixture
+    def read_object(self, provider: AzureProvider, azure_container: AzureContainer) -> ReadObject:
+        async def read(name: str) -> bytes:
+            return await azure_container.read(f"{provider.prefix}/{name}")
+
+        return read
+
+    @pytest.fixture
+    def missing_store(self, azurite_server: AzuriteServer) -> AzureProvider:
+        return _key_provider(azurite_server, f"missing-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.mark.asyncio
+async def test_engine_uploads_small_and_multipart(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    small = os.urandom(1000)
+    big = os.urandom(3 * MiB + 17)
+    async with AsyncUploader(
+        f"az://{azure_container.name}/run-7",
+        provider_kwargs=azurite_server.seed_kwargs(),
+        parts=PartPolicy(threshold=2 * MiB, part_size=1 * MiB),
+        max_concurrency=3,
+    ) as up:
+        small_handle = await up.submit(_write(tmp_path, small, "s").path, "logs/metrics.json")
+        big_result = await up.upload(_write(tmp_path, big, "b").path, "ckpt/ep1.pt")
+        small_result = await small_handle
+        await up.flush()
+    assert small_result.uri == f"az://{azure_container.name}/run-7/logs/metrics.json"
+    assert small_result.checksum_algorithm == "md5"
+    assert small_result.checksum == _md5_b64(small)
+    assert big_result.size == len(big)
+    assert await azure_container.read("run-7/logs/metrics.json") == small
+    assert await azure_container.read("run-7/ckpt/ep1.pt") == big
+    assert await azure_container.uncommitted_blocks("run-7/ckpt/ep1.pt") == 0
+
+
+@pytest.mark.asyncio
+async def test_engine_overwrite_false_keeps_the_first(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    async with AsyncUploader(
+        f"az://{azure_container.name}",
+        provider_kwargs={"connection_string": azurite_server.connection_string},
+    ) as up:
+        await up.upload(_write(tmp_path, b"first", "a").path, "once.txt", overwrite=False)
+        handle = await up.submit(_write(tmp_path, b"second", "b").path, "once.txt", overwrite=False)
+        with pytest.raises(ObjectExistsError):
+            await handle
+        assert [f.name for f in up.failures()] == ["once.txt"]
+        with pytest.raises(UploadFailedError) as info:
+            await up.flush()
+    assert azurite_server.account_key not in str(info.value)
+    assert await azure_container.read("once.txt") == b"first"
+
+
+@pytest.mark.asyncio
+async def test_engine_retries_transient_azure_errors(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    up = AsyncUploader(
+        "az://box",
+        provider_kwargs={
+            "key": "devstoreaccount1",
+            "secret": WRONG_KEY,
+            "host": "127.0.0.1",
+            "port": port,
+            "secure": False,
+        },
+        retry=RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0),
+        verify=False,
+    )
+    async with up:
+        handle = await up.submit(_write(tmp_path, b"x").path, "x.txt")
+        with pytest.raises(ProviderError) as info:
+            await handle
+        up._take_failures()
+    assert info.value.transient
+    assert info.value.attempts == 3
+    assert WRONG_KEY not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_engine_open_fails_on_missing_container(azurite_server: AzuriteServer) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:12]}"
+    up = AsyncUploader(f"az://{missing}", provider_kwargs=azurite_server.seed_kwargs())
+    with pytest.raises(StoreNotFoundError, match=missing):
+        await up.open()
