@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest_asyncio
 from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy
 from artifact_uploader._errors import (
     ConfigError,
+    IntegrityError,
     InvalidObjectNameError,
     ObjectExistsError,
     PermissionDeniedError,
@@ -593,3 +595,105 @@ async def test_engine_open_fails_on_missing_container(azurite_server: AzuriteSer
     up = AsyncUploader(f"az://{missing}", provider_kwargs=azurite_server.seed_kwargs())
     with pytest.raises(StoreNotFoundError, match=missing):
         await up.open()
+
+
+# -- integrity: a proxy that tampers with the bytes on the wire -----------------------------------
+
+
+class _TamperProxy:
+    """A loopback TCP proxy to Azurite that rewrites bytes in each direction.
+
+    ``upstream_edit`` / ``downstream_edit`` get every chunk read from the client / the server and
+    return what to forward. Small requests and responses arrive in one chunk on loopback, which
+    is all these tests rely on.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.upstream_edit = lambda b: b
+        self.downstream_edit = lambda b: b
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, edit: object) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    dst.write(edit(chunk))  # type: ignore[operator]
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(
+            pump(reader, up_writer, lambda b: self.upstream_edit(b)),
+            pump(up_reader, writer, lambda b: self.downstream_edit(b)),
+        )
+
+
+@pytest_asyncio.fixture
+async def tamper(
+    azurite_server: AzuriteServer, azure_container: AzureContainer
+) -> AsyncIterator[tuple[_TamperProxy, AzureProvider]]:
+    proxy = _TamperProxy(azurite_server.port)
+    await proxy.start()
+    p = AzureProvider(
+        azure_container.name,
+        account_name=azurite_server.account_name,
+        account_key=azurite_server.account_key,
+        account_url=f"http://127.0.0.1:{proxy.port}/{azurite_server.account_name}",
+    )
+    await p.open()
+    try:
+        yield proxy, p
+    finally:
+        await p.aclose()
+        await proxy.close()
+
+
+@pytest.mark.asyncio
+async def test_body_corrupted_on_the_wire_is_a_transient_integrity_error(
+    tamper: tuple[_TamperProxy, AzureProvider], azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    proxy, p = tamper
+    proxy.upstream_edit = lambda b: b.replace(b"PAYLOAD-1", b"PAYLOAD-X")
+    src = _write(tmp_path, b"PAYLOAD-1 of a checkpoint")
+    with pytest.raises(IntegrityError) as info:
+        await p.put("bent.bin", src, overwrite=True)
+    assert info.value.transient and info.value.status == 400
+    assert not await azure_container.exists("bent.bin")
+    upload_id = await p.create_multipart("bent-mp.bin", overwrite=True)
+    with pytest.raises(IntegrityError):
+        await p.put_part("bent-mp.bin", upload_id, 1, src)
+    # The wire heals: the retry the engine would make goes through.
+    proxy.upstream_edit = lambda b: b
+    await p.put("bent.bin", src, overwrite=True)
+    assert await azure_container.read("bent.bin") == b"PAYLOAD-1 of a checkpoint"
+
+
+@pytest.mark.asyncio
+async def test_service_reporting_another_md5_is_an_integrity_error(
+    tamper: tuple[_TamperProxy, AzureProvider], tmp_path: Path
+) -> None:
+    proxy, p = tamper
+    bogus = base64.b64encode(b"\x00" * 16)
+    proxy.downstream_edit = lambda b: re.sub(
+        rb"(?i)(content-md5: )[A-Za-z0-9+/=]{24}", rb"\g<1>" + bogus, b
+    )
+    with pytest.raises(IntegrityError) as info:
+        await p.put("reported.bin", _write(tmp_path, b"some bytes"), overwrite=True)
+    assert not info.value.transient
+    assert bogus.decode() in str(info.value)
+    assert "reported.bin" in str(info.value)
