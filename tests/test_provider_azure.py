@@ -372,6 +372,9 @@ async def test_missing_container_found_on_put_without_verify(
     async with _opened(_key_provider(azurite_server, missing), verify=False) as p:
         with pytest.raises(StoreNotFoundError, match=missing):
             await p.put("a", _write(tmp_path, b"a"), overwrite=True)
+        # The existence check of a conditional multipart upload is a HEAD (no error body).
+        with pytest.raises(StoreNotFoundError, match=missing):
+            await p.create_multipart("a", overwrite=False)
 
 
 @pytest.mark.asyncio
