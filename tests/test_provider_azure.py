@@ -700,3 +700,38 @@ async def test_service_reporting_another_md5_is_an_integrity_error(
     assert not info.value.transient
     assert bogus.decode() in str(info.value)
     assert "reported.bin" in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_connection_string_from_the_environment(
+    azurite_server: AzuriteServer,
+    azure_container: AzureContainer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_server.connection_string)
+    p = AzureProvider.from_uri(f"az://{azure_container.name}/env", {})
+    assert azurite_server.account_key not in repr(p)
+    async with _opened(p):
+        await p.put("e.txt", _write(tmp_path, b"env"), overwrite=True)
+    assert await azure_container.read("env/e.txt") == b"env"
+
+
+@pytest.mark.asyncio
+async def test_unknown_api_version_is_a_config_error(azurite_server: AzuriteServer) -> None:
+    p = _key_provider(azurite_server, "box", api_version="1999-01-01")
+    with pytest.raises(ConfigError, match="1999-01-01"):
+        await p.open()
+    await p.aclose()
+
+
+@pytest.mark.asyncio
+async def test_seed_api_version_is_spoken(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    kwargs = {**azurite_server.seed_kwargs(), "api_version": "2021-08-06", "region": "westeurope"}
+    p = provider_from_seed("azure", azure_container.name, kwargs)
+    assert isinstance(p, AzureProvider) and p.api_version == "2021-08-06"
+    async with _opened(p):
+        await p.put("v.txt", _write(tmp_path, b"old dialect"), overwrite=False)
+    assert await azure_container.read("v.txt") == b"old dialect"
