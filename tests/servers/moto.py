@@ -1,0 +1,258 @@
+"""A real S3 server for the tests: moto's ``moto_server`` on a free loopback port.
+
+Fixtures:
+    moto_server: session-scoped :class:`MotoServer` (``.endpoint_url``, ``.reset()``...).
+    moto_s3: session-scoped boto3 S3 client against it, to set up and inspect state directly.
+    s3_bucket: a fresh, uniquely named bucket per test; the server is reset afterwards.
+    moto_iam_credentials: credentials of an IAM user with no permissions, with moto's request
+        authentication switched on for the duration of the test (moto accepts any credentials
+        otherwise).
+
+Dummy credentials are passed explicitly (``MOTO_OPTIONS``); ``os.environ`` is never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+MOTO_REGION = "us-east-1"
+MOTO_KEY = "testing"
+MOTO_SECRET = "testing"
+# Options for S3Provider.from_uri / AsyncUploader(provider_kwargs=...), endpoint added per server.
+MOTO_OPTIONS: dict[str, object] = {"key": MOTO_KEY, "secret": MOTO_SECRET, "region": MOTO_REGION}
+
+_READY_DEADLINE = 30.0
+_START_ATTEMPTS = 3
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<no log: {exc}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class MotoServer:
+    """A running moto server.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:<port>``.
+        log_path: Where the server's stdout/stderr go.
+        process: The server process (leader of its own process group).
+    """
+
+    endpoint_url: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def _post(self, path: str, body: bytes = b"") -> dict[str, Any]:
+        # Not form-encoded: werkzeug would parse a form body away and moto would see b"".
+        req = urllib.request.Request(
+            self.endpoint_url + path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200, f"{path} answered {resp.status}"
+            result: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return result
+
+    def reset(self) -> None:
+        """Forget every bucket, object, upload and IAM entity."""
+        self._post("/moto-api/reset")
+
+    def set_auth(self, enabled: bool) -> None:
+        """Switch moto's request authentication (signatures, access keys, IAM policies) on or off.
+
+        moto authenticates requests once ``INITIAL_NO_AUTH_ACTION_COUNT`` requests have been
+        served; ``/moto-api/reset-auth`` sets that count and restarts the counter.
+        """
+        self._post("/moto-api/reset-auth", b"0" if enabled else b"inf")
+
+    def options(self, **extra: object) -> dict[str, object]:
+        """Provider options for this server: dummy credentials, region and endpoint."""
+        return {**MOTO_OPTIONS, "endpoint_url": self.endpoint_url, **extra}
+
+    def client(self, service: str = "s3", **kwargs: Any) -> Any:
+        """A boto3 client for ``service`` against this server with the dummy credentials."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=MOTO_REGION,
+            aws_access_key_id=kwargs.pop("aws_access_key_id", MOTO_KEY),
+            aws_secret_access_key=kwargs.pop("aws_secret_access_key", MOTO_SECRET),
+            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+            **kwargs,
+        )
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> bool:
+    """Poll ``url`` until it answers (True) or the process dies (False); fail at the deadline."""
+    deadline = time.monotonic() + _READY_DEADLINE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        # Waiting on the process doubles as the poll interval and notices an early death at once.
+        try:
+            proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc)
+    raise RuntimeError(
+        f"server did not answer {url} within {_READY_DEADLINE:.0f}s; log tail:\n"
+        + _log_tail(log_path)
+    )
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def start_server(
+    argv_for_port: Callable[[int], list[str]], ready_path: str, log_dir: Path, label: str
+) -> tuple[str, Path, subprocess.Popen[bytes]]:
+    """Start ``argv_for_port(port)`` on a free loopback port; return once ``ready_path`` answers.
+
+    Returns:
+        (endpoint URL, log path, process). The process leads its own process group.
+    """
+    last_log = log_dir / f"{label}.log"
+    for attempt in range(_START_ATTEMPTS):
+        port = _free_port()
+        log_path = log_dir / f"{label}.{attempt}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv_for_port(port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so teardown can kill it and anything it spawned.
+                start_new_session=True,
+            )
+        endpoint = f"http://127.0.0.1:{port}"
+        if _wait_ready(proc, endpoint + ready_path, log_path):
+            return endpoint, log_path, proc
+        # Died before answering: most likely another process took the port in between.
+        last_log = log_path
+    raise RuntimeError(
+        f"{label} exited before becoming ready ({_START_ATTEMPTS} attempts); log tail:\n"
+        + _log_tail(last_log)
+    )
+
+
+def start_moto_server(log_dir: Path) -> MotoServer:
+    """Start ``python -m moto.server`` on a free loopback port and wait until it answers."""
+    endpoint, log_path, proc = start_server(
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        "/moto-api/",
+        log_dir,
+        "moto_server",
+    )
+    return MotoServer(endpoint, log_path, proc)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto S3 server for the whole test session."""
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        kill_group(server.process)
+
+
+@pytest.fixture(scope="session")
+def moto_s3(moto_server: MotoServer) -> Any:
+    """A boto3 S3 client against the moto server (for setup and inspection)."""
+    return moto_server.client("s3")
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer, moto_s3: Any) -> Iterator[str]:
+    """A new empty bucket; the server is reset afterwards so objects do not pile up."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    moto_s3.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        moto_server.reset()
+
+
+@pytest.fixture
+def moto_iam_credentials(moto_server: MotoServer, s3_bucket: str) -> Iterator[dict[str, str]]:
+    """``{"key", "secret"}`` of an IAM user without any policy, with moto's auth switched on.
+
+    Requests signed with these credentials are authenticated but denied (403 AccessDenied);
+    unknown keys get 403 InvalidAccessKeyId, wrong secrets 403 SignatureDoesNotMatch.
+    Depends on ``s3_bucket`` so the bucket exists before authentication starts.
+    """
+    iam = moto_server.client("iam")
+    user = f"nobody-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    moto_server.set_auth(True)
+    try:
+        yield {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    finally:
+        moto_server.set_auth(False)
+
+
+def list_multipart_uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
+    """The bucket's unfinished multipart uploads (Key, UploadId...)."""
+    uploads: list[dict[str, Any]] = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads
+
+
+def read_s3_object(client: Any, bucket: str, key: str) -> bytes:
+    """The bytes of ``bucket/key`` read straight from the server."""
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
+def list_s3_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
+    """Every key under ``prefix`` (first 1000)."""
+    resp = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for o in resp.get("Contents", [])]
