@@ -1,0 +1,880 @@
+"""Google Cloud Storage (``gs://bucket/prefix``) through gcloud-aio-storage.
+
+One ``put`` is one logical upload:
+
+- up to ``resumable_threshold`` bytes (8 MiB by default): one *multipart* (metadata + media)
+  request through :meth:`gcloud.aio.storage.Storage.upload`. Metadata is always sent, for two
+  reasons: it carries our CRC32C and MD5 so GCS verifies the body before it commits the object,
+  and ``ifGenerationMatch=0`` is enforced by fake-gcs-server only on multipart uploads (a plain
+  ``uploadType=media`` upload ignores it there), so ``overwrite=False`` is atomic on the emulator
+  as well as on GCS.
+- above it: a *resumable* upload session: one POST that opens the session (with the metadata,
+  checksums and precondition) and one PUT that streams the staged file from disk in 1 MiB chunks.
+  Memory stays bounded whatever the file size. With ``overwrite=False`` the session is opened
+  with ``ifGenerationMatch=0``, which makes the write atomic on GCS; a metadata GET first refuses
+  an existing object before gigabytes are streamed only to be rejected, and is what stops the
+  overwrite on fake-gcs-server, which ignores the precondition on resumable uploads (racy there:
+  two writers that both pass the check both succeed).
+
+Why the resumable path does not go through ``Storage.upload``: the library's resumable code
+(``_do_upload``) catches *every* HTTP error of the final PUT, including 4xx such as 412 and 403,
+sleeps 1, 2, 4 and 8 s and resends the whole body with ``Content-Range: bytes */*`` (a status
+query that must have no body); when GCS answers such a query with ``308 Resume Incomplete`` the
+library returns ``None`` instead of raising. The engine already retries transient errors with
+its own policy, so the provider speaks the two-request protocol itself, on the library's own
+aiohttp session and with its token, and keeps one request = one attempt.
+
+``Storage.upload`` defaults to a 30 s total timeout, which fails any large checkpoint on a normal
+link. Every request here gets ``timeout + size / min_throughput`` seconds (60 s + 1 s per MiB by
+default): see :meth:`GCSProvider.request_timeout`.
+
+Integrity: CRC32C (google-crc32c, native) and MD5 are computed locally (in a worker thread for
+anything but tiny bodies), sent in the object metadata (GCS rejects a body that does not match
+them), and checked against what the server reports back; a mismatch is an
+:class:`IntegrityError`. fake-gcs-server does not verify the values it is sent but does report
+the CRC32C and MD5 of what it stored, so the check after the fact still catches corruption there.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import math
+import mimetypes
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, BinaryIO, Final, Protocol, cast
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import anyio.to_thread
+import google_crc32c as _google_crc32c
+from gcloud.aio.storage import Storage
+from yarl import URL
+
+from .._errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidObjectNameError,
+    ObjectExistsError,
+    PermissionDeniedError,
+    ProviderError,
+    StoreNotFoundError,
+)
+from .._types import FileSlice, PutResult
+from ._protocol import MAX_NAME_BYTES, MiB, check_common_name, join_key
+
+_DEFAULT_API_ROOT: Final = "https://storage.googleapis.com"
+_DEFAULT_RESUMABLE_THRESHOLD: Final = 8 * MiB
+_DEFAULT_TIMEOUT: Final = 60.0
+_DEFAULT_MIN_THROUGHPUT: Final = float(MiB)
+_CHUNK: Final = MiB
+# Below this, hashing on the event loop costs less than the hop to a worker thread.
+_INLINE_HASH_LIMIT: Final = 256 * 1024
+# google-crc32c ships no type information.
+google_crc32c: Any = _google_crc32c
+_ACME_PREFIX: Final = ".well-known/acme-challenge/"
+# Bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, '-', '_', '.'.
+_BUCKET_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_KNOWN_OPTIONS: Final = frozenset(
+    {
+        "service_file",
+        "token",
+        "api_root",
+        "endpoint_url",
+        "resumable_threshold",
+        "timeout",
+        "min_throughput",
+        "key",
+        "secret",
+        "secure",
+        "host",
+        "port",
+        "region",
+        "api_version",
+    }
+)
+# Connection-level failures that a new attempt may get past.
+_TRANSIENT_EXCEPTIONS: Final = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class TokenSource(Protocol):
+    """What the provider needs from a credential: gcloud-aio-auth's ``Token`` satisfies it."""
+
+    async def get(self) -> str | None:
+        """Return a current OAuth2 access token."""
+        ...
+
+
+class _StaticToken:
+    """A raw access token string, held out of every repr."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "_StaticToken(<redacted>)"
+
+    async def get(self) -> str | None:
+        return self._value
+
+    async def close(self) -> None:
+        return None
+
+
+class GCSProvider:
+    """Writes objects to a Google Cloud Storage bucket (or fake-gcs-server) with gcloud-aio-storage.
+
+    Credentials, in order: ``token``, then ``service_file``, then Google's default chain
+    (``GOOGLE_APPLICATION_CREDENTIALS``, the gcloud SDK config, the GCE metadata server). Against
+    an emulator (``api_root`` or ``STORAGE_EMULATOR_HOST``) with no explicit credential, requests
+    are sent without authentication, as the emulators expect.
+
+    Args:
+        bucket: Bucket name.
+        prefix: Prefix every object name is placed under ("" for the bucket root).
+        service_file: Path of a service-account (or authorized-user) JSON key file.
+        token: An access token: a gcloud-aio-auth ``Token`` (or anything with ``async get()``),
+            or a raw OAuth2 access token string (it is not refreshed).
+        api_root: Base URL of the JSON API, e.g. ``http://127.0.0.1:4443`` for an emulator.
+            Default: ``STORAGE_EMULATOR_HOST`` if set when the provider opens, else
+            ``https://storage.googleapis.com``.
+        resumable_threshold: Bodies larger than this many bytes use a resumable upload streamed
+            from disk; smaller ones a single multipart request held in memory. Default 8 MiB.
+        timeout: Base per-request timeout in seconds. Default 60.
+        min_throughput: Slowest upload rate, in bytes per second, tolerated before a request
+            times out: each request gets ``timeout + size / min_throughput`` seconds. Default
+            1 MiB/s (a 1 GiB checkpoint gets 60 + 1024 s).
+    """
+
+    scheme = "gs"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        service_file: str | os.PathLike[str] | None = None,
+        token: TokenSource | str | None = None,
+        api_root: str | None = None,
+        resumable_threshold: int = _DEFAULT_RESUMABLE_THRESHOLD,
+        timeout: float = _DEFAULT_TIMEOUT,
+        min_throughput: float = _DEFAULT_MIN_THROUGHPUT,
+    ) -> None:
+        if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
+            raise ConfigError(
+                f"invalid GCS bucket name {bucket!r}: 3-222 characters of lowercase letters, "
+                "digits, '-', '_' and '.', starting and ending with a letter or digit"
+            )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if service_file is not None and token is not None:
+            raise ConfigError("GCS options 'service_file' and 'token' are mutually exclusive")
+        self.service_file = None if service_file is None else os.fspath(service_file)
+        if self.service_file is not None and not os.path.isfile(self.service_file):
+            raise ConfigError(f"GCS service_file {self.service_file!r} is not a file")
+        if isinstance(token, str):
+            if not token:
+                raise ConfigError("GCS option 'token' must not be empty")
+            self._token: TokenSource | None = _StaticToken(token)
+        else:
+            if token is not None and not callable(getattr(token, "get", None)):
+                raise ConfigError(
+                    "GCS option 'token' must be a str or a gcloud-aio-auth Token "
+                    f"(something with an async get()), not {type(token).__name__}"
+                )
+            self._token = token
+        if api_root is not None:
+            api_root = api_root.rstrip("/")
+            parts = urlsplit(api_root)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"GCS api_root must look like http(s)://host[:port], got {api_root!r}"
+                )
+        self.api_root = api_root
+        if isinstance(resumable_threshold, bool) or not isinstance(resumable_threshold, int):
+            raise ConfigError(f"resumable_threshold must be an int, got {resumable_threshold!r}")
+        if resumable_threshold < 0:
+            raise ConfigError(f"resumable_threshold must be >= 0, got {resumable_threshold}")
+        self.resumable_threshold = resumable_threshold
+        for label, value in (("timeout", timeout), ("min_throughput", min_throughput)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(f"GCS option {label!r} must be a positive number, got {value!r}")
+        self.timeout = float(timeout)
+        self.min_throughput = float(min_throughput)
+        self._session: aiohttp.ClientSession | None = None
+        self._storage: Storage | None = None
+        self._root = ""
+        self._anonymous = False
+
+    def __repr__(self) -> str:
+        # Bucket, prefix and endpoint only: never the token or key file contents.
+        return (
+            f"GCSProvider(bucket={self.bucket!r}, prefix={self.prefix!r}, "
+            f"api_root={self.api_root!r})"
+        )
+
+    # -- construction from URIs and the seed's provider_kwargs -----------------------------
+
+    @classmethod
+    def from_uri(cls, uri: str, options: Mapping[str, object] | None = None) -> GCSProvider:
+        """Build from ``gs://bucket[/prefix]`` and options.
+
+        Options: ``service_file``, ``token``, ``api_root`` (alias ``endpoint_url``),
+        ``resumable_threshold``, ``timeout``, ``min_throughput`` (see the class), and the seed's
+        libcloud-style keys:
+
+        - ``host`` / ``port`` / ``secure``: make ``api_root`` (``secure`` defaults to True).
+        - ``key``: the path of a service-account JSON file. libcloud's pair ``key=<client
+          email>``, ``secret=<path of the JSON key file>`` is accepted too. HMAC keys and raw
+          secrets are refused: the JSON API authenticates with OAuth2 tokens.
+        - ``region``, ``api_version``: accepted and ignored (a bucket's location is fixed at
+          creation; the JSON API has one version, v1).
+
+        Raises:
+            ConfigError: A malformed URI, an unknown option or a bad option value.
+        """
+        parts = urlsplit(uri)
+        if parts.scheme.lower() != "gs":
+            raise ConfigError(f"not a GCS URI: {uri!r}")
+        if parts.username or parts.password:
+            # Never echo the URI back: it may hold a secret.
+            raise ConfigError("GCS URI must not embed credentials; pass them as options")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"GCS URI {uri!r} must not carry a query or fragment")
+        bucket = parts.netloc
+        if not bucket:
+            raise ConfigError(f"GCS URI {uri!r} names no bucket: expected gs://bucket[/prefix]")
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - _KNOWN_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) for the GCS store: {unknown}; known: {sorted(_KNOWN_OPTIONS)}"
+            )
+        # A bucket's location is fixed when it is created and the JSON API has a single version
+        # (v1): the seed's region / api_version have nothing to select here.
+        opts.pop("region", None)
+        opts.pop("api_version", None)
+
+        kwargs: dict[str, Any] = {}
+        for name in ("resumable_threshold", "timeout", "min_throughput"):
+            if opts.get(name) is not None:
+                kwargs[name] = opts.pop(name)
+        token = opts.pop("token", None)
+        if token is not None:
+            kwargs["token"] = token
+        service_file = _service_file_option(opts)
+        if service_file is not None:
+            kwargs["service_file"] = service_file
+        api_root = _api_root_option(opts)
+        if api_root is not None:
+            kwargs["api_root"] = api_root
+        return cls(bucket, parts.path, **kwargs)
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    def uri(self, name: str) -> str:
+        return f"gs://{self.bucket}/{join_key(self.prefix, name)}"
+
+    def check_name(self, name: str) -> None:
+        """Raise :class:`InvalidObjectNameError` for a name GCS refuses.
+
+        GCS rules on the full object name (prefix included): at most 1024 bytes of UTF-8, no
+        carriage return or line feed, not ``.`` or ``..``, not under
+        ``.well-known/acme-challenge/``.
+        """
+        budget = MAX_NAME_BYTES - (len(self.prefix.encode()) + 1 if self.prefix else 0)
+        check_common_name(name, max_bytes=budget)
+        if "\r" in name or "\n" in name:
+            raise InvalidObjectNameError(name, "GCS object names cannot contain CR or LF")
+        key = join_key(self.prefix, name)
+        if key in (".", ".."):
+            raise InvalidObjectNameError(name, "GCS object names cannot be '.' or '..'")
+        if key.startswith(_ACME_PREFIX):
+            raise InvalidObjectNameError(
+                name, f"GCS object names cannot start with {_ACME_PREFIX!r}"
+            )
+
+    def request_timeout(self, size: int) -> float:
+        """Seconds allowed for a request sending ``size`` bytes.
+
+        ``timeout + size / min_throughput``: 60 s + 1 s per MiB with the defaults.
+        """
+        return self.timeout + max(0, size) / self.min_throughput
+
+    async def open(self, *, verify: bool = True) -> None:
+        """Create the HTTP session and client on the running loop; check the bucket if ``verify``.
+
+        Raises:
+            StoreNotFoundError: The bucket does not exist.
+            PermissionDeniedError: The credentials were refused.
+            ProviderError: The server could not be reached (transient).
+        """
+        if self._storage is not None:
+            return
+        env_root = os.environ.get("STORAGE_EMULATOR_HOST")
+        if self.api_root is not None:
+            root, emulator = self.api_root, True
+        elif env_root:
+            root = env_root if env_root.startswith("http") else f"http://{env_root}"
+            root, emulator = root.rstrip("/"), True
+        else:
+            root, emulator = _DEFAULT_API_ROOT, False
+        # An emulator takes unauthenticated requests; with explicit credentials we send them
+        # anyway (a private endpoint may want them).
+        self._anonymous = emulator and self._token is None and self.service_file is None
+        self._root = root
+        if self.service_file is not None:
+            await anyio.to_thread.run_sync(_check_service_file, self.service_file)
+        # Our own session: the engine's concurrency limit, not a small pool, bounds what is in
+        # flight, and every request passes its own size-scaled timeout.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+        )
+        make_storage = functools.partial(
+            Storage,
+            service_file=self.service_file,
+            # Duck-typed: the library only calls the token's get().
+            token=cast(Any, self._token),
+            # The library's annotation names requests' Session (its sync twin shares the code).
+            session=cast(Any, session),
+            api_root=root,
+            api_is_dev=self._anonymous,
+        )
+        try:
+            # Storage() builds its Token, which reads key files and the gcloud SDK config: keep
+            # that file I/O off the loop (nothing in it is bound to the loop).
+            self._storage = await anyio.to_thread.run_sync(make_storage)
+        except Exception as exc:
+            await session.close()
+            # The library's message may quote the key file; name the file only.
+            raise ConfigError(
+                f"cannot load GCS credentials from {self.service_file!r}: {type(exc).__name__}"
+            ) from exc
+        self._session = session
+        if not verify:
+            return
+        try:
+            await self._auth_headers()
+            await self._storage.get_bucket_metadata(
+                self.bucket,
+                timeout=self.timeout,  # type: ignore[arg-type]  # passed on to aiohttp as is
+            )
+        except BaseException as exc:
+            await self.aclose()
+            if isinstance(exc, Exception):
+                raise self._map(exc, None, bucket_op=True) from exc
+            raise
+
+    async def aclose(self) -> None:
+        storage, session = self._storage, self._session
+        self._storage = self._session = None
+        if storage is not None:
+            # A background token refresh the library may have started would outlive the session.
+            acquiring = getattr(storage.token, "acquiring", None)
+            if acquiring is not None and not acquiring.done():
+                acquiring.cancel()
+        if session is not None:
+            await session.close()
+
+    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
+        """Upload ``data`` as object ``name`` (multipart or resumable by size).
+
+        Raises:
+            ObjectExistsError: ``overwrite`` is False and the object exists.
+            IntegrityError: The server's CRC32C, MD5 or size differ from the local ones.
+            PermissionDeniedError: The credentials were refused.
+            StoreNotFoundError: The bucket does not exist.
+            ProviderError: Any other failure, ``transient`` when a retry may help.
+        """
+        storage = self._storage
+        if storage is None:
+            raise ProviderError(
+                "GCS provider used before open() or after aclose()", name=name, uri=self.uri(name)
+            )
+        key = join_key(self.prefix, name)
+        try:
+            # Fetch (and cache) the token first, so a credential failure maps to
+            # PermissionDeniedError here rather than surfacing from inside the library.
+            await self._auth_headers()
+            if data.length > self.resumable_threshold:
+                if not overwrite and await self._exists(key):
+                    raise ObjectExistsError(f"object {self.uri(name)!r} already exists")
+                crc, md5 = await anyio.to_thread.run_sync(_hash_slice, data)
+                resp = await self._upload_resumable(key, data, crc, md5, overwrite=overwrite)
+            else:
+                if data.length > _INLINE_HASH_LIMIT:
+                    body, crc, md5 = await anyio.to_thread.run_sync(_read_and_hash, data)
+                else:
+                    body, crc, md5 = _read_and_hash(data)
+                resp = await self._upload_small(key, body, crc, md5, overwrite=overwrite)
+        except ProviderError as exc:
+            exc.name, exc.uri = name, self.uri(name)
+            raise
+        except Exception as exc:
+            raise self._map(exc, name, overwrite=overwrite) from exc
+        return self._result(name, data, resp, crc, md5, overwrite=overwrite)
+
+    # -- the two upload paths (overridable seams, one request each) --------------------------
+
+    async def _upload_small(
+        self, key: str, body: bytes, crc: str, md5: str, *, overwrite: bool
+    ) -> dict[str, Any] | None:
+        """One multipart upload through the library. Returns the object resource it parsed."""
+        assert self._storage is not None
+        params = {} if overwrite else {"ifGenerationMatch": "0"}
+        # The library turns 'a-b' into 'aB' (and lowercases 'md5Hash'): spell keys its way.
+        metadata = {"crc32c": crc, "md5-hash": md5}
+        resp: dict[str, Any] | None = await self._storage.upload(
+            self.bucket,
+            key,
+            body,
+            content_type=_content_type(key),
+            parameters=params,
+            metadata=metadata,
+            # Metadata makes this a multipart upload; never let the library pick resumable.
+            force_resumable_upload=False,
+            timeout=self.request_timeout(len(body)),  # type: ignore[arg-type]
+        )
+        return resp
+
+    async def _exists(self, key: str) -> bool:
+        """Whether ``key`` exists (object metadata GET; 404 means no)."""
+        assert self._storage is not None
+        try:
+            await self._storage.download_metadata(
+                self.bucket,
+                key,
+                timeout=self.timeout,  # type: ignore[arg-type]  # passed on to aiohttp as is
+            )
+        except aiohttp.ClientResponseError as exc:
+            if exc.status == 404 and self._is_storage_url(exc):
+                return False
+            raise
+        return True
+
+    async def _upload_resumable(
+        self, key: str, data: FileSlice, crc: str, md5: str, *, overwrite: bool
+    ) -> dict[str, Any] | None:
+        """Open a resumable session, then stream the whole slice in one PUT."""
+        session = self._session
+        assert session is not None
+        headers = await self._auth_headers()
+        content_type = _content_type(key)
+        params = {"uploadType": "resumable", "name": key}
+        if not overwrite:
+            params["ifGenerationMatch"] = "0"
+        meta = json.dumps(
+            {"name": key, "contentType": content_type, "crc32c": crc, "md5Hash": md5}
+        ).encode()
+        url = f"{self._root}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
+        async with session.post(
+            url,
+            params=params,
+            data=meta,
+            headers={
+                **headers,
+                "Content-Type": "application/json; charset=UTF-8",
+                "X-Upload-Content-Type": content_type,
+                "X-Upload-Content-Length": str(data.length),
+            },
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            allow_redirects=False,
+        ) as resp:
+            await _raise_for_status(resp)
+            location = resp.headers.get("Location")
+        if not location:
+            raise ProviderError(
+                f"GCS did not return a resumable session URL for gs://{self.bucket}/{key}",
+                transient=True,
+            )
+        async with session.put(
+            # The session URL is already encoded: yarl must not encode it again.
+            URL(location, encoded=True),
+            data=_iter_slice(data),
+            headers={
+                **headers,
+                "Content-Type": content_type,
+                "Content-Length": str(data.length),
+            },
+            timeout=aiohttp.ClientTimeout(
+                total=self.request_timeout(data.length), sock_connect=self.timeout
+            ),
+            # 308 is GCS's "Resume Incomplete", not a redirect to follow.
+            allow_redirects=False,
+        ) as resp:
+            await _raise_for_status(resp)
+            if resp.status == 308:
+                # "Resume Incomplete": the server kept fewer bytes than we sent. The library
+                # returns None here; a new attempt starts a fresh session.
+                raise ProviderError(
+                    f"GCS resumable upload of gs://{self.bucket}/{key} ended incomplete "
+                    f"(308, server has {resp.headers.get('Range', 'no bytes')})",
+                    status=308,
+                    transient=True,
+                )
+            text = await resp.text()
+        parsed: dict[str, Any] | None = json.loads(text) if text.strip() else None
+        return parsed
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._anonymous:
+            return {}
+        assert self._storage is not None
+        try:
+            token = await self._storage.token.get()
+        except Exception as exc:
+            raise _auth_error(exc) from exc
+        if not token:
+            raise PermissionDeniedError("no GCS access token could be obtained")
+        return {"Authorization": f"Bearer {token}"}
+
+    # -- results and errors -----------------------------------------------------------------
+
+    def _result(
+        self,
+        name: str,
+        data: FileSlice,
+        resp: dict[str, Any] | None,
+        crc: str,
+        md5: str,
+        *,
+        overwrite: bool,
+    ) -> PutResult:
+        uri = self.uri(name)
+        if not isinstance(resp, dict) or not resp:
+            # gcloud-aio-storage returns None (no exception) when the server answered without
+            # a body; the object may or may not exist, so a retry decides.
+            raise ProviderError(
+                f"GCS upload of {uri!r} returned no object metadata",
+                name=name,
+                uri=uri,
+                transient=True,
+            )
+        # With overwrite=False a retry would only meet ObjectExistsError, hiding the corruption.
+        for field, ours in (("crc32c", crc), ("md5Hash", md5), ("size", str(data.length))):
+            theirs = resp.get(field)
+            if theirs is not None and str(theirs) != ours:
+                raise IntegrityError(
+                    f"GCS stored {uri!r} with {field} {theirs!r}, local file has {ours!r}",
+                    name=name,
+                    uri=uri,
+                    transient=overwrite,
+                )
+        generation = resp.get("generation")
+        etag = resp.get("etag")
+        return PutResult(
+            etag=etag if isinstance(etag, str) else None,
+            version=None if generation is None else str(generation),
+            checksum_algorithm="crc32c",
+            checksum=crc,
+        )
+
+    def _map(
+        self,
+        exc: Exception,
+        name: str | None,
+        *,
+        overwrite: bool = True,
+        bucket_op: bool = False,
+    ) -> ProviderError:
+        """Turn a library / aiohttp / local I/O exception into the library's error tree."""
+        uri = self.uri(name) if name is not None else f"gs://{self.bucket}"
+        what = f"{uri!r}" if name is not None else f"bucket {self.bucket!r}"
+        if isinstance(exc, ProviderError):
+            return exc
+        if isinstance(exc, aiohttp.ClientResponseError):
+            if not self._is_storage_url(exc):
+                return _auth_error(exc)
+            status = exc.status
+            detail = _error_detail(exc.message)
+            retry_after = _retry_after(exc.headers)
+            kw: dict[str, Any] = {"name": name, "uri": uri, "status": status}
+            if status == 412 and not overwrite:
+                return ObjectExistsError(f"object {uri!r} already exists", **kw)
+            if status in (401, 403):
+                return PermissionDeniedError(
+                    f"GCS refused access to {what} ({status}): {detail}", **kw
+                )
+            in_session = "upload_id=" in str(exc.request_info.real_url)
+            if status == 404 and (bucket_op or not in_session):
+                # Object-level 404s do not happen on uploads: the bucket is missing.
+                return StoreNotFoundError(f"GCS bucket {self.bucket!r} does not exist", **kw)
+            if status in (404, 410):
+                # A resumable session that expired or vanished: a new attempt opens a new one.
+                return ProviderError(
+                    f"GCS upload session for {what} is gone ({status}): {detail}",
+                    transient=True,
+                    **kw,
+                )
+            if status == 400 and re.search(r"crc32c|md5|checksum|hash", detail, re.IGNORECASE):
+                return IntegrityError(
+                    f"GCS rejected the body of {what}: {detail}", transient=True, **kw
+                )
+            transient = status in (408, 429) or status >= 500
+            return ProviderError(
+                f"GCS request for {what} failed ({status}): {detail}",
+                transient=transient,
+                retry_after=retry_after,
+                **kw,
+            )
+        if isinstance(exc, TimeoutError):
+            return ProviderError(
+                f"GCS request for {what} timed out", name=name, uri=uri, transient=True
+            )
+        if isinstance(exc, _TRANSIENT_EXCEPTIONS):
+            return ProviderError(
+                f"GCS request for {what} failed: {type(exc).__name__}: {exc}",
+                name=name,
+                uri=uri,
+                transient=True,
+            )
+        if isinstance(exc, ValueError):
+            # An unparseable response body (a proxy's HTML error page...).
+            return ProviderError(
+                f"GCS returned an unreadable response for {what}: {type(exc).__name__}",
+                name=name,
+                uri=uri,
+                transient=True,
+            )
+        if isinstance(exc, OSError):
+            return ProviderError(
+                f"cannot read the file to upload as {what}: {exc}", name=name, uri=uri
+            )
+        return ProviderError(
+            f"GCS request for {what} failed: {type(exc).__name__}: {exc}", name=name, uri=uri
+        )
+
+    def _is_storage_url(self, exc: aiohttp.ClientResponseError) -> bool:
+        """False when the failed request went to a token endpoint, not to the storage API."""
+        try:
+            url = str(exc.request_info.real_url)
+        except AttributeError:
+            return True
+        return not self._root or url.startswith(self._root)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _service_file_option(opts: dict[str, object]) -> str | None:
+    """The key file named by ``service_file``, or by the seed's ``key`` / ``secret``."""
+    service_file = opts.pop("service_file", None)
+    key = opts.pop("key", None)
+    secret = opts.pop("secret", None)
+    if service_file is not None and not isinstance(service_file, str | os.PathLike):
+        raise ConfigError("GCS option 'service_file' must be a path")
+    candidates: list[str] = []
+    if isinstance(key, str | os.PathLike) and os.path.isfile(key):
+        candidates.append(os.fspath(key))
+    if isinstance(secret, str | os.PathLike) and os.path.isfile(secret):
+        # libcloud's GCS driver takes key=<service account email>, secret=<key file path>.
+        candidates.append(os.fspath(secret))
+    elif secret is not None and not candidates:
+        # The values are never echoed: they may be secrets.
+        raise ConfigError(
+            "GCS option 'secret' must be the path of a service-account JSON key file (with "
+            "'key' the account's email); HMAC keys are not supported by the JSON API: pass "
+            "service_file=<path> or token=<access token> instead"
+        )
+    if key is not None and not candidates:
+        raise ConfigError(
+            "GCS option 'key' must be the path of an existing service-account JSON key file; "
+            "HMAC keys and client ids are not supported: pass service_file=<path> or "
+            "token=<access token> instead"
+        )
+    if len(candidates) > 1:
+        raise ConfigError("GCS options 'key' and 'secret' both name a key file; pass just one")
+    if candidates:
+        if service_file is not None:
+            raise ConfigError("GCS option 'service_file' conflicts with the key file in 'key'")
+        return candidates[0]
+    return None if service_file is None else os.fspath(service_file)
+
+
+def _api_root_option(opts: dict[str, object]) -> str | None:
+    """``api_root`` / ``endpoint_url``, or one made of the seed's ``host``, ``port``, ``secure``."""
+    api_root = opts.pop("api_root", None)
+    endpoint_url = opts.pop("endpoint_url", None)
+    host = opts.pop("host", None)
+    port = opts.pop("port", None)
+    secure = opts.pop("secure", None)
+    given = [n for n, v in (("api_root", api_root), ("endpoint_url", endpoint_url)) if v]
+    if len(given) > 1 or (given and host is not None):
+        raise ConfigError("give the GCS endpoint once: api_root, endpoint_url or host/port")
+    if secure is not None and not isinstance(secure, bool):
+        raise ConfigError(f"GCS option 'secure' must be a bool, got {secure!r}")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int | str)):
+        raise ConfigError(f"GCS option 'port' must be an int, got {port!r}")
+    if host is None:
+        if port is not None:
+            raise ConfigError("GCS option 'port' needs 'host'")
+        if secure is False:
+            raise ConfigError("GCS only serves HTTPS: secure=False needs 'host' (an emulator)")
+        root = api_root or endpoint_url
+        if root is not None and not isinstance(root, str):
+            raise ConfigError("GCS option 'api_root' must be a str URL")
+        return root
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"GCS option 'host' must be a non-empty str, got {host!r}")
+    if "://" in host:
+        root = host.rstrip("/")
+    else:
+        root = f"{'http' if secure is False else 'https'}://{host}"
+    if port is not None:
+        root = f"{root}:{port}"
+    return root
+
+
+def _check_service_file(path: str) -> None:
+    """Refuse a key file that is not a JSON credential, naming the file, never its contents."""
+    try:
+        with open(path, "rb") as f:
+            parsed = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"GCS service_file {path!r} is not a readable JSON key file ({type(exc).__name__})"
+        ) from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
+        raise ConfigError(
+            f"GCS service_file {path!r} is not a credential file (no 'type' field); expected a "
+            "service-account or authorized-user JSON key"
+        )
+
+
+@functools.cache
+def _mime_table() -> mimetypes.MimeTypes:
+    # Python's built-in table only: the system's /etc/mime.types maps ".pt" (PyTorch checkpoints)
+    # to "application/vnd.snesdev-page-table", and differs from machine to machine.
+    return mimetypes.MimeTypes(filenames=())
+
+
+def _content_type(key: str) -> str:
+    return _mime_table().guess_type(key)[0] or "application/octet-stream"
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _read_and_hash(data: FileSlice) -> tuple[bytes, str, str]:
+    body = data.read_sync()
+    return (
+        body,
+        _b64(google_crc32c.Checksum(body).digest()),
+        _b64(hashlib.md5(body, usedforsecurity=False).digest()),
+    )
+
+
+def _hash_slice(data: FileSlice) -> tuple[str, str]:
+    """CRC32C and MD5 of a slice, read in chunks (blocking: run it in a worker thread)."""
+    crc = google_crc32c.Checksum()
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(data.path, "rb") as f:
+        f.seek(data.offset)
+        left = data.length
+        while left:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                raise OSError(f"{data.path} is shorter than {data.offset + data.length} bytes")
+            crc.update(chunk)
+            md5.update(chunk)
+            left -= len(chunk)
+    return _b64(crc.digest()), _b64(md5.digest())
+
+
+def _open_binary(path: str | os.PathLike[str]) -> BinaryIO:
+    return open(path, "rb")
+
+
+async def _iter_slice(data: FileSlice) -> AsyncIterator[bytes]:
+    """Yield the slice in 1 MiB chunks, each read in a worker thread."""
+    f = await anyio.to_thread.run_sync(_open_binary, data.path)
+    try:
+        await anyio.to_thread.run_sync(f.seek, data.offset)
+        left = data.length
+        while left:
+            chunk: bytes = await anyio.to_thread.run_sync(f.read, min(_CHUNK, left))
+            if not chunk:
+                raise OSError(f"{data.path} shrank while it was being uploaded")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
+
+
+async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    """Like the library: raise ClientResponseError with the (small) error body as its message."""
+    if resp.status >= 400:
+        body = await resp.text(errors="replace")
+        raise aiohttp.ClientResponseError(
+            resp.request_info,
+            resp.history,
+            status=resp.status,
+            message=f"{resp.reason}: {body[:2000]}",
+            headers=resp.headers,
+        )
+
+
+def _error_detail(message: str) -> str:
+    """The ``error.message`` of Google's JSON error body, else the raw text, shortened."""
+    _, _, body = message.partition(": ")
+    try:
+        parsed = json.loads(body)
+        detail = parsed["error"]["message"]
+        if isinstance(detail, str) and detail:
+            return detail[:300]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return (message or "no detail")[:300]
+
+
+def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    value = None if headers is None else headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        try:
+            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _auth_error(exc: Exception) -> ProviderError:
+    """A failure to obtain an access token (the token endpoint's body is never quoted)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and (status in (408, 429) or status >= 500):
+        return ProviderError(
+            f"could not obtain a GCS access token ({status})", status=status, transient=True
+        )
+    if isinstance(exc, _TRANSIENT_EXCEPTIONS):
+        return ProviderError(
+            f"could not obtain a GCS access token: {type(exc).__name__}", transient=True
+        )
+    return PermissionDeniedError(
+        f"could not obtain a GCS access token: {type(exc).__name__}"
+        + (f" ({status})" if status else "")
+    )
