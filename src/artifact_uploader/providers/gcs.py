@@ -21,8 +21,9 @@ Why the resumable path does not go through ``Storage.upload``: the library's res
 sleeps 1, 2, 4 and 8 s and resends the whole body with ``Content-Range: bytes */*`` (a status
 query that must have no body); when GCS answers such a query with ``308 Resume Incomplete`` the
 library returns ``None`` instead of raising. The engine already retries transient errors with
-its own policy, so the provider speaks the two-request protocol itself, on the library's own
-aiohttp session and with its token, and keeps one request = one attempt.
+its own policy, so the provider speaks the two-request protocol itself, on the aiohttp session
+and token the library uses, and keeps one request = one attempt. The file is read twice (hashed
+first, so the checksums can travel with the session's metadata, then streamed).
 
 ``Storage.upload`` defaults to a 30 s total timeout, which fails any large checkpoint on a normal
 link. Every request here gets ``timeout + size / min_throughput`` seconds (60 s + 1 s per MiB by
@@ -433,7 +434,7 @@ class GCSProvider:
             raise self._map(exc, name, overwrite=overwrite) from exc
         return self._result(name, data, resp, crc, md5, overwrite=overwrite)
 
-    # -- the two upload paths (overridable seams, one request each) --------------------------
+    # -- the two upload paths (seams a test subclass may wrap) -------------------------------
 
     async def _upload_small(
         self, key: str, body: bytes, crc: str, md5: str, *, overwrite: bool
