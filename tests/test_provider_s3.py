@@ -683,9 +683,13 @@ async def test_engine_part_failure_aborts_upload(
     provider.mode = mode
     up = AsyncUploader(provider, max_concurrency=4, retry=FAST_RETRY)
     await up.open()
-    handle = await up.submit(path, "doomed.pt")
-    with pytest.raises(ProviderError) as info:
-        await handle
+    try:
+        handle = await up.submit(path, "doomed.pt")
+        with pytest.raises(ProviderError) as info:
+            await handle
+    except BaseException:
+        await provider.aclose()
+        raise
     if mode == "raise":
         assert str(info.value) == "injected permanent failure of part 2"
     else:

@@ -484,9 +484,12 @@ class S3Provider:
             return
         try:
             await client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
+        except BaseException as exc:
+            # A provider that failed to open holds no client (the engine may never aclose it).
             await self.aclose()
-            raise self._map(exc, "HeadBucket", None) from exc
+            if isinstance(exc, Exception):
+                raise self._map(exc, "HeadBucket", None) from exc
+            raise
 
     async def aclose(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
