@@ -33,15 +33,7 @@ from artifact_uploader.providers import azure as azure_module
 from artifact_uploader.providers._protocol import MiB, MultipartProvider
 from artifact_uploader.providers.azure import AzureProvider
 from artifact_uploader.testing import MultipartConformance, ReadObject
-from tests.servers.azurite import (
-    AzureContainer,
-    AzuriteServer,
-    azure_container,
-    azurite_server,
-)
-
-# The fixtures are imported so pytest finds them here; listing them marks the import as used.
-__all__ = ["azure_container", "azurite_server"]
+from tests.servers.azurite import AzureContainer, AzuriteServer
 
 WRONG_KEY = base64.b64encode(b"not-the-key" * 6).decode()
 

@@ -43,9 +43,7 @@ from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice
 from artifact_uploader.providers.gcs import GCSProvider
 from artifact_uploader.testing import ProviderConformance, ReadObject
-from tests.servers.fake_gcs import FakeGCSServer, fake_gcs_server, gcs_bucket
-
-__all__ = ["fake_gcs_server", "gcs_bucket"]  # fixtures, imported for pytest to find
+from tests.servers.fake_gcs import FakeGCSServer
 
 MiB = 1024 * 1024
 SECRET_TOKEN = "ya29.super-secret-token-value"

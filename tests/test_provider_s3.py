@@ -32,17 +32,8 @@ from artifact_uploader._types import FileSlice, PartResult
 from artifact_uploader.providers._protocol import MultipartProvider
 from artifact_uploader.providers.s3 import S3Provider
 from artifact_uploader.testing import MultipartConformance
-from tests.servers import moto as moto_fixtures
-from tests.servers import s3_faults as fault_fixtures
 from tests.servers.moto import MotoServer, list_multipart_uploads, list_s3_keys, read_s3_object
 from tests.servers.s3_faults import FaultServer, s3_error
-
-# The fixtures this module uses (tests/conftest.py may also load these modules as plugins).
-moto_server = moto_fixtures.moto_server
-moto_s3 = moto_fixtures.moto_s3
-s3_bucket = moto_fixtures.s3_bucket
-moto_iam_credentials = moto_fixtures.moto_iam_credentials
-s3_faults = fault_fixtures.s3_faults
 
 MiB = 1024 * 1024
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0)

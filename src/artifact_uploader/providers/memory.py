@@ -135,12 +135,17 @@ class MemoryProvider:
         self.closed = True
 
     async def _enter(self, op: str, name: str) -> None:
-        if not self._running.is_set():
-            await anyio.to_thread.run_sync(self._running.wait, abandon_on_cancel=True)
         with self._lock:
             self.requests.append((op, name))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if not self._running.is_set():
+            try:
+                await anyio.to_thread.run_sync(self._running.wait, abandon_on_cancel=True)
+            except BaseException:
+                self._exit()
+                raise
+        with self._lock:
             fault = None
             for f in self._faults:
                 if f.ops is not None and op not in f.ops:

@@ -1,0 +1,55 @@
+"""The conformance suite on the embedded stores: memory and local filesystem."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from artifact_uploader import LocalProvider, MemoryProvider
+from artifact_uploader.testing import MultipartConformance, ProviderConformance, ReadObject
+
+
+class TestMemoryConformance(MultipartConformance):
+    @pytest_asyncio.fixture
+    async def provider(self) -> AsyncIterator[MemoryProvider]:
+        p = MemoryProvider(f"m-{uuid.uuid4().hex[:6]}")
+        await p.open()
+        yield p
+        await p.aclose()
+
+    @pytest.fixture
+    def read_object(self, provider: MemoryProvider) -> ReadObject:
+        async def read(name: str) -> bytes:
+            return provider.objects[name]
+
+        return read
+
+    @pytest.fixture
+    def missing_store(self) -> MemoryProvider:
+        return MemoryProvider("gone", exists=False)
+
+
+class TestLocalConformance(ProviderConformance):
+    @pytest_asyncio.fixture
+    async def provider(self, tmp_path: Path) -> AsyncIterator[LocalProvider]:
+        p = LocalProvider(tmp_path / "root")
+        await p.open()
+        yield p
+        await p.aclose()
+
+    @pytest.fixture
+    def read_object(self, provider: LocalProvider) -> ReadObject:
+        async def read(name: str) -> bytes:
+            return (provider.root / name).read_bytes()
+
+        return read
+
+    @pytest.fixture
+    def missing_store(self, tmp_path: Path) -> LocalProvider:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        return LocalProvider(blocker / "root")

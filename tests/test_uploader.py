@@ -1,0 +1,234 @@
+"""AsyncUploader semantics on the memory and local providers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from artifact_uploader import (
+    AsyncUploader,
+    EventKind,
+    MemoryProvider,
+    ObjectExistsError,
+    PartPolicy,
+    ProviderError,
+    RetryPolicy,
+    SourceFileError,
+    UploaderClosedError,
+    UploadEvent,
+    UploadFailedError,
+)
+from tests.conftest import FAST_RETRY
+
+pytestmark = pytest.mark.asyncio
+MakeFile = Callable[..., Path]
+
+
+async def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+async def test_submit_returns_after_staging_and_source_changes_do_not_leak(
+    memory: MemoryProvider, make_file: MakeFile
+) -> None:
+    src = make_file(b"original bytes")
+    memory.pause()
+    async with AsyncUploader(memory) as up:
+        handle = await up.submit(src, "a.bin")
+        # Staged, not yet uploaded: the provider is holding every request.
+        assert not handle.done()
+        assert handle.staged_path.read_bytes() == b"original bytes"
+        src.write_bytes(b"changed after submit")
+        src.unlink()
+        memory.resume()
+        result = await handle
+        assert not handle.staged_path.exists(), "staged copy must be deleted after upload"
+    assert memory.objects["a.bin"] == b"original bytes"
+    assert result.size == len(b"original bytes")
+    assert result.uri == "memory://test/a.bin"
+
+
+async def test_one_semaphore_caps_requests(memory: MemoryProvider, make_file: MakeFile) -> None:
+    memory.pause()
+    async with AsyncUploader(memory, max_concurrency=3) as up:
+        handles = [await up.submit(make_file(b"x" * i), f"f{i}") for i in range(10)]
+        await poll(lambda: memory.in_flight == 3)
+        memory.resume()
+        await asyncio.gather(*handles)
+    assert memory.max_in_flight == 3
+    assert len(memory.objects) == 10
+
+
+async def test_semaphore_caps_parts_of_multipart_uploads_too(
+    memory: MemoryProvider, make_file: MakeFile
+) -> None:
+    parts = PartPolicy(threshold=1000, part_size=100)
+    async with AsyncUploader(memory, max_concurrency=4, parts=parts) as up:
+        a = await up.submit(make_file(os.urandom(1500)), "a")
+        b = await up.submit(make_file(os.urandom(1500)), "b")
+        await asyncio.gather(a, b)
+    assert 1 <= memory.max_in_flight <= 4
+    assert memory.count("put_part") == 30
+
+
+async def test_same_name_later_submission_wins(memory: MemoryProvider, make_file: MakeFile) -> None:
+    async with AsyncUploader(memory, max_concurrency=8) as up:
+        for i in range(30):
+            await up.submit(make_file(f"version {i}".encode()), "same.txt")
+        await up.flush()
+    assert memory.objects["same.txt"] == b"version 29"
+
+
+async def test_same_name_later_wins_even_when_earlier_is_slower(
+    memory: MemoryProvider, make_file: MakeFile
+) -> None:
+    # The first put of "k" fails transiently once, so it finishes later than it would; the
+    # second submission must still be what remains.
+    memory.inject(ProviderError("flaky", transient=True), times=1)
+    async with AsyncUploader(memory, max_concurrency=4, retry=FAST_RETRY) as up:
+        await up.submit(make_file(b"old"), "k")
+        await up.submit(make_file(b"new"), "k")
+        await up.flush()
+    assert memory.objects["k"] == b"new"
+
+
+async def test_transient_failure_overcome_is_not_reported(
+    memory: MemoryProvider, make_file: MakeFile
+) -> None:
+    memory.inject(ProviderError("503 SlowDown", transient=True), times=2)
+    retries: list[UploadEvent] = []
+    async with AsyncUploader(
+        memory,
+        retry=FAST_RETRY,
+        on_event=lambda e: retries.append(e) if e.kind is EventKind.RETRY else None,
+    ) as up:
+        result = await up.upload(make_file(b"data"), "r.bin")
+        await up.flush()  # must not raise
+    assert result.size == 4
+    assert memory.count("put") == 3
+    assert [e.attempt for e in retries] == [1, 2]
+
+
+async def test_retries_are_bounded(memory: MemoryProvider, make_file: MakeFile) -> None:
+    memory.inject(ProviderError("503", transient=True), times=None)
+    policy = RetryPolicy(attempts=3, base_delay=0, max_delay=0)
+    up = AsyncUploader(memory, retry=policy)
+    await up.open()
+    handle = await up.submit(make_file(b"data"), "never.bin")
+    with pytest.raises(ProviderError) as info:
+        await handle
+    assert info.value.attempts == 3
+    assert memory.count("put") == 3
+    with pytest.raises(UploadFailedError) as failed:
+        await up.aclose()
+    assert [f.name for f in failed.value.failures] == ["never.bin"]
+
+
+async def test_permanent_error_is_not_retried(memory: MemoryProvider, make_file: MakeFile) -> None:
+    memory.inject(ProviderError("403 AccessDenied", transient=False), times=None)
+    async with AsyncUploader(memory, retry=FAST_RETRY) as up:
+        await up.submit(make_file(b"data"), "denied.bin")
+        with pytest.raises(UploadFailedError) as info:
+            await up.flush()
+    assert memory.count("put") == 1
+    (failure,) = info.value.failures
+    assert failure.name == "denied.bin"
+    assert failure.staged_path is not None and Path(failure.staged_path).exists()
+    assert Path(failure.staged_path).read_bytes() == b"data"
+    assert "denied.bin" in str(info.value) and failure.staged_path in str(info.value)
+
+
+async def test_failures_are_reported_once(memory: MemoryProvider, make_file: MakeFile) -> None:
+    memory.inject(ProviderError("nope"), times=1)
+    async with AsyncUploader(memory) as up:
+        await up.submit(make_file(b"1"), "one")
+        with pytest.raises(UploadFailedError):
+            await up.flush()
+        await up.flush()  # the same failure is not raised twice
+        await up.upload(make_file(b"2"), "two")
+    assert "two" in memory.objects and "one" not in memory.objects
+
+
+async def test_multipart_failure_aborts_upload(memory: MemoryProvider, make_file: MakeFile) -> None:
+    memory.inject(ProviderError("part broke"), ops=["put_part"], times=1)
+    parts = PartPolicy(threshold=100, part_size=50)
+    async with AsyncUploader(memory, parts=parts) as up:
+        handle = await up.submit(make_file(os.urandom(400)), "big")
+        with pytest.raises(ProviderError, match="part broke"):
+            await handle
+        up._take_failures()
+    assert memory.multipart_uploads == {}
+    assert memory.count("abort_multipart") == 1
+    assert "big" not in memory.objects
+
+
+async def test_overwrite_false(memory: MemoryProvider, make_file: MakeFile) -> None:
+    async with AsyncUploader(memory) as up:
+        await up.upload(make_file(b"1"), "x", overwrite=False)
+        with pytest.raises(ObjectExistsError):
+            await up.upload(make_file(b"2"), "x", overwrite=False)
+        up._take_failures()
+    assert memory.objects["x"] == b"1"
+
+
+async def test_submit_after_close_raises(memory: MemoryProvider, make_file: MakeFile) -> None:
+    up = AsyncUploader(memory)
+    async with up:
+        pass
+    with pytest.raises(UploaderClosedError):
+        await up.submit(make_file(), "late")
+    await up.aclose()  # idempotent
+
+
+async def test_bad_path_raises_at_submit(memory: MemoryProvider, tmp_path: Path) -> None:
+    async with AsyncUploader(memory) as up:
+        with pytest.raises(SourceFileError, match="no such file"):
+            await up.submit(tmp_path / "missing.pt", "m")
+        with pytest.raises(SourceFileError, match="is a directory"):
+            await up.submit(tmp_path, "d")
+        assert list((up.staging_folder / "staged").iterdir()) == []
+
+
+async def test_close_timeout_cancels_and_lists_unfinished(
+    memory: MemoryProvider, make_file: MakeFile
+) -> None:
+    memory.pause()
+    up = AsyncUploader(memory)
+    await up.open()
+    await up.submit(make_file(b"stuck"), "stuck.bin")
+    await poll(lambda: memory.in_flight == 1)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(UploadFailedError) as info:
+        await up.aclose(timeout=0.2)
+    assert loop.time() - start < 5
+    memory.resume()
+    (failure,) = info.value.failures
+    assert failure.name == "stuck.bin"
+    assert failure.staged_path and Path(failure.staged_path).read_bytes() == b"stuck"
+
+
+async def test_events_and_totals(memory: MemoryProvider, make_file: MakeFile) -> None:
+    seen: list[UploadEvent] = []
+    async with AsyncUploader(memory) as up:
+        collector = asyncio.ensure_future(_collect(up))
+        await asyncio.sleep(0)  # let the iterator subscribe
+        for i in range(3):
+            await up.submit(make_file(b"abc"), f"e{i}")
+        await up.flush()
+        totals = up.totals
+    seen = await collector
+    kinds = [e.kind for e in seen]
+    assert kinds.count(EventKind.DONE) == 3
+    assert kinds.count(EventKind.STAGED) == 3
+    assert totals.files_done == 3 and totals.bytes_sent == 9 and totals.in_flight == 0
+
+
+async def _collect(up: AsyncUploader) -> list[UploadEvent]:
+    return [e async for e in up.events()]
