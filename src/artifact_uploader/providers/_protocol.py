@@ -17,9 +17,12 @@ Two capabilities, as small protocols:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol, runtime_checkable
 
 from .._types import FileSlice, PartResult, PutResult
 
@@ -146,3 +149,25 @@ def join_key(prefix: str, name: str) -> str:
     """Join a store prefix and an object name with exactly one slash."""
     prefix = prefix.strip("/")
     return f"{prefix}/{name}" if prefix else name
+
+
+def parse_retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), else None.
+
+    Header lookup is tried as given and in lower case, since SDKs differ in header casing.
+    """
+    if not headers:
+        return None
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        try:
+            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)

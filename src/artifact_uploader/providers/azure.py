@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hashlib
 import importlib.util
 import os
 import re
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -41,7 +39,7 @@ from .._errors import (
     StoreNotFoundError,
 )
 from .._types import FileSlice, PartResult, PutResult
-from ._protocol import MiB, PartLimits, check_common_name, join_key
+from ._protocol import MiB, PartLimits, check_common_name, join_key, parse_retry_after
 
 # Azure's limits for block blobs (service versions 2019-12-12 and later).
 _MAX_BLOCK_SIZE = 4000 * MiB
@@ -633,7 +631,9 @@ class AzureProvider:
                 uri=uri,
                 status=status,
                 transient=status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES,
-                retry_after=_retry_after(exc),
+                retry_after=parse_retry_after(
+                    getattr(getattr(exc, "response", None), "headers", None)
+                ),
             )
         if isinstance(
             exc,
@@ -727,25 +727,6 @@ def _code(exc: BaseException) -> str:
     if code is None:
         return ""
     return str(getattr(code, "value", code))
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _is_aiohttp_error(exc: BaseException) -> bool:

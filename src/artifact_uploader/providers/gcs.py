@@ -46,9 +46,7 @@ import math
 import mimetypes
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO, Final, Protocol, cast
 from urllib.parse import quote, urlsplit
 
@@ -68,7 +66,7 @@ from .._errors import (
     StoreNotFoundError,
 )
 from .._types import FileSlice, PutResult
-from ._protocol import MAX_NAME_BYTES, MiB, check_common_name, join_key
+from ._protocol import MAX_NAME_BYTES, MiB, check_common_name, join_key, parse_retry_after
 
 _DEFAULT_API_ROOT: Final = "https://storage.googleapis.com"
 _DEFAULT_RESUMABLE_THRESHOLD: Final = 8 * MiB
@@ -607,7 +605,7 @@ class GCSProvider:
                 return _auth_error(exc)
             status = exc.status
             detail = _error_detail(exc.message)
-            retry_after = _retry_after(exc.headers)
+            retry_after = parse_retry_after(exc.headers)
             kw: dict[str, Any] = {"name": name, "uri": uri, "status": status}
             if status == 412 and not overwrite:
                 return ObjectExistsError(f"object {uri!r} already exists", **kw)
@@ -846,22 +844,6 @@ def _error_detail(message: str) -> str:
     except (ValueError, KeyError, TypeError):
         pass
     return (message or "no detail")[:300]
-
-
-def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
-    value = None if headers is None else headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        try:
-            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _auth_error(exc: Exception) -> ProviderError:

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -42,7 +39,7 @@ from .._errors import (
     StoreNotFoundError,
 )
 from .._types import FileSlice, PartResult, PutResult
-from ._protocol import MiB, PartLimits, check_common_name, join_key
+from ._protocol import MiB, PartLimits, check_common_name, join_key, parse_retry_after
 
 _S3_LIMITS: Final = PartLimits(
     min_part_size=5 * MiB, max_part_size=5 * 1024 * MiB, max_parts=10_000
@@ -160,22 +157,6 @@ def _is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _retry_after(headers: Mapping[str, Any]) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        try:
-            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _strip_etag(etag: object) -> str | None:
@@ -721,7 +702,9 @@ class S3Provider:
             if code in _DIGEST_CODES:
                 return IntegrityError(text, transient=True, **kw)
             if code in _THROTTLE_CODES or status == 429 or (status is not None and status >= 500):
-                return ProviderError(text, transient=True, retry_after=_retry_after(headers), **kw)
+                return ProviderError(
+                    text, transient=True, retry_after=parse_retry_after(headers), **kw
+                )
             # KeyTooLongError, InvalidArgument, InvalidRequest, NoSuchUpload, InvalidPart,
             # EntityTooSmall/Large, 301 (wrong region)...: retrying the same request cannot help.
             if status == 301:
