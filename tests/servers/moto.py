@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.servers._common import free_port, log_tail
+
 MOTO_REGION = "us-east-1"
 MOTO_KEY = "testing"
 MOTO_SECRET = "testing"
@@ -40,21 +41,6 @@ MOTO_OPTIONS: dict[str, object] = {"key": MOTO_KEY, "secret": MOTO_SECRET, "regi
 
 _READY_DEADLINE = 30.0
 _START_ATTEMPTS = 3
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -133,7 +119,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> bool
     kill_group(proc)
     raise RuntimeError(
         f"server did not answer {url} within {_READY_DEADLINE:.0f}s; log tail:\n"
-        + _log_tail(log_path)
+        + log_tail(log_path)
     )
 
 
@@ -161,7 +147,7 @@ def start_server(
     """
     last_log = log_dir / f"{label}.log"
     for attempt in range(_START_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         log_path = log_dir / f"{label}.{attempt}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -179,7 +165,7 @@ def start_server(
         last_log = log_path
     raise RuntimeError(
         f"{label} exited before becoming ready ({_START_ATTEMPTS} attempts); log tail:\n"
-        + _log_tail(last_log)
+        + log_tail(last_log)
     )
 
 
