@@ -31,6 +31,8 @@ from .providers._protocol import MultipartProvider, Provider
 T = TypeVar("T")
 log = logging.getLogger("artifact_uploader")
 
+# Most events an events() consumer may fall behind before the oldest are dropped.
+_EVENT_BUFFER = 10_000
 # How long a shielded cleanup (aborting a multipart upload) may hold up close().
 _CLEANUP_TIMEOUT = 10.0
 
@@ -561,7 +563,7 @@ class AsyncUploader:
                 await self.provider.aclose()
             finally:
                 for q in self._queues:
-                    q.put_nowait(None)
+                    _offer(q, None)
                 self._close_files()
         self._raise_failures("before close")
 
@@ -659,17 +661,28 @@ class AsyncUploader:
                 log.exception("progress callback raised; ignored")
         if self._queues and self._loop is not None:
             for q in self._queues:
-                self._loop.call_soon_threadsafe(q.put_nowait, event)
+                self._loop.call_soon_threadsafe(_offer, q, event)
 
     async def events(self) -> AsyncIterator[UploadEvent]:
-        """Iterate over progress events from now until the uploader closes."""
-        q: asyncio.Queue[UploadEvent | None] = asyncio.Queue()
+        """Iterate over progress events from now until the uploader closes.
+
+        A consumer that falls more than 10,000 events behind loses the oldest ones rather than
+        growing memory without bound.
+        """
+        q: asyncio.Queue[UploadEvent | None] = asyncio.Queue(maxsize=_EVENT_BUFFER)
         self._queues.append(q)
         try:
             while (event := await q.get()) is not None:
                 yield event
         finally:
             self._queues.remove(q)
+
+
+def _offer(q: asyncio.Queue[UploadEvent | None], item: UploadEvent | None) -> None:
+    # A slow consumer loses the oldest events; the end-of-stream marker always gets in.
+    if q.full():
+        q.get_nowait()
+    q.put_nowait(item)
 
 
 def _consume(f: asyncio.Future[Any]) -> None:
