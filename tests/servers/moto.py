@@ -14,11 +14,8 @@ Dummy credentials are passed explicitly (``MOTO_OPTIONS``); ``os.environ`` is ne
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -31,7 +28,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.servers._common import free_port, log_tail
+from tests.servers._common import free_port, kill_group, log_tail, wait_ready
 
 MOTO_REGION = "us-east-1"
 MOTO_KEY = "testing"
@@ -39,7 +36,6 @@ MOTO_SECRET = "testing"
 # Options for S3Provider.from_uri / AsyncUploader(provider_kwargs=...), endpoint added per server.
 MOTO_OPTIONS: dict[str, object] = {"key": MOTO_KEY, "secret": MOTO_SECRET, "region": MOTO_REGION}
 
-_READY_DEADLINE = 30.0
 _START_ATTEMPTS = 3
 
 
@@ -99,44 +95,6 @@ class MotoServer:
         )
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> bool:
-    """Poll ``url`` until it answers (True) or the process dies (False); fail at the deadline."""
-    deadline = time.monotonic() + _READY_DEADLINE
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        # Waiting on the process doubles as the poll interval and notices an early death at once.
-        try:
-            proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
-    kill_group(proc)
-    raise RuntimeError(
-        f"server did not answer {url} within {_READY_DEADLINE:.0f}s; log tail:\n"
-        + log_tail(log_path)
-    )
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 def start_server(
     argv_for_port: Callable[[int], list[str]], ready_path: str, log_dir: Path, label: str
 ) -> tuple[str, Path, subprocess.Popen[bytes]]:
@@ -159,7 +117,7 @@ def start_server(
                 start_new_session=True,
             )
         endpoint = f"http://127.0.0.1:{port}"
-        if _wait_ready(proc, endpoint + ready_path, log_path):
+        if wait_ready(proc, endpoint + ready_path, log_path, what="moto server"):
             return endpoint, log_path, proc
         # Died before answering: most likely another process took the port in between.
         last_log = log_path
