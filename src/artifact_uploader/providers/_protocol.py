@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import SplitResult, urlsplit
 
 from .._types import FileSlice, PartResult, PutResult
 
@@ -171,3 +172,36 @@ def parse_retry_after(headers: Mapping[str, Any] | None) -> float | None:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def split_store_uri(uri: str, scheme: str, label: str) -> SplitResult:
+    """Parse ``scheme://bucket[/prefix]``; refuse other schemes, queries, fragments, userinfo.
+
+    Args:
+        uri: The store URI.
+        scheme: The scheme expected (``"s3"``, ``"gs"``, ``"az"``).
+        label: The store's name in messages ("S3", "GCS", "Azure").
+
+    Raises:
+        ConfigError: Naming the URI and what is wrong with it (never echoing embedded
+            credentials).
+    """
+    from .._errors import ConfigError
+
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != scheme:
+        # "an S3", "an Azure", "a GCS": the article follows how the label is spoken.
+        article = "an" if label[0] in "AEIOUS" else "a"
+        raise ConfigError(
+            f"not {article} {label} URI: {uri!r} (expected {scheme}://bucket[/prefix])"
+        )
+    if parts.username or parts.password:
+        # Never echo the URI back: it may hold a secret.
+        raise ConfigError(f"{label} URI must not embed credentials; pass them as options")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{label} URI {uri!r} must not carry a query or fragment")
+    if not parts.netloc:
+        raise ConfigError(
+            f"{label} URI {uri!r} names no bucket: expected {scheme}://bucket[/prefix]"
+        )
+    return parts

@@ -39,7 +39,14 @@ from .._errors import (
     StoreNotFoundError,
 )
 from .._types import FileSlice, PartResult, PutResult
-from ._protocol import MiB, PartLimits, check_common_name, join_key, parse_retry_after
+from ._protocol import (
+    MiB,
+    PartLimits,
+    check_common_name,
+    join_key,
+    parse_retry_after,
+    split_store_uri,
+)
 
 # Azure's limits for block blobs (service versions 2019-12-12 and later).
 _MAX_BLOCK_SIZE = 4000 * MiB
@@ -233,11 +240,7 @@ class AzureProvider:
         Raises:
             ConfigError: Malformed URI, unknown or conflicting options.
         """
-        parts = urlsplit(uri)
-        if parts.scheme.lower() != "az":
-            raise ConfigError(f"not an Azure URI: {uri!r} (expected az://container/prefix)")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"Azure URI {uri!r} must not carry a query or fragment")
+        parts = split_store_uri(uri, "az", "Azure")
         container = unquote(parts.netloc)
         prefix = unquote(parts.path).strip("/")
         opts = dict(options or {})

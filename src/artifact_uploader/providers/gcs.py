@@ -66,7 +66,14 @@ from .._errors import (
     StoreNotFoundError,
 )
 from .._types import FileSlice, PutResult
-from ._protocol import MAX_NAME_BYTES, MiB, check_common_name, join_key, parse_retry_after
+from ._protocol import (
+    MAX_NAME_BYTES,
+    MiB,
+    check_common_name,
+    join_key,
+    parse_retry_after,
+    split_store_uri,
+)
 
 _DEFAULT_API_ROOT: Final = "https://storage.googleapis.com"
 _DEFAULT_RESUMABLE_THRESHOLD: Final = 8 * MiB
@@ -250,17 +257,8 @@ class GCSProvider:
         Raises:
             ConfigError: A malformed URI, an unknown option or a bad option value.
         """
-        parts = urlsplit(uri)
-        if parts.scheme.lower() != "gs":
-            raise ConfigError(f"not a GCS URI: {uri!r}")
-        if parts.username or parts.password:
-            # Never echo the URI back: it may hold a secret.
-            raise ConfigError("GCS URI must not embed credentials; pass them as options")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"GCS URI {uri!r} must not carry a query or fragment")
+        parts = split_store_uri(uri, "gs", "GCS")
         bucket = parts.netloc
-        if not bucket:
-            raise ConfigError(f"GCS URI {uri!r} names no bucket: expected gs://bucket[/prefix]")
         opts = dict(options or {})
         unknown = sorted(set(opts) - _KNOWN_OPTIONS)
         if unknown:

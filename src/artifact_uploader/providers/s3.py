@@ -39,7 +39,14 @@ from .._errors import (
     StoreNotFoundError,
 )
 from .._types import FileSlice, PartResult, PutResult
-from ._protocol import MiB, PartLimits, check_common_name, join_key, parse_retry_after
+from ._protocol import (
+    MiB,
+    PartLimits,
+    check_common_name,
+    join_key,
+    parse_retry_after,
+    split_store_uri,
+)
 
 _S3_LIMITS: Final = PartLimits(
     min_part_size=5 * MiB, max_part_size=5 * 1024 * MiB, max_parts=10_000
@@ -280,17 +287,8 @@ class S3Provider:
         Raises:
             ConfigError: A malformed URI, an unknown option or a bad option value.
         """
-        parts = urlsplit(uri)
-        if parts.scheme.lower() != "s3":
-            raise ConfigError(f"not an S3 URI: {uri!r}")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"S3 URI {uri!r} must not carry a query or fragment")
-        if parts.username or parts.password:
-            # Never echo the URI back: it may hold a secret.
-            raise ConfigError("S3 URI must not embed credentials; pass key/secret as options")
+        parts = split_store_uri(uri, "s3", "S3")
         bucket = parts.netloc
-        if not bucket:
-            raise ConfigError(f"S3 URI {uri!r} names no bucket: expected s3://bucket[/prefix]")
         opts: dict[str, object] = {}
         for name, value in (options or {}).items():
             canonical = _OPTION_ALIASES.get(name, name)
