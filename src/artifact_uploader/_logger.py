@@ -52,7 +52,10 @@ class ObjectStoreLogger:
         run_name: Fills ``{run_name}``; default the ``RUN_NAME`` env var, else a generated name.
         max_staged_bytes: Bound on staged bytes; ``file_artifact`` waits when full.
         resume: Upload what a previous run left pending in ``upload_staging_folder`` first.
-        **uploader_options: Passed to :class:`Uploader` (staging, retry, parts, verify...).
+        staging: Staging mode, as for :class:`Uploader`. Default "copy".
+        retry: Retry policy for transient errors. Default ``RetryPolicy()``.
+        parts: Multipart policy. Default ``PartPolicy()``.
+        verify: Check the store is reachable at construction. Default True.
 
     Raises:
         ConfigError: Unknown provider or template field, invalid concurrency, etc.

@@ -181,8 +181,11 @@ class Uploader:
             A future resolving to the :class:`UploadResult` once the object is durable.
 
         Raises:
-            SourceFileError, InvalidObjectNameError, StagingError, StagingTimeoutError,
-            UploaderClosedError: At this call; nothing half-staged remains.
+            SourceFileError: ``path`` is missing, a directory or unreadable.
+            InvalidObjectNameError: The store cannot hold ``name``.
+            StagingError: Staging failed; nothing half-staged remains.
+            StagingTimeoutError: The staging budget stayed full past ``timeout``.
+            UploaderClosedError: The uploader is closed.
         """
         self._check_usable(f"submit {name!r}")
         prepared = self._engine._prepare(path, name, overwrite, timeout, staging)
