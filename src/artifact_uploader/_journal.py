@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._errors import StagingError
+
 JOURNAL_FILE = "journal.jsonl"
 log = logging.getLogger("artifact_uploader")
 
@@ -55,18 +57,36 @@ class Journal:
         self.folder = folder
         self.path = folder / JOURNAL_FILE
         self._lock = threading.Lock()
-        self._file = open(self.path, "a", encoding="utf-8")
-        os.chmod(self.path, 0o600)
+        self._fd: int | None = _open_append(self.path)
 
     def _append(self, record: dict[str, Any], *, sync: bool) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+        """Append one line. A failed write (disk full) is cut off again, never left half-written.
+
+        Raises:
+            StagingError: The line could not be written (and synced); the journal is unchanged.
+        """
+        data = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         with self._lock:
-            if self._file.closed:
+            fd = self._fd
+            if fd is None:
                 return
-            self._file.write(line)
-            self._file.flush()
-            if sync:
-                os.fsync(self._file.fileno())
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if sync:
+                    os.fsync(fd)
+            except OSError as exc:
+                # A partial line would glue onto the next record; cut back to the last full one.
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass  # load() reports and skips a truncated line anyway
+                raise StagingError(
+                    f"could not write the journal {str(self.path)!r}: {exc.strerror or exc}",
+                    path=self.path,
+                ) from exc
 
     def pending(self, entry: JournalEntry) -> None:
         """Record a staged upload durably (fsync) before the caller is told it is staged."""
@@ -76,29 +96,51 @@ class Journal:
         self._append({"op": "multipart", "id": entry_id, "upload_id": upload_id}, sync=True)
 
     def done(self, entry_id: str) -> None:
-        # No fsync: if a crash loses this line, resume uploads the object again, which is safe.
-        self._append({"op": "done", "id": entry_id}, sync=False)
+        # No fsync: if a crash loses this line, resume finds the object already in the store
+        # (see AsyncUploader.resume). A failed write is only logged: the object is durable.
+        try:
+            self._append({"op": "done", "id": entry_id}, sync=False)
+        except StagingError as exc:
+            log.warning("%s; a later resume will find the object already uploaded", exc)
 
     def compact(self, keep: list[JournalEntry]) -> None:
         """Rewrite the journal holding only ``keep`` (atomically)."""
         tmp = self.path.with_suffix(".tmp")
         with self._lock:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for entry in keep:
-                    f.write(json.dumps(entry.to_record(), ensure_ascii=False) + "\n")
-                    for upload_id in entry.multipart_ids:
-                        rec = {"op": "multipart", "id": entry.id, "upload_id": upload_id}
-                        f.write(json.dumps(rec) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                with open(fd, "w", encoding="utf-8") as f:
+                    for entry in keep:
+                        f.write(json.dumps(entry.to_record(), ensure_ascii=False) + "\n")
+                        for upload_id in entry.multipart_ids:
+                            rec = {"op": "multipart", "id": entry.id, "upload_id": upload_id}
+                            f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                # The old journal stays as it was; no half-written rewrite is left beside it.
+                tmp.unlink(missing_ok=True)
+                raise StagingError(
+                    f"could not rewrite the journal {str(self.path)!r}: {exc.strerror or exc}",
+                    path=self.path,
+                ) from exc
             os.chmod(tmp, 0o600)
-            self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
             os.replace(tmp, self.path)
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._fd = _open_append(self.path)
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _open_append(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def load(folder: Path) -> tuple[list[JournalEntry], list[str]]:

@@ -192,6 +192,10 @@ class Stager:
             except FileNotFoundError:
                 pass
             if isinstance(exc, OSError) and not isinstance(exc, StagingError | SourceFileError):
+                if exc.filename is not None and os.fspath(exc.filename) == str(src):
+                    # The source refused to open although os.access said yes (root, ACLs,
+                    # network filesystems): that is the source's fault, not the folder's.
+                    raise SourceFileError(src, exc.strerror or str(exc)) from exc
                 raise self._staging_error(src, exc) from exc
             raise
         return StagedFile(staged_id, dest, size, str(src))
