@@ -47,6 +47,7 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
+from ._s3_direct import DirectS3
 
 _S3_LIMITS: Final = PartLimits(
     min_part_size=5 * MiB, max_part_size=5 * 1024 * MiB, max_parts=10_000
@@ -264,6 +265,8 @@ class S3Provider:
         self.use_ssl = use_ssl
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
+        # PutObject / UploadPart without botocore's per-request machinery, when equivalent.
+        self._direct: DirectS3 | None = None
 
     def __repr__(self) -> str:
         # Bucket, prefix and endpoint only: never credentials.
@@ -457,6 +460,25 @@ class S3Provider:
             raise ProviderError(
                 self._scrub(f"cannot create the S3 client for bucket {self.bucket!r}: {exc}")
             ) from exc
+        if self.checksum:
+            # Only with our own CRC32C: the fast path sends UNSIGNED-PAYLOAD like botocore does
+            # here, and leaves payload signing (checksum=None) to botocore.
+            try:
+                direct = await DirectS3.create(
+                    client,
+                    self.bucket,
+                    verify=self.verify,
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
+                    max_pool_connections=self.max_pool_connections,
+                    user_agent=_USER_AGENT,
+                )
+            except BaseException:
+                await stack.aclose()
+                raise
+            if direct is not None:
+                stack.push_async_callback(direct.aclose)
+                self._direct = direct
         self._client = client
         self._stack = stack
         if not verify:
@@ -472,6 +494,7 @@ class S3Provider:
 
     async def aclose(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
+        self._direct = None
         if stack is not None:
             await stack.aclose()
 
@@ -505,7 +528,7 @@ class S3Provider:
         if not overwrite:
             params["IfNoneMatch"] = "*"
         try:
-            resp = await client.put_object(**params)
+            resp = await (self._direct or client).put_object(**params)
         except Exception as exc:
             raise self._map(exc, "PutObject", name, conditional=not overwrite) from exc
         return PutResult(
@@ -552,7 +575,7 @@ class S3Provider:
         }
         ours = self._add_checksum(params, body)
         try:
-            resp = await client.upload_part(**params)
+            resp = await (self._direct or client).upload_part(**params)
         except Exception as exc:
             raise self._map(exc, f"UploadPart {part_number}", name) from exc
         etag = resp.get("ETag")
