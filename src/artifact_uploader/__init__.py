@@ -47,6 +47,8 @@ from .providers.local import LocalProvider as LocalProvider
 from .providers.memory import MemoryProvider as MemoryProvider
 
 if TYPE_CHECKING:
+    from ._hf import HFUploadCallback as HFUploadCallback
+    from ._lightning import LightningUploadCallback as LightningUploadCallback
     from .providers.azure import AzureProvider as AzureProvider
     from .providers.gcs import GCSProvider as GCSProvider
     from .providers.s3 import S3Provider as S3Provider
@@ -56,6 +58,8 @@ __version__ = "0.1.0"
 # Providers whose SDK is an optional extra are imported on first use. They stay out of __all__
 # so that `from artifact_uploader import *` works without every extra installed.
 _LAZY = {"S3Provider": "s3", "GCSProvider": "gs", "AzureProvider": "az"}
+# Trainer integrations, likewise: their module raises MissingDependencyError naming the extra.
+_LAZY_INTEGRATIONS = {"HFUploadCallback": "._hf", "LightningUploadCallback": "._lightning"}
 
 
 def __getattr__(name: str) -> Any:
@@ -63,6 +67,10 @@ def __getattr__(name: str) -> Any:
         from ._registry import provider_class
 
         return provider_class(_LAZY[name])
+    if name in _LAZY_INTEGRATIONS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_INTEGRATIONS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
