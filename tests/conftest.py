@@ -13,6 +13,7 @@ from artifact_uploader import MemoryProvider, RetryPolicy
 pytest_plugins = [
     "tests.servers.moto",
     "tests.servers.s3_faults",
+    "tests.servers.fault_proxy",
     "tests.servers.fake_gcs",
     "tests.servers.azurite",
 ]

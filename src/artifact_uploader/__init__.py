@@ -21,6 +21,7 @@ from ._errors import ProviderError as ProviderError
 from ._errors import SourceFileError as SourceFileError
 from ._errors import StagingError as StagingError
 from ._errors import StagingTimeoutError as StagingTimeoutError
+from ._errors import StallTimeoutError as StallTimeoutError
 from ._errors import StoreNotFoundError as StoreNotFoundError
 from ._errors import UploaderClosedError as UploaderClosedError
 from ._errors import UploadError as UploadError
@@ -103,6 +104,7 @@ __all__ = [
     "SourceFileError",
     "StagingError",
     "StagingTimeoutError",
+    "StallTimeoutError",
     "StoreNotFoundError",
     "UploadError",
     "UploadEvent",

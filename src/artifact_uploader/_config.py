@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -41,12 +42,23 @@ class RetryPolicy:
         max_delay: Seconds; cap on one backoff (and on an honoured Retry-After). Default 20.
         deadline: Seconds; no retry starts after this much time since the first attempt of a
             request. Default 300; None for no deadline.
+        stall_timeout: Seconds an attempt may go without progress before it is aborted and
+            retried as a transient :class:`StallTimeoutError`. Progress is what the provider can
+            see: body bytes read from the staged file and handed to the HTTP client, chunks of a
+            streamed body, and responses. The S3 provider hands each request's body over in one
+            piece, so there it bounds the time from a body being ready to its response: the
+            default leaves margin for an 8 MiB part down to ~70 KB/s per connection.
+            Provider socket timeouts (S3 ``read_timeout``, 60 s of silence after the body was
+            sent) still apply; they also end in a transient error retried by this policy.
+            Waiting for a concurrency slot is not an attempt and is not timed.
+            Default 120; None disables the watchdog.
     """
 
     attempts: int = 5
     base_delay: float = 0.2
     max_delay: float = 20.0
     deadline: float | None = 300.0
+    stall_timeout: float | None = 120.0
 
     def __post_init__(self) -> None:
         check_positive_int(self.attempts, "RetryPolicy.attempts")
@@ -54,6 +66,13 @@ class RetryPolicy:
         _check_number(self.max_delay, "RetryPolicy.max_delay")
         if self.deadline is not None:
             _check_number(self.deadline, "RetryPolicy.deadline", allow_zero=False)
+        if self.stall_timeout is not None:
+            _check_number(self.stall_timeout, "RetryPolicy.stall_timeout", allow_zero=False)
+            if not math.isfinite(self.stall_timeout):
+                raise ConfigError(
+                    "RetryPolicy.stall_timeout must be finite (None disables it), "
+                    f"got {self.stall_timeout!r}"
+                )
 
     def backoff(self, failed_attempts: int, retry_after: float | None = None) -> float:
         """Seconds to wait after ``failed_attempts`` failures (>= 1)."""

@@ -13,7 +13,8 @@
      │    ├── ObjectExistsError (FileExistsError)   overwrite=False and the object exists
      │    ├── PermissionDeniedError (PermissionError) credentials refused
      │    ├── StoreNotFoundError               bucket / container / root does not exist
-     │    └── IntegrityError                   the store's checksum does not match ours
+     │    ├── IntegrityError                   the store's checksum does not match ours
+     │    └── StallTimeoutError (TimeoutError) a request made no progress for stall_timeout
      ├── UploadFailedError                    one or more uploads failed; lists each `FailedUpload`
      └── UploaderClosedError (RuntimeError)   used after close(), or in a forked child
 
@@ -140,6 +141,25 @@ class StoreNotFoundError(ProviderError):
 
 class IntegrityError(ProviderError):
     """The checksum the store reports differs from the one computed locally."""
+
+
+class StallTimeoutError(ProviderError, TimeoutError):
+    """A request made no progress for ``RetryPolicy.stall_timeout`` seconds and was aborted.
+
+    Always transient: the engine retries it like any other transient failure.
+
+    Attributes:
+        seconds: The stall timeout that expired.
+    """
+
+    def __init__(
+        self, message: str, *, seconds: float, name: str | None = None, uri: str | None = None
+    ) -> None:
+        super().__init__(message, name=name, uri=uri, transient=True)
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,22 @@
-"""Bounded retries with full jitter; only errors marked transient are retried."""
+"""Bounded retries with full jitter; only errors marked transient are retried.
+
+Also the stall watchdog: :func:`watched` runs one attempt under an activity clock that
+providers advance with :func:`note_progress` whenever bytes move; an attempt whose clock stands
+still for ``stall_timeout`` seconds is cancelled and ends in a transient
+:class:`StallTimeoutError`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ._config import RetryPolicy
-from ._errors import ProviderError, is_transient
+from ._errors import ProviderError, StallTimeoutError, is_transient
 
 T = TypeVar("T")
 log = logging.getLogger("artifact_uploader")
@@ -54,3 +61,80 @@ async def retrying(
 def _note_attempts(exc: BaseException, attempts: int) -> None:
     if isinstance(exc, ProviderError):
         exc.attempts = attempts
+
+
+class _Clock:
+    """When the current attempt last made progress (``time.monotonic()``)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+
+# Set by the engine around each watched attempt. A context variable rather than an argument so
+# the Provider protocol stays unchanged; anyio's worker threads and the tasks an attempt starts
+# inherit it, so body readers running there tick the same clock.
+_ACTIVITY: contextvars.ContextVar[_Clock | None] = contextvars.ContextVar(
+    "artifact_uploader_activity", default=None
+)
+
+
+def note_progress() -> None:
+    """Tell the stall watchdog that the current request moved bytes.
+
+    Providers call it when body bytes are read or sent and when response bytes arrive. It
+    costs one context-variable lookup and one timestamp store; outside a watched attempt it
+    does nothing.
+    """
+    clock = _ACTIVITY.get()
+    if clock is not None:
+        clock.last = time.monotonic()
+
+
+async def watched(
+    op: Callable[[], Awaitable[T]],
+    stall_timeout: float,
+    *,
+    what: str,
+    name: str | None = None,
+    uri: str | None = None,
+) -> T:
+    """Run one attempt of ``op``; cancel it once it has made no progress for ``stall_timeout``.
+
+    Raises:
+        StallTimeoutError: The attempt stood still for ``stall_timeout`` seconds (transient).
+    """
+    loop = asyncio.get_running_loop()
+    clock = _Clock()
+    token = _ACTIVITY.set(clock)
+    handle: asyncio.TimerHandle | None = None
+    cm = asyncio.timeout(None)
+    try:
+        async with cm:
+
+            def check() -> None:
+                nonlocal handle
+                idle = time.monotonic() - clock.last
+                if idle >= stall_timeout:
+                    # Expire the timeout scope now: asyncio cancels the attempt and turns the
+                    # cancellation into TimeoutError at the scope's end.
+                    cm.reschedule(loop.time())
+                else:
+                    handle = loop.call_later(stall_timeout - idle, check)
+
+            handle = loop.call_later(stall_timeout, check)
+            return await op()
+    except Exception as exc:
+        if cm.expired():
+            raise StallTimeoutError(
+                f"{what} made no progress for {stall_timeout:g}s; aborted",
+                seconds=stall_timeout,
+                name=name,
+                uri=uri,
+            ) from exc
+        raise
+    finally:
+        if handle is not None:
+            handle.cancel()
+        _ACTIVITY.reset(token)

@@ -38,6 +38,7 @@ from .._errors import (
     ProviderError,
     StoreNotFoundError,
 )
+from .._retry import note_progress
 from .._types import FileSlice, PartResult, PutResult
 from ._protocol import (
     MiB,
@@ -441,6 +442,7 @@ class AzureProvider:
             piece = FileSlice(data.path, offset, min(_PUT_BLOCK_SIZE, end - offset))
             body, md5 = await _read_and_hash(piece, whole)
             block_ids.append(await self._stage(name, blob, upload_id, part, body, md5))
+            note_progress()
             offset += piece.length
             part += 1
         return await self._commit(name, blob, block_ids, overwrite=overwrite, md5=whole.digest())

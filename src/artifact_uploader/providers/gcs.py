@@ -65,6 +65,7 @@ from .._errors import (
     ProviderError,
     StoreNotFoundError,
 )
+from .._retry import note_progress
 from .._types import FileSlice, PutResult
 from ._protocol import (
     MAX_NAME_BYTES,
@@ -498,6 +499,7 @@ class GCSProvider:
         ) as resp:
             await _raise_for_status(resp)
             location = resp.headers.get("Location")
+        note_progress()
         if not location:
             raise ProviderError(
                 f"GCS did not return a resumable session URL for gs://{self.bucket}/{key}",
@@ -795,6 +797,8 @@ def _hash_slice(data: FileSlice) -> tuple[str, str]:
             crc.update(chunk)
             md5.update(chunk)
             left -= len(chunk)
+            # Hashing a large file is work for this attempt: keep the stall watchdog informed.
+            note_progress()
     return _b64(crc.digest()), _b64(md5.digest())
 
 
@@ -809,6 +813,8 @@ async def _iter_slice(data: FileSlice) -> AsyncIterator[bytes]:
         await anyio.to_thread.run_sync(f.seek, data.offset)
         left = data.length
         while left:
+            # Back here once the HTTP client has taken the previous chunk: bytes are moving.
+            note_progress()
             chunk: bytes = await anyio.to_thread.run_sync(f.read, min(_CHUNK, left))
             if not chunk:
                 raise OSError(f"{data.path} shrank while it was being uploaded")

@@ -38,6 +38,7 @@ from .._errors import (
     ProviderError,
     StoreNotFoundError,
 )
+from .._retry import note_progress
 from .._types import FileSlice, PartResult, PutResult
 from ._protocol import (
     MiB,
@@ -523,6 +524,7 @@ class S3Provider:
                 uri=self.uri(name),
             )
         body = await data.read()
+        note_progress()
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
         ours = self._add_checksum(params, body)
         if not overwrite:
@@ -566,6 +568,7 @@ class S3Provider:
         """One UploadPart; returns the part's ETag and (when enabled) the CRC32C S3 verified."""
         client = self._live_client()
         body = await data.read()
+        note_progress()
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self.key(name),
