@@ -1,0 +1,952 @@
+"""The ``artifact-uploader`` command line: ``put``, ``resume`` and ``bench``.
+
+Output streams: the progress bar, warnings and every error go to stderr; the result (a summary
+table, or one JSON document with ``--json``) goes to stdout, so ``--json`` output can be piped.
+
+Exit codes:
+
+- 0: everything was uploaded;
+- 1: some uploads failed (each is named on stderr);
+- 2: bad usage or configuration (argparse's own code): unknown option, malformed URI, missing
+  extra, unusable staging folder, no such local file;
+- 3: the store could not be opened (missing bucket, credentials refused, unreachable):
+  nothing was uploaded;
+- 130: interrupted (Ctrl-C); what was not uploaded is listed with its staged copy.
+
+Values given with ``--provider-kwarg`` may be secrets: they are never echoed, and every line the
+command prints is scrubbed of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._errors import (
+    ConfigError,
+    ProviderError,
+    SourceFileError,
+    StagingError,
+    UploadError,
+    UploadFailedError,
+)
+from ._events import EventKind, UploadEvent
+from ._staging import STAGING_MODES
+from ._types import UploadResult
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from ._sync import Uploader
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+EXIT_INTERRUPTED = 130
+
+# After Ctrl-C, uploads in flight get this long to finish before they are cancelled.
+INTERRUPT_CLOSE_TIMEOUT = 3.0
+# Bound on bytes held in the staging folder at once: a huge directory is not copied wholesale
+# ahead of the uploads (a single larger file is still staged, alone).
+MAX_STAGED_BYTES = 1024**3
+DEFAULT_CONCURRENCY = 8
+# Lines of a long list (failures, files not started) printed on stderr; --json lists them all.
+_MAX_LISTED = 50
+
+# --provider-kwarg values are strings on the command line. These options take typed values, so
+# "true"/"false", "none" and numbers are converted for them.
+_TYPED_OPTIONS = frozenset(
+    {
+        "secure",
+        "port",
+        "fsync",
+        "verify",
+        "checksum",
+        "max_pool_connections",
+        "connect_timeout",
+        "read_timeout",
+        "connection_timeout",
+        "resumable_threshold",
+        "timeout",
+        "min_throughput",
+    }
+)
+# Options known to hold no secret (shown in messages as given). Every other option's value is
+# treated as a secret: kept a string, never printed, and scrubbed from anything printed.
+_PUBLIC_OPTIONS = _TYPED_OPTIONS | frozenset(
+    {
+        "region",
+        "region_name",
+        "endpoint_url",
+        "host",
+        "api_root",
+        "api_version",
+        "checksum_mode",
+        "account_url",
+        "account_name",
+        "service_file",
+    }
+)
+# Shorter secrets are not scrubbed: replacing every "ab" in the output would garble it, and a
+# two-character secret protects nothing.
+_MIN_SCRUBBED = 4
+
+_EPILOG = """\
+examples:
+  # a directory into a local folder (the folder is created if missing)
+  artifact-uploader put ./checkpoints --to file:///tmp/store
+
+  # into S3 under a prefix; credentials come from the usual AWS environment / config files
+  artifact-uploader put ./run-42 model.safetensors --to s3://my-bucket/runs/42
+
+  # an S3-compatible server (MinIO, moto...) with an explicit endpoint and credentials
+  AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
+  artifact-uploader put ./ckpt --to s3://bucket/prefix \\
+      --provider-kwarg endpoint_url=http://127.0.0.1:9000 --provider-kwarg region=us-east-1
+
+  # Google Cloud Storage with a service-account file (else application default credentials)
+  artifact-uploader put ./ckpt --to gs://my-bucket/prefix --provider-kwarg service_file=sa.json
+
+  # Azure Blob Storage: AZURE_STORAGE_CONNECTION_STRING from the environment, or
+  artifact-uploader put ./ckpt --to az://container/prefix \\
+      --provider-kwarg account_url=https://acct.blob.core.windows.net  # default credential
+
+  # for scripts: one JSON document on stdout, no progress bar
+  artifact-uploader put ./ckpt --to s3://bucket/prefix --json | jq '.uploaded[].uri'
+
+  # finish what a killed run left in its (persistent) staging folder
+  artifact-uploader put ./ckpt --to s3://bucket/p --staging-dir /var/tmp/up   # killed...
+  artifact-uploader resume /var/tmp/up --to s3://bucket/p
+
+  # the bundled S3 concurrency benchmark (from a source checkout)
+  artifact-uploader bench --quick
+
+exit codes:
+  0 everything uploaded       1 some uploads failed (named on stderr)
+  2 bad usage or config       3 the store could not be opened (nothing uploaded)
+  130 interrupted (Ctrl-C): what was not uploaded is listed with its staged copy
+"""
+
+_PUT_DESCRIPTION = """\
+Upload files and directories to an object store, with a progress bar.
+
+A FILE becomes one object named after the file (its base name). A DIR is uploaded
+recursively and its files are named by their path relative to DIR: the directory's own
+name is NOT part of the object names, as with `aws s3 cp --recursive` and
+`huggingface-cli upload`. So `put ./ckpt --to s3://b/run1` with ./ckpt/opt/state.pt
+writes s3://b/run1/opt/state.pt. To keep the directory name, put it in the URI:
+`--to s3://b/run1/ckpt`. Symlinked files are followed; symlinked directories are not.
+Two sources that would make the same object name are refused before anything uploads.
+
+Each file is staged (cloned or copied into a private folder) before it uploads, so later
+changes to the sources do not leak into the store; at most 1 GiB is staged at once."""
+
+_RESUME_DESCRIPTION = """\
+Finish what a killed or interrupted `put --staging-dir DIR` left behind: every file
+still journalled in DIR is uploaded from its staged copy (the sources are not needed),
+orphaned multipart uploads are aborted, and corrupt journal lines are reported and skipped."""
+
+
+class _UsageError(Exception):
+    """A problem with the command line found after argparse (exit 2)."""
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+class _Scrubber:
+    """Replaces secret values (from --provider-kwarg) in anything the command prints."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        self.secrets = sorted(
+            {s for s in secrets if len(s) >= _MIN_SCRUBBED}, key=len, reverse=True
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def obj(self, value: Any) -> Any:
+        """Scrub every string inside a JSON-like value."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(str(k)): self.obj(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.obj(v) for v in value]
+        return value
+
+
+def _coerce(value: str) -> Any:
+    low = value.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    if re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def parse_provider_kwargs(items: Sequence[str]) -> tuple[dict[str, Any], _Scrubber]:
+    """Turn ``KEY=VALUE`` strings into provider options, and a scrubber for their secrets.
+
+    Values of typed options (``secure``, ``port``, timeouts...) are converted from
+    ``true``/``false``/``none``/numbers; every other value stays a string.
+
+    Raises:
+        _UsageError: An item without ``=`` or a key given twice. The value is never echoed.
+    """
+    options: dict[str, Any] = {}
+    secrets: list[str] = []
+    for i, item in enumerate(items, 1):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            # Not echoed: the text may well be a secret typed without its key.
+            raise _UsageError(
+                f"--provider-kwarg #{i} must look like KEY=VALUE (its text is not shown: "
+                "it may be a secret)"
+            )
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise _UsageError(f"--provider-kwarg #{i}: the key must be an option name")
+        if key in options:
+            raise _UsageError(f"--provider-kwarg {key} is given twice")
+        if key.lower() in _TYPED_OPTIONS:
+            options[key] = _coerce(value)
+        else:
+            options[key] = value
+            if key.lower() not in _PUBLIC_OPTIONS:
+                secrets.append(value)
+    return options, _Scrubber(secrets)
+
+
+def _store_uri(to: str) -> str:
+    """``--to`` as a store URI: a plain local path becomes a ``file://`` URI."""
+    if "://" in to:
+        return to
+    if not to:
+        raise _UsageError("--to must not be empty")
+    return Path(to).expanduser().absolute().as_uri()
+
+
+# -- collecting the files ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    source: Path
+    name: str
+    size: int
+
+
+def collect(paths: Sequence[str]) -> list[_Item]:
+    """The files to upload and their object names (see the ``put`` help for the rules).
+
+    Raises:
+        _UsageError: A path does not exist, or two sources make the same object name.
+    """
+    items: list[_Item] = []
+    seen: dict[str, Path] = {}
+
+    def add(source: Path, name: str) -> None:
+        if name in seen:
+            raise _UsageError(
+                f"{str(seen[name])!r} and {str(source)!r} would both be uploaded as {name!r}; "
+                "upload them in separate commands (with different --to prefixes)"
+            )
+        seen[name] = source
+        try:
+            size = source.stat().st_size
+        except OSError:
+            size = 0  # A broken symlink: submit reports it as a failed upload, by name.
+        items.append(_Item(source, name, size))
+
+    for raw in paths:
+        path = Path(raw)
+        if not os.path.lexists(path):
+            raise _UsageError(f"no such file or directory: {raw!r}")
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for filename in sorted(filenames):
+                    source = Path(dirpath, filename)
+                    add(source, source.relative_to(path).as_posix())
+        else:
+            add(path, path.name)
+    return items
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+class _Output:
+    """Where the command writes: stderr for progress, warnings and errors; stdout for results."""
+
+    def __init__(self, *, json_mode: bool, quiet: bool, scrub: _Scrubber) -> None:
+        from rich.console import Console
+
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.scrub = scrub
+        self.err: Console = Console(stderr=True, highlight=False)
+        self.out: Console = Console(highlight=False)
+        # A live bar only where someone watches it: stderr is a terminal that can redraw.
+        self.live = (
+            not json_mode and not quiet and self.err.is_terminal and not self.err.is_dumb_terminal
+        )
+
+    def error(self, message: str) -> None:
+        self.err.print(self.scrub(message), markup=False, highlight=False, soft_wrap=True)
+
+    def info(self, message: str) -> None:
+        """A note on stderr, unless --quiet or --json."""
+        if not self.quiet and not self.json_mode:
+            self.error(message)
+
+    def emit_json(self, doc: dict[str, Any]) -> None:
+        text = json.dumps(self.scrub.obj(doc), indent=2)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+class _Progress:
+    """A rich progress bar of files, bytes and rate, driven by the uploader's events."""
+
+    def __init__(self, output: _Output, files: int, nbytes: int, verb: str) -> None:
+        self.output = output
+        self.files = files
+        self.nbytes = nbytes
+        self.failed = 0
+        self.done_names: list[str] = []
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if output.live:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn(f"[bold]{verb}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[files]} files"),
+                DownloadColumn(),
+                # The library's own rate (bytes confirmed by the store / elapsed), not rich's
+                # estimate, which has too few samples when each update is a whole file.
+                TextColumn("[red]{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=output.err,
+                refresh_per_second=8,
+            )
+            # With only empty files there are no bytes to count: the bar counts files instead.
+            self._by_bytes = nbytes > 0
+            self._task = self._progress.add_task(
+                verb,
+                total=nbytes if self._by_bytes else max(files, 1),
+                files=f"0/{files}",
+                rate="",
+            )
+
+    def __enter__(self) -> _Progress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_event(self, event: UploadEvent) -> None:
+        """The uploader's callback (runs on its loop thread): keep it short."""
+        if event.kind is EventKind.DONE:
+            self.done_names.append(event.name)
+        elif event.kind is EventKind.FAILED:
+            self.failed += 1
+            if self._progress is not None:
+                # Printed above the bar as it happens; the full list follows at the end.
+                self._progress.console.print(
+                    self.output.scrub(f"failed: {event.name}: {event.error}"),
+                    markup=False,
+                    style="red",
+                )
+        if self._progress is None or self._task is None:
+            return
+        totals = event.totals
+        finished = totals.files_done + totals.files_failed
+        label = f"{totals.files_done}/{self.files}"
+        if totals.files_failed:
+            label += f" ({totals.files_failed} failed)"
+        self._progress.update(
+            self._task,
+            completed=totals.bytes_sent if self._by_bytes else finished,
+            files=label,
+            rate=f"{_human_bytes(totals.rate)}/s",
+        )
+
+
+# -- put ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    uploaded: list[tuple[_Item | None, UploadResult]] = field(default_factory=list)
+    failed: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    not_started: list[_Item] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+    staging_dir: str | None = None
+
+
+def _configure_logging(output: _Output, verbose: bool) -> None:
+    """Route the library's log records to stderr, scrubbed; drop those the CLI reports itself."""
+    logger = logging.getLogger("artifact_uploader")
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not verbose and (
+                str(record.msg).startswith("upload of %r failed")
+                or "skipped a corrupt journal line" in record.getMessage()
+            ):
+                return
+            try:
+                output.error(f"{record.levelname.lower()}: {record.getMessage()}")
+            except Exception:
+                self.handleError(record)
+
+    for old in [h for h in logger.handlers if getattr(h, "_artifact_uploader_cli", False)]:
+        logger.removeHandler(old)
+    handler = Handler(logging.DEBUG if verbose else logging.WARNING)
+    handler._artifact_uploader_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # The CLI prints failures itself; Python's last-resort handler would print them twice.
+    logger.propagate = False
+
+
+def _open_uploader(
+    args: argparse.Namespace,
+    staging_dir: str,
+    options: dict[str, Any],
+    on_event: Callable[[UploadEvent], None],
+) -> Uploader:
+    from ._sync import Uploader
+
+    return Uploader(
+        args.store,
+        max_concurrency=args.concurrency,
+        staging_dir=staging_dir,
+        provider_kwargs=options,
+        staging=args.staging,
+        max_staged_bytes=MAX_STAGED_BYTES,
+        on_event=on_event,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _run_put(
+    args: argparse.Namespace, output: _Output, options: dict[str, Any], items: list[_Item]
+) -> tuple[int, _Outcome]:
+    outcome = _Outcome()
+    total_bytes = sum(i.size for i in items)
+    progress = _Progress(output, len(items), total_bytes, "Uploading")
+    start = time.monotonic()
+    # Always a journalled staging folder, so an interrupted run can be resumed. One the user
+    # did not ask for is private and temporary: removed unless it holds something to resume.
+    own_staging = args.staging_dir is None
+    staging_dir = tempfile.mkdtemp(prefix="artifact-uploader-") if own_staging else args.staging_dir
+    try:
+        up = _open_uploader(args, staging_dir, options, progress.on_event)
+    except (ConfigError, StagingError) as exc:
+        _remove_own(staging_dir, own_staging)
+        output.error(f"{_prog()} put: error: {exc}")
+        return EXIT_USAGE, outcome
+    except ProviderError as exc:
+        _remove_own(staging_dir, own_staging)
+        output.error(f"error: cannot open the store {args.store}: {exc}")
+        output.error(f"nothing was uploaded ({len(items)} file(s))")
+        return EXIT_STORE, outcome
+    outcome.staging_dir = up.staging_folder
+    left = up._engine.pending_from_previous_run
+    if left:
+        output.error(
+            f"note: {staging_dir} holds {len(left)} upload(s) left by an earlier run; "
+            f"`{_prog()} resume {staging_dir} --to URI` finishes them"
+        )
+    by_name = {i.name: i for i in items}
+    futures: list[tuple[_Item, concurrent.futures.Future[UploadResult]]] = []
+    close_error: UploadFailedError | None = None
+    with progress:
+        try:
+            for index, item in enumerate(items):
+                try:
+                    future = up.submit(item.source, item.name, overwrite=not args.no_overwrite)
+                except (SourceFileError, StagingError, ConfigError) as exc:
+                    # Refused before staging (missing, unreadable, a name the store refuses).
+                    outcome.failed.append((item.name, str(item.source), _describe(exc), None))
+                    progress.failed += 1
+                    continue
+                except KeyboardInterrupt:
+                    outcome.not_started = items[index:]
+                    raise
+                futures.append((item, future))
+            concurrent.futures.wait([f for _, f in futures])
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+            # Stop the bar first so the notes below are not drawn over.
+            progress.__exit__(None, None, None)
+            output.error(
+                f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to finish "
+                "(Ctrl-C again to stop now)"
+            )
+        try:
+            up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if outcome.interrupted else None)
+        except UploadFailedError as exc:
+            close_error = exc
+        except KeyboardInterrupt:
+            output.error(
+                f"interrupted again: stopped without cleaning up; staged copies are in "
+                f"{up.staging_folder}"
+            )
+            sys.stderr.flush()
+            sys.stdout.flush()
+            # The loop thread may still be busy: leave without joining it.
+            os._exit(EXIT_INTERRUPTED)
+    outcome.seconds = time.monotonic() - start
+    for item, future in futures:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            outcome.uploaded.append((item, future.result()))
+    if close_error is not None:
+        for failure in close_error.failures:
+            item_or_none = by_name.get(failure.name)
+            source = str(item_or_none.source) if item_or_none else ""
+            outcome.failed.append(
+                (failure.name, source, _describe(failure.cause), failure.staged_path)
+            )
+    kept = any(staged for *_, staged in outcome.failed)
+    if own_staging and not (kept and (outcome.interrupted or args.staging == "move")):
+        # Nothing to resume, or only failures whose sources are still in place (a re-run
+        # retries them): a private staging folder is not left behind.
+        _remove_own(staging_dir, own_staging)
+        outcome.failed = [(n, s, c, None) for n, s, c, _ in outcome.failed]
+        outcome.staging_dir = None
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED, outcome
+    return (EXIT_FAILED if outcome.failed else EXIT_OK), outcome
+
+
+def _remove_own(folder: str, own: bool) -> None:
+    if own:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _report_failures(output: _Output, outcome: _Outcome, args: argparse.Namespace) -> None:
+    for name, source, cause, staged in outcome.failed[:_MAX_LISTED]:
+        kept = f" (staged copy kept at {staged})" if staged else ""
+        origin = f" from {source}" if source else ""
+        output.error(f"error: failed to upload {name}{origin}: {cause}{kept}")
+    if len(outcome.failed) > _MAX_LISTED:
+        output.error(f"... and {len(outcome.failed) - _MAX_LISTED} more failed (see --json)")
+    if outcome.not_started:
+        output.error(f"not started: {len(outcome.not_started)} file(s):")
+        for item in outcome.not_started[:_MAX_LISTED]:
+            output.error(f"  {item.source}")
+        if len(outcome.not_started) > _MAX_LISTED:
+            output.error(f"  ... and {len(outcome.not_started) - _MAX_LISTED} more (see --json)")
+    if any(staged for *_, staged in outcome.failed) and outcome.staging_dir:
+        output.error(
+            f"to upload what is left: {_prog()} resume {outcome.staging_dir} --to "
+            f"{args.store} [--provider-kwarg ...]"
+        )
+
+
+def _summary_table(output: _Output, title: str, outcome: _Outcome) -> None:
+    from rich.table import Table
+
+    nbytes = sum(r.size for _, r in outcome.uploaded)
+    rate = nbytes / outcome.seconds if outcome.seconds > 0 else 0.0
+    output.out.print(title, markup=False, highlight=False, soft_wrap=True)
+    table = Table()
+    for column in ("uploaded", "failed", "bytes", "time", "rate"):
+        table.add_column(column, justify="right")
+    failed = len(outcome.failed) + len(outcome.not_started)
+    table.add_row(
+        str(len(outcome.uploaded)),
+        str(failed),
+        _human_bytes(nbytes),
+        f"{outcome.seconds:.2f} s",
+        f"{_human_bytes(rate)}/s",
+    )
+    output.out.print(table)
+
+
+def _json_doc(args: argparse.Namespace, outcome: _Outcome, code: int) -> dict[str, Any]:
+    nbytes = sum(r.size for _, r in outcome.uploaded)
+    return {
+        "ok": code == EXIT_OK,
+        "exit_code": code,
+        "store": args.store,
+        "interrupted": outcome.interrupted,
+        "uploaded": [
+            {
+                "name": r.name,
+                "uri": r.uri,
+                "size": r.size,
+                "source": str(item.source) if item else None,
+                "checksum_algorithm": r.checksum_algorithm,
+                "checksum": r.checksum,
+                "etag": r.etag,
+                "version": r.version,
+            }
+            for item, r in outcome.uploaded
+        ],
+        "failed": [
+            {"name": n, "source": s or None, "error": c, "staged_path": p}
+            for n, s, c, p in outcome.failed
+        ],
+        "not_started": [{"name": i.name, "source": str(i.source)} for i in outcome.not_started],
+        "files": len(outcome.uploaded),
+        "bytes": nbytes,
+        "seconds": round(outcome.seconds, 6),
+        "bytes_per_second": round(nbytes / outcome.seconds, 1) if outcome.seconds > 0 else 0.0,
+        "staging_dir": outcome.staging_dir,
+    }
+
+
+def cmd_put(args: argparse.Namespace, output: _Output, options: dict[str, Any]) -> int:
+    items = collect(args.paths)
+    if not items:
+        output.info("nothing to upload: the given directories hold no files")
+        if output.json_mode:
+            output.emit_json(_json_doc(args, _Outcome(), EXIT_OK))
+        return EXIT_OK
+    code, outcome = _run_put(args, output, options, items)
+    if code in (EXIT_USAGE, EXIT_STORE):
+        if output.json_mode:
+            output.emit_json(_json_doc(args, outcome, code) | {"not_started": None})
+        return code
+    _report_failures(output, outcome, args)
+    if output.json_mode:
+        output.emit_json(_json_doc(args, outcome, code))
+    elif not output.quiet:
+        _summary_table(output, f"{_prog()} put -> {output.scrub(args.store)}", outcome)
+    return code
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any]) -> int:
+    from ._journal import JOURNAL_FILE, load
+    from ._sync import Uploader
+
+    folder = Path(args.staging_dir)
+    if not (folder / JOURNAL_FILE).is_file():
+        raise _UsageError(
+            f"{str(folder)!r} holds no crash journal ({JOURNAL_FILE}); give the folder that was "
+            "passed to --staging-dir (or staging_dir=...)"
+        )
+    # Counted up front for the progress bar only; resume() reads the journal again itself.
+    logger = logging.getLogger("artifact_uploader")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # resume() reports the corrupt lines below, once
+    try:
+        entries, _ = load(folder)
+    finally:
+        logger.setLevel(level)
+    outcome = _Outcome(staging_dir=str(folder))
+    progress = _Progress(output, len(entries), sum(e.size for e in entries), "Resuming")
+    start = time.monotonic()
+    skipped: list[str] = []
+    code = EXIT_OK
+    with progress:
+        try:
+            report = Uploader.resume(
+                folder,
+                args.store,
+                provider_kwargs=options,
+                max_concurrency=args.concurrency,
+                on_event=progress.on_event,
+            )
+            outcome.uploaded = [(None, r) for r in report.uploaded]
+            skipped = report.skipped_lines
+        except (ConfigError, StagingError) as exc:
+            output.error(f"error: {exc}")
+            return EXIT_USAGE
+        except UploadFailedError as exc:
+            code = EXIT_FAILED
+            outcome.failed = [(f.name, "", _describe(f.cause), f.staged_path) for f in exc.failures]
+            done = set(progress.done_names)
+            outcome.uploaded = [
+                (None, UploadResult(uri="", name=e.name, size=e.size))
+                for e in entries
+                if e.name in done
+            ]
+        except ProviderError as exc:
+            output.error(f"error: cannot open the store {args.store}: {exc}")
+            return EXIT_STORE
+        except KeyboardInterrupt:
+            # Uploader.resume closes on the way out; what is left stays journalled.
+            output.error(f"interrupted: what is left stays journalled in {folder}")
+            return EXIT_INTERRUPTED
+    outcome.seconds = time.monotonic() - start
+    for line in skipped:
+        output.error(f"skipped: {line}")
+    _report_failures(output, outcome, args)
+    if output.json_mode:
+        doc = _json_doc(args, outcome, code)
+        doc["skipped_lines"] = skipped
+        doc["staging_dir"] = str(folder)
+        output.emit_json(doc)
+    elif not output.quiet:
+        if not outcome.uploaded and not outcome.failed:
+            output.error(f"nothing to resume in {folder}")
+        for _, result in outcome.uploaded:
+            output.out.print(f"uploaded {result.uri or result.name}", markup=False, highlight=False)
+        _summary_table(output, f"{_prog()} resume -> {output.scrub(args.store)}", outcome)
+    return code
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+BENCH_SCRIPT = Path("benchmarks") / "bench_s3.py"
+
+
+def find_bench_script(starts: Iterable[Path]) -> Path | None:
+    """``benchmarks/bench_s3.py`` in the nearest folder above any of ``starts``, if any."""
+    for start in starts:
+        for folder in (start, *start.parents):
+            candidate = folder / BENCH_SCRIPT
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    """Run the bundled benchmark with ``argv``; its exit code is ours."""
+    script = find_bench_script([Path(__file__).resolve().parent, Path.cwd().resolve()])
+    if script is None:
+        sys.stderr.write(
+            f"{_prog()} bench: benchmarks/bench_s3.py was not found. The benchmark ships with "
+            "the source, not the wheel: run this command from a source checkout of "
+            "artifact-uploader (with `pip install -e '.[bench]'`).\n"
+        )
+        return EXIT_USAGE
+    try:
+        return subprocess.call([sys.executable, str(script), *argv])
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+def _prog() -> str:
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m artifact_uploader" if argv0 == "__main__.py" else "artifact-uploader"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--to",
+        required=True,
+        metavar="URI",
+        help="the store: file:///abs/dir (or a plain local path), s3://bucket[/prefix], "
+        "gs://bucket[/prefix] or az://container[/prefix]",
+    )
+    parser.add_argument(
+        "--provider-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a store option (repeatable): endpoint_url, region, key, secret, token, host, "
+        "port, secure, service_file, connection_string, account_key... Values are never "
+        "echoed; prefer the provider's environment variables for credentials, since "
+        "command lines are visible to other users of the machine",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"most requests in flight at once, parts included (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document with the result on stdout (and nothing else there); "
+        "no progress bar",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar and no summary; errors only"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also print the library's log messages"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs and the tests)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=_prog(),
+        description="Upload files and directories to object storage (a local folder, S3, GCS or\n"
+        "Azure Blob) with a progress bar, bounded concurrency, retries, checksums and an\n"
+        "optional crash journal. `COMMAND --help` describes each command.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    put = sub.add_parser(
+        "put",
+        help="upload files and directories (recursively) to a store",
+        description=_PUT_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    put.add_argument("paths", nargs="+", metavar="FILE|DIR", help="what to upload")
+    _add_store_options(put)
+    put.add_argument(
+        "--no-overwrite",
+        action="store_true",
+        help="fail (per object, exit 1) instead of replacing an object that already exists; "
+        "atomic where the store supports conditional writes",
+    )
+    put.add_argument(
+        "--staging",
+        choices=STAGING_MODES,
+        default="auto",
+        help="how files are staged before upload: auto (default) or reflink: a copy-on-write "
+        "clone where the filesystem supports it (btrfs, xfs), else a copy; copy: always a "
+        "copy; link: a hard link (no copy, same filesystem only, but later writes to a source "
+        "leak into its upload); move: the sources are moved away",
+    )
+    put.add_argument(
+        "--staging-dir",
+        metavar="DIR",
+        help="a persistent staging folder with a crash journal: after a kill or Ctrl-C, "
+        "`resume DIR` finishes the upload (default: a private temporary folder, removed "
+        "when everything uploaded)",
+    )
+    put.set_defaults(handler=cmd_put)
+
+    resume = sub.add_parser(
+        "resume",
+        help="finish the uploads a killed run left in its staging folder",
+        description=_RESUME_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    resume.add_argument("staging_dir", metavar="STAGING_DIR", help="the --staging-dir of the run")
+    _add_store_options(resume)
+    resume.set_defaults(handler=cmd_resume)
+
+    sub.add_parser(
+        "bench",
+        help="run the bundled S3 concurrency benchmark (source checkout only); "
+        "arguments are passed to it (`bench --help` shows them)",
+        add_help=False,
+    )
+    return parser
+
+
+def _fail_usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.error(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "bench":
+        # Everything after `bench` belongs to the benchmark, --help included.
+        return cmd_bench(args_list[1:])
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        sys.stderr.write(
+            "artifact-uploader: the command line needs the 'cli' extra: "
+            "pip install 'artifact-uploader[cli]'\n"
+        )
+        return EXIT_USAGE
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    try:
+        options, scrub = parse_provider_kwargs(args.provider_kwarg)
+    except _UsageError as exc:
+        _fail_usage(parser, str(exc))
+    try:
+        args.store = _store_uri(args.to)
+    except _UsageError as exc:
+        _fail_usage(parser, str(exc))
+    output = _Output(json_mode=args.json, quiet=args.quiet, scrub=scrub)
+    _configure_logging(output, args.verbose)
+    handler: Callable[[argparse.Namespace, _Output, dict[str, Any]], int] = args.handler
+    try:
+        return handler(args, output, options)
+    except _UsageError as exc:
+        output.error(f"{parser.prog} {args.command}: error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        return EXIT_INTERRUPTED
+    except UploadError as exc:
+        # Anything the commands did not map: still a clear message, scrubbed, and no traceback.
+        output.error(f"error: {_describe(exc)}")
+        return EXIT_FAILED
+
+
+__all__ = ["build_parser", "main"]

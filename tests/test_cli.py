@@ -1,0 +1,596 @@
+"""The ``artifact-uploader`` command line, run as the real console script.
+
+Progress-bar tests run the script in a pseudo-terminal (so rich sees a terminal) and read its
+output with a deadline; the rest use pipes, where stdout and stderr stay apart.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifact_uploader import __version__
+from artifact_uploader._cli import collect, find_bench_script, parse_provider_kwargs
+from artifact_uploader._journal import load
+from tests.conftest import wait_until
+from tests.servers.moto import (
+    MOTO_KEY,
+    MOTO_REGION,
+    MOTO_SECRET,
+    MotoServer,
+    list_s3_keys,
+    read_s3_object,
+)
+
+SCRIPT = Path(sys.executable).with_name("artifact-uploader")
+DEADLINE = 60.0
+# What the store root holds besides the objects (the local store's temp folder).
+LOCAL_TMP = ".artifact-uploader-tmp"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _script_installed() -> None:
+    assert SCRIPT.exists(), (
+        f"{SCRIPT} is missing: install the package (`pip install -e .`) to get the console script"
+    )
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "COLUMNS")
+        and not k.startswith("AWS_")
+    }
+    # A terminal rich can redraw; credentials for moto come from the standard variables.
+    env.update(
+        TERM="xterm-256color",
+        AWS_ACCESS_KEY_ID=MOTO_KEY,
+        AWS_SECRET_ACCESS_KEY=MOTO_SECRET,
+        AWS_DEFAULT_REGION=MOTO_REGION,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    env.update(extra)
+    return env
+
+
+def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the console script with a pseudo-terminal as stdin/stdout/stderr.
+
+    Returns:
+        (exit code, everything it wrote to the terminal).
+    """
+    master, slave = os.openpty()
+    # 120 columns x 40 rows, so the bar has room and rich does not fall back to 80.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [str(SCRIPT), *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env or _env(),
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                proc.kill()
+                raise AssertionError(
+                    f"{args} still running after {DEADLINE}s; output so far:\n"
+                    + b"".join(chunks).decode(errors="replace")
+                )
+            ready, _, _ = select.select([master], [], [], remaining)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError as exc:
+                # EIO: every process holding the terminal's other end has exited.
+                if exc.errno != errno.EIO:
+                    raise
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the console script with pipes (not a terminal)."""
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A small directory (nested, an empty file, a 300 kB file); returns name -> bytes."""
+    files = {
+        "a.bin": os.urandom(300_000),
+        "sub/b.txt": b"hello\n",
+        "sub/deeper/c.json": b'{"step": 1}',
+        "empty": b"",
+    }
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def local_objects(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and LOCAL_TMP not in p.parts
+    }
+
+
+def assert_progress_bar(output: str, files: str | None = None, complete: bool = True) -> None:
+    """rich drew a live bar: its label, a redraw in place (erase line), percentage, files."""
+    assert "\x1b[2K" in output, output
+    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)  # colours and cursor moves
+    assert re.search(r"(Uploading|Resuming) ━+ +\d+%", output), output
+    assert re.search(r"\d+/\d+ files", output), output
+    assert re.search(r"[\d.]+ [kMG]?B/s", output), output
+    if complete:
+        assert "100%" in output, output
+    if files is not None:
+        assert f"{files} files" in output, output
+
+
+# -- put in a terminal -------------------------------------------------------------------------
+
+
+def test_put_dir_to_file_store_shows_progress_in_a_terminal(tmp_path: Path) -> None:
+    expected = make_tree(tmp_path / "ckpt")
+    store = tmp_path / "store"
+    code, out = run_in_pty(["put", "./ckpt", "--to", store.as_uri()], cwd=tmp_path)
+    assert code == 0, out
+    assert_progress_bar(out, files="4/4")
+    # The summary table.
+    assert "uploaded" in out and "rate" in out, out
+    # Names are relative to the directory: its own name is not part of them.
+    assert local_objects(store) == expected
+
+
+def test_put_dir_to_s3_shows_progress_in_a_terminal(
+    tmp_path: Path, moto_server: MotoServer, moto_s3: Any, s3_bucket: str
+) -> None:
+    expected = make_tree(tmp_path / "ckpt")
+    code, out = run_in_pty(
+        [
+            "put",
+            "ckpt",
+            "--to",
+            f"s3://{s3_bucket}/run-1",
+            "--provider-kwarg",
+            f"endpoint_url={moto_server.endpoint_url}",
+            "--concurrency",
+            "4",
+        ],
+        cwd=tmp_path,
+    )
+    assert code == 0, out
+    assert_progress_bar(out, files="4/4")
+    assert sorted(list_s3_keys(moto_s3, s3_bucket)) == sorted(f"run-1/{n}" for n in expected)
+    for name, data in expected.items():
+        assert read_s3_object(moto_s3, s3_bucket, f"run-1/{name}") == data
+
+
+def test_no_progress_bar_without_a_terminal(tmp_path: Path) -> None:
+    make_tree(tmp_path / "ckpt")
+    result = run(["put", "ckpt", "--to", str(tmp_path / "store")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "━" not in result.stderr and "%" not in result.stderr
+    # The summary still goes to stdout.
+    assert "uploaded" in result.stdout
+
+
+# -- --json ------------------------------------------------------------------------------------
+
+
+def test_json_output_lists_the_objects(
+    tmp_path: Path, moto_server: MotoServer, moto_s3: Any, s3_bucket: str
+) -> None:
+    expected = make_tree(tmp_path / "ckpt")
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    result = run(
+        [
+            "put",
+            "ckpt",
+            "model.pt",
+            "--to",
+            f"s3://{s3_bucket}",
+            "--provider-kwarg",
+            f"endpoint_url={moto_server.endpoint_url}",
+            "--json",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert doc["ok"] is True and doc["exit_code"] == 0 and doc["failed"] == []
+    names = {o["name"]: o for o in doc["uploaded"]}
+    assert set(names) == {*expected, "model.pt"}
+    assert names["model.pt"]["uri"] == f"s3://{s3_bucket}/model.pt"
+    assert names["a.bin"]["size"] == 300_000
+    assert names["sub/b.txt"]["source"] == "ckpt/sub/b.txt"
+    assert doc["files"] == 5 and doc["bytes"] == sum(map(len, expected.values())) + 7
+    assert read_s3_object(moto_s3, s3_bucket, "model.pt") == b"weights"
+    # A terminal too: still no progress bar, still only JSON on stdout.
+    code, out = run_in_pty(
+        ["put", "model.pt", "--to", str(tmp_path / "store"), "--json"], cwd=tmp_path
+    )
+    assert code == 0, out
+    assert "━" not in out
+    assert json.loads(out)["uploaded"][0]["name"] == "model.pt"
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def test_no_overwrite_onto_an_existing_object_fails_and_names_it(tmp_path: Path) -> None:
+    make_tree(tmp_path / "ckpt")
+    store = tmp_path / "store"
+    (store / "sub").mkdir(parents=True)
+    (store / "sub" / "b.txt").write_bytes(b"already here")
+    result = run(["put", "ckpt", "--to", store.as_uri(), "--no-overwrite", "--json"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "failed to upload sub/b.txt" in result.stderr
+    assert "ObjectExistsError" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == 1
+    assert [f["name"] for f in doc["failed"]] == ["sub/b.txt"]
+    assert {o["name"] for o in doc["uploaded"]} == {"a.bin", "sub/deeper/c.json", "empty"}
+    # The existing object is untouched, and a private staging folder is not left behind.
+    assert (store / "sub" / "b.txt").read_bytes() == b"already here"
+    assert doc["staging_dir"] is None and doc["failed"][0]["staged_path"] is None
+
+
+def test_failed_upload_in_a_terminal_exits_non_zero_and_names_it(tmp_path: Path) -> None:
+    make_tree(tmp_path / "ckpt")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "empty").write_bytes(b"x")
+    code, out = run_in_pty(["put", "ckpt", "--to", str(store), "--no-overwrite"], cwd=tmp_path)
+    assert code == 1, out
+    assert "failed to upload empty" in out
+    assert_progress_bar(out, files="3/4 (1 failed)")
+
+
+def test_missing_bucket_exits_3_and_names_the_store(
+    tmp_path: Path, moto_server: MotoServer
+) -> None:
+    make_tree(tmp_path / "ckpt")
+    result = run(
+        [
+            "put",
+            "ckpt",
+            "--to",
+            "s3://no-such-bucket-here/x",
+            "--provider-kwarg",
+            f"endpoint_url={moto_server.endpoint_url}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "s3://no-such-bucket-here/x" in result.stderr
+    assert "nothing was uploaded (4 file(s))" in result.stderr
+    assert result.stdout == ""
+
+
+def test_secrets_are_never_echoed(tmp_path: Path, moto_server: MotoServer) -> None:
+    (tmp_path / "f.txt").write_bytes(b"x")
+    secret = "TOPSECRET-9f8e7d6c5b4a"
+    base = ["put", "f.txt", "--to", "s3://no-such-bucket-here"]
+    endpoint = f"endpoint_url={moto_server.endpoint_url}"
+    cases = [
+        # An unknown option holding a secret (config error, exit 2).
+        [*base, "--provider-kwarg", f"bogus={secret}", "--json"],
+        # A credential reaching the store, which fails (exit 3), with --json.
+        [*base, "--provider-kwarg", endpoint, "--provider-kwarg", f"secret={secret}", "--json"],
+        # A secret typed without its key.
+        [*base, "--provider-kwarg", secret],
+    ]
+    for args in cases:
+        result = run(args, cwd=tmp_path)
+        assert result.returncode in (2, 3), result.stderr
+        assert secret not in result.stdout + result.stderr, args
+        assert result.stderr.strip(), args
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["put", "missing.txt", "--to", "file:///tmp/x"], "no such file or directory"),
+        (["put", "f.txt"], "the following arguments are required: --to"),
+        (["put", "f.txt", "--to", "nope://x"], "unknown store scheme 'nope'"),
+        (["put", "f.txt", "--to", "/tmp/x", "--concurrency", "0"], "positive integer"),
+        (["put", "f.txt", "--to", "/tmp/x", "--staging", "teleport"], "invalid choice"),
+        (["put", "f.txt", "--to", "/tmp/x", "--provider-kwarg", "fsync"], "KEY=VALUE"),
+        (["frobnicate"], "invalid choice"),
+        (["resume", ".", "--to", "/tmp/x"], "holds no crash journal"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_clear_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "f.txt").write_bytes(b"x")
+    result = run(args, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+
+
+def test_two_sources_with_one_name_are_refused_before_uploading(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_bytes(b"1")
+    (tmp_path / "x.txt").write_bytes(b"2")
+    store = tmp_path / "store"
+    result = run(["put", "a", "x.txt", "--to", str(store)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "would both be uploaded as 'x.txt'" in result.stderr
+    assert not store.exists()
+
+
+def test_help_mentions_every_subcommand_and_examples(tmp_path: Path) -> None:
+    result = run(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for word in ("put", "resume", "bench", "file://", "s3://", "gs://", "az://", "endpoint_url"):
+        assert word in result.stdout, word
+    put_help = run(["put", "--help"], cwd=tmp_path)
+    assert put_help.returncode == 0
+    assert "NOT part of the object names" in put_help.stdout
+    assert "--no-overwrite" in put_help.stdout and "--staging" in put_help.stdout
+    version = run(["--version"], cwd=tmp_path)
+    assert version.returncode == 0 and __version__ in version.stdout
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_bytes(b"via -m")
+    result = subprocess.run(
+        [sys.executable, "-m", "artifact_uploader", "put", "f.txt", "--to", "store", "--json"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["uploaded"][0]["uri"] == (tmp_path / "store/f.txt").as_uri()
+    assert (tmp_path / "store" / "f.txt").read_bytes() == b"via -m"
+
+
+# -- interrupt and resume ----------------------------------------------------------------------
+
+
+class _HangingS3:
+    """A loopback HTTP server that answers HEAD (the bucket check) and never answers a PUT."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.puts: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_PUT(self) -> None:
+                outer.puts.append(self.path)
+                outer.release.wait(DEADLINE)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def hanging_s3() -> Iterator[_HangingS3]:
+    server = _HangingS3()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _start_put_that_hangs(
+    tmp_path: Path, server: _HangingS3, staging: Path
+) -> tuple[subprocess.Popen[str], dict[str, bytes]]:
+    files = {"one.bin": os.urandom(1000), "two/three.bin": os.urandom(2000)}
+    for name, data in files.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    proc = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "put",
+            "src",
+            "--to",
+            "s3://bucket/pre",
+            "--provider-kwarg",
+            f"endpoint_url={server.endpoint}",
+            "--provider-kwarg",
+            "read_timeout=60",
+            "--staging-dir",
+            str(staging),
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: len(server.puts) == 2, timeout=DEADLINE, what="both PUTs to arrive")
+    return proc, files
+
+
+def test_ctrl_c_reports_what_was_not_uploaded_then_resume_finishes_it(
+    tmp_path: Path, hanging_s3: _HangingS3
+) -> None:
+    staging = tmp_path / "staging"
+    proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, err
+    assert "uploaded" in out  # the summary table
+    assert "interrupted" in err
+    for name in files:
+        assert f"failed to upload {name}" in err
+    assert "staged copy kept at " + str(staging) in err
+    assert f"resume {staging} --to s3://bucket/pre" in err
+    pending, _ = load(staging)
+    assert sorted(e.name for e in pending) == sorted(files)
+    # The journal does not bind the store: finish into a local folder.
+    store = tmp_path / "store"
+    result = run(["resume", str(staging), "--to", str(store), "--json"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert sorted(o["name"] for o in doc["uploaded"]) == sorted(files)
+    assert local_objects(store) == files
+    assert load(staging) == ([], [])
+
+
+def test_resume_a_journal_left_by_a_killed_process_in_a_terminal(
+    tmp_path: Path, hanging_s3: _HangingS3
+) -> None:
+    staging = tmp_path / "staging"
+    proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
+    proc.kill()
+    proc.communicate(timeout=DEADLINE)
+    # A truncated line, as a crash mid-append leaves: reported, skipped.
+    with open(staging / "journal.jsonl", "a") as f:
+        f.write('{"op": "pending", "id": "trunc')
+    store = tmp_path / "store"
+    code, out = run_in_pty(["resume", str(staging), "--to", store.as_uri()], cwd=tmp_path)
+    assert code == 0, out
+    assert_progress_bar(out, files="2/2")
+    for name in files:
+        assert f"uploaded {(store / name).as_uri()}" in out
+    assert "skipped" in out and "corrupt journal line" in out
+    assert local_objects(store) == files
+
+
+def test_resume_failure_exits_1_and_names_the_object(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    store = tmp_path / "store"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_bytes(b"new")
+    store.mkdir()
+    (store / "a.txt").write_bytes(b"old")
+    first = run(
+        ["put", "src", "--to", str(store), "--no-overwrite", "--staging-dir", str(staging)],
+        cwd=tmp_path,
+    )
+    assert first.returncode == 1
+    # A user-given staging folder keeps the failed upload, resumable.
+    assert f"resume {staging}" in first.stderr
+    again = run(["resume", str(staging), "--to", str(store)], cwd=tmp_path)
+    assert again.returncode == 1
+    assert "failed to upload a.txt" in again.stderr
+    (store / "a.txt").unlink()
+    done = run(["resume", str(staging), "--to", str(store)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (store / "a.txt").read_bytes() == b"new"
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+
+def test_bench_passes_its_arguments_to_the_bundled_benchmark(tmp_path: Path) -> None:
+    result = run(["bench", "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout  # the benchmark's own help, not ours
+
+
+def test_bench_script_lookup(tmp_path: Path) -> None:
+    assert find_bench_script([tmp_path]) is None
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_s3.py").write_text("")
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    assert find_bench_script([nested]) == tmp_path / "benchmarks" / "bench_s3.py"
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+def test_provider_kwargs_types_and_secrets() -> None:
+    options, scrub = parse_provider_kwargs(
+        ["secure=false", "port=9000", "read_timeout=2.5", "key=1234567", "region=eu-west-1"]
+    )
+    assert options == {
+        "secure": False,
+        "port": 9000,
+        "read_timeout": 2.5,
+        "key": "1234567",  # credentials stay strings, even when they look like numbers
+        "region": "eu-west-1",
+    }
+    assert scrub("key 1234567 in eu-west-1") == "key *** in eu-west-1"
+
+
+def test_collect_names_relative_to_each_directory(tmp_path: Path) -> None:
+    make_tree(tmp_path / "d")
+    (tmp_path / "top.txt").write_bytes(b"t")
+    items = collect([str(tmp_path / "d"), str(tmp_path / "top.txt")])
+    assert [i.name for i in items] == [
+        "a.bin",
+        "empty",
+        "sub/b.txt",
+        "sub/deeper/c.json",
+        "top.txt",
+    ]
