@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -52,6 +53,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # huggingface_hub read the variable when it was imported: set what it read, too.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def local_tree(root: Path) -> dict[str, bytes]:
@@ -228,6 +231,39 @@ def test_hf_given_uploader_is_flushed_not_closed(tmp_path: Path) -> None:
             "checkpoint-2/trainer_state.json",
         ]
         up.submit(store / "checkpoint-1" / "config.json", "still-open.json").result(timeout=30)
+
+
+def test_hf_wait_on_save_raises_mid_training(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "checkpoint-1").mkdir(parents=True)
+    (store / "checkpoint-1" / "model.safetensors").write_bytes(b"x")
+    upload = HFUploadCallback(store.as_uri(), overwrite=False, wait_on_save=True)
+    with pytest.raises(UploadFailedError, match=r"checkpoint-1/model\.safetensors"):
+        hf_train(tmp_path / "out", [upload], save_total_limit=None)
+    # Raised in on_save of step 1: training stopped before step 2 was saved.
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+    assert (store / "checkpoint-1" / "config.json").is_file()
+    upload.close()
+
+
+def test_hf_callback_reused_for_a_second_run_and_wait_on_end_false(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    upload = HFUploadCallback(store.as_uri(), object_name="{step}/{path}", wait_on_end=False)
+    hf_train(tmp_path / "out1", [upload], save_total_limit=None)
+    first = upload.uploader
+    assert first is not None  # still open: wait_on_end=False
+    upload.close()
+    assert upload.uploader is None
+    hf_train(tmp_path / "out2", [upload], save_total_limit=None)
+    assert upload.uploader is not None and upload.uploader is not first
+    upload.close()
+    upload.close()  # idempotent
+    objects = local_tree(store)
+    assert (tmp_path / "out2" / "checkpoint-2" / "model.safetensors").read_bytes() == objects[
+        "2/checkpoint-2/model.safetensors"
+    ]
+    assert "1/checkpoint-1/optimizer.pt" in objects and "2/trainer_state.json" in objects
 
 
 def test_hf_only_the_main_process_uploads(tmp_path: Path) -> None:
@@ -469,6 +505,21 @@ def test_missing_package_names_the_extra(attr: str, blocked: list[str], extra: s
     )
     assert proc.returncode == 0, proc.stderr
     assert f"pip install 'artifact-uploader[{extra}]'" in proc.stdout
+
+
+def test_lightning_falls_back_to_pytorch_lightning() -> None:
+    proc = run_python(
+        """
+        import sys
+        sys.modules["lightning"] = None  # only the standalone package is "installed"
+        import pytorch_lightning
+        from artifact_uploader import LightningUploadCallback
+        assert issubclass(LightningUploadCallback, pytorch_lightning.Callback)
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def test_lazy_names_resolve_to_the_classes() -> None:
