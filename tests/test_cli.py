@@ -298,21 +298,34 @@ def test_missing_bucket_exits_3_and_names_the_store(
     tmp_path: Path, moto_server: MotoServer
 ) -> None:
     make_tree(tmp_path / "ckpt")
-    result = run(
-        [
-            "put",
-            "ckpt",
-            "--to",
-            "s3://no-such-bucket-here/x",
-            "--provider-kwarg",
-            f"endpoint_url={moto_server.endpoint_url}",
-        ],
-        cwd=tmp_path,
-    )
+    args = [
+        "put",
+        "ckpt",
+        "--to",
+        "s3://no-such-bucket-here/x",
+        "--provider-kwarg",
+        f"endpoint_url={moto_server.endpoint_url}",
+    ]
+    result = run(args, cwd=tmp_path)
     assert result.returncode == 3, result.stderr
     assert "s3://no-such-bucket-here/x" in result.stderr
     assert "nothing was uploaded (4 file(s))" in result.stderr
     assert result.stdout == ""
+    as_json = run([*args, "--json"], cwd=tmp_path)
+    assert as_json.returncode == 3
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is False and "no-such-bucket-here" in doc["error"]
+    assert len(doc["not_started"]) == 4 and doc["uploaded"] == []
+
+
+def test_a_file_refused_at_submit_is_named_and_the_rest_uploads(tmp_path: Path) -> None:
+    expected = make_tree(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "dangling").symlink_to(tmp_path / "gone")
+    store = tmp_path / "store"
+    result = run(["put", "ckpt", "--to", str(store)], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "failed to upload dangling" in result.stderr and "no such file" in result.stderr
+    assert local_objects(store) == expected
 
 
 def test_secrets_are_never_echoed(tmp_path: Path, moto_server: MotoServer) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._errors import (
     ConfigError,
+    FailedUpload,
     ProviderError,
     SourceFileError,
     StagingError,
@@ -341,80 +342,90 @@ class _Output:
 
 
 class _Progress:
-    """A rich progress bar of files, bytes and rate, driven by the uploader's events."""
+    """A rich progress bar of files, bytes and rate, driven by the uploader's events.
 
-    def __init__(self, output: _Output, files: int, nbytes: int, verb: str) -> None:
+    Built before the uploader (which takes ``on_event``); the bar appears at :meth:`begin`,
+    once the totals are known, and only when ``output.live``.
+    """
+
+    def __init__(self, output: _Output, verb: str) -> None:
         self.output = output
-        self.files = files
-        self.nbytes = nbytes
-        self.failed = 0
+        self.verb = verb
+        self.files = 0
+        # Files refused at submit: they never reach the uploader's totals.
+        self.refused = 0
         self.done_names: list[str] = []
+        self._by_bytes = True
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        if output.live:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
 
-            self._progress = Progress(
-                TextColumn(f"[bold]{verb}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[files]} files"),
-                DownloadColumn(),
-                # The library's own rate (bytes confirmed by the store / elapsed), not rich's
-                # estimate, which has too few samples when each update is a whole file.
-                TextColumn("[red]{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=output.err,
-                refresh_per_second=8,
-            )
-            # With only empty files there are no bytes to count: the bar counts files instead.
-            self._by_bytes = nbytes > 0
-            self._task = self._progress.add_task(
-                verb,
-                total=nbytes if self._by_bytes else max(files, 1),
-                files=f"0/{files}",
-                rate="",
-            )
+    def begin(self, files: int, nbytes: int) -> None:
+        self.files = files
+        if not self.output.live:
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-    def __enter__(self) -> _Progress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
+        progress = Progress(
+            TextColumn(f"[bold]{self.verb}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[files]} files"),
+            DownloadColumn(),
+            # The library's own rate (bytes confirmed by the store / elapsed), not rich's
+            # estimate, which has too few samples when each update is a whole file.
+            TextColumn("[red]{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=self.output.err,
+            refresh_per_second=8,
+        )
+        # With only empty files there are no bytes to count: the bar counts files instead.
+        self._by_bytes = nbytes > 0
+        self._task = progress.add_task(
+            self.verb,
+            total=nbytes if self._by_bytes else max(files, 1),
+            files=f"0/{files}",
+            rate="",
+        )
+        progress.start()
+        self._progress = progress
 
-    def __exit__(self, *exc_info: object) -> None:
+    def end(self) -> None:
+        """Stop the bar (idempotent), leaving its last state on the terminal."""
         if self._progress is not None:
             self._progress.stop()
+
+    def refuse(self) -> None:
+        self.refused += 1
 
     def on_event(self, event: UploadEvent) -> None:
         """The uploader's callback (runs on its loop thread): keep it short."""
         if event.kind is EventKind.DONE:
             self.done_names.append(event.name)
-        elif event.kind is EventKind.FAILED:
-            self.failed += 1
-            if self._progress is not None:
-                # Printed above the bar as it happens; the full list follows at the end.
-                self._progress.console.print(
-                    self.output.scrub(f"failed: {event.name}: {event.error}"),
-                    markup=False,
-                    style="red",
-                )
-        if self._progress is None or self._task is None:
+        progress, task = self._progress, self._task
+        if progress is None or task is None:
             return
+        if event.kind is EventKind.FAILED:
+            # Printed above the bar as it happens; the full list follows at the end.
+            progress.console.print(
+                self.output.scrub(f"failed: {event.name}: {event.error}"),
+                markup=False,
+                style="red",
+            )
         totals = event.totals
-        finished = totals.files_done + totals.files_failed
+        failed = totals.files_failed + self.refused
         label = f"{totals.files_done}/{self.files}"
-        if totals.files_failed:
-            label += f" ({totals.files_failed} failed)"
-        self._progress.update(
-            self._task,
-            completed=totals.bytes_sent if self._by_bytes else finished,
+        if failed:
+            label += f" ({failed} failed)"
+        progress.update(
+            task,
+            completed=totals.bytes_sent if self._by_bytes else totals.files_done + failed,
             files=label,
             rate=f"{_human_bytes(totals.rate)}/s",
         )
@@ -431,6 +442,8 @@ class _Outcome:
     interrupted: bool = False
     seconds: float = 0.0
     staging_dir: str | None = None
+    error: str | None = None
+    skipped_lines: list[str] = field(default_factory=list)
 
 
 def _configure_logging(output: _Output, verbose: bool) -> None:
@@ -486,8 +499,7 @@ def _run_put(
     args: argparse.Namespace, output: _Output, options: dict[str, Any], items: list[_Item]
 ) -> tuple[int, _Outcome]:
     outcome = _Outcome()
-    total_bytes = sum(i.size for i in items)
-    progress = _Progress(output, len(items), total_bytes, "Uploading")
+    progress = _Progress(output, "Uploading")
     start = time.monotonic()
     # Always a journalled staging folder, so an interrupted run can be resumed. One the user
     # did not ask for is private and temporary: removed unless it holds something to resume.
@@ -496,14 +508,23 @@ def _run_put(
     try:
         up = _open_uploader(args, staging_dir, options, progress.on_event)
     except (ConfigError, StagingError) as exc:
-        _remove_own(staging_dir, own_staging)
-        output.error(f"{_prog()} put: error: {exc}")
-        return EXIT_USAGE, outcome
+        outcome.error = f"{_prog()} put: error: {exc}"
+        code = EXIT_USAGE
     except ProviderError as exc:
+        outcome.error = f"error: cannot open the store {args.store}: {exc}"
+        code = EXIT_STORE
+    except KeyboardInterrupt:
+        outcome.error = "interrupted while opening the store"
+        outcome.interrupted = True
+        code = EXIT_INTERRUPTED
+    else:
+        code = EXIT_OK
+    if code != EXIT_OK:
         _remove_own(staging_dir, own_staging)
-        output.error(f"error: cannot open the store {args.store}: {exc}")
+        outcome.not_started = items
+        output.error(outcome.error or "")
         output.error(f"nothing was uploaded ({len(items)} file(s))")
-        return EXIT_STORE, outcome
+        return code, outcome
     outcome.staging_dir = up.staging_folder
     left = up._engine.pending_from_previous_run
     if left:
@@ -514,7 +535,8 @@ def _run_put(
     by_name = {i.name: i for i in items}
     futures: list[tuple[_Item, concurrent.futures.Future[UploadResult]]] = []
     close_error: UploadFailedError | None = None
-    with progress:
+    progress.begin(len(items), sum(i.size for i in items))
+    try:
         try:
             for index, item in enumerate(items):
                 try:
@@ -522,7 +544,7 @@ def _run_put(
                 except (SourceFileError, StagingError, ConfigError) as exc:
                     # Refused before staging (missing, unreadable, a name the store refuses).
                     outcome.failed.append((item.name, str(item.source), _describe(exc), None))
-                    progress.failed += 1
+                    progress.refuse()
                     continue
                 except KeyboardInterrupt:
                     outcome.not_started = items[index:]
@@ -532,7 +554,7 @@ def _run_put(
         except KeyboardInterrupt:
             outcome.interrupted = True
             # Stop the bar first so the notes below are not drawn over.
-            progress.__exit__(None, None, None)
+            progress.end()
             output.error(
                 f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to finish "
                 "(Ctrl-C again to stop now)"
@@ -550,6 +572,8 @@ def _run_put(
             sys.stdout.flush()
             # The loop thread may still be busy: leave without joining it.
             os._exit(EXIT_INTERRUPTED)
+    finally:
+        progress.end()
     outcome.seconds = time.monotonic() - start
     for item, future in futures:
         if future.done() and not future.cancelled() and future.exception() is None:
@@ -648,6 +672,8 @@ def _json_doc(args: argparse.Namespace, outcome: _Outcome, code: int) -> dict[st
         "seconds": round(outcome.seconds, 6),
         "bytes_per_second": round(nbytes / outcome.seconds, 1) if outcome.seconds > 0 else 0.0,
         "staging_dir": outcome.staging_dir,
+        "error": outcome.error,
+        "skipped_lines": outcome.skipped_lines,
     }
 
 
@@ -659,9 +685,9 @@ def cmd_put(args: argparse.Namespace, output: _Output, options: dict[str, Any]) 
             output.emit_json(_json_doc(args, _Outcome(), EXIT_OK))
         return EXIT_OK
     code, outcome = _run_put(args, output, options, items)
-    if code in (EXIT_USAGE, EXIT_STORE):
+    if outcome.error is not None:
         if output.json_mode:
-            output.emit_json(_json_doc(args, outcome, code) | {"not_started": None})
+            output.emit_json(_json_doc(args, outcome, code))
         return code
     _report_failures(output, outcome, args)
     if output.json_mode:
@@ -684,63 +710,82 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
             f"{str(folder)!r} holds no crash journal ({JOURNAL_FILE}); give the folder that was "
             "passed to --staging-dir (or staging_dir=...)"
         )
-    # Counted up front for the progress bar only; resume() reads the journal again itself.
-    logger = logging.getLogger("artifact_uploader")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # resume() reports the corrupt lines below, once
-    try:
-        entries, _ = load(folder)
-    finally:
-        logger.setLevel(level)
     outcome = _Outcome(staging_dir=str(folder))
-    progress = _Progress(output, len(entries), sum(e.size for e in entries), "Resuming")
+    progress = _Progress(output, "Resuming")
     start = time.monotonic()
-    skipped: list[str] = []
-    code = EXIT_OK
-    with progress:
+    try:
+        up = Uploader(
+            args.store,
+            staging_dir=folder,
+            provider_kwargs=options,
+            max_concurrency=args.concurrency,
+            on_event=progress.on_event,
+        )
+    except (ConfigError, StagingError) as exc:
+        outcome.error = f"{_prog()} resume: error: {exc}"
+        code = EXIT_USAGE
+    except ProviderError as exc:
+        outcome.error = f"error: cannot open the store {args.store}: {exc}"
+        code = EXIT_STORE
+    else:
+        code = EXIT_OK
+    if outcome.error is not None:
+        output.error(outcome.error)
+        if output.json_mode:
+            output.emit_json(_json_doc(args, outcome, code))
+        return code
+
+    entries = up._engine.pending_from_previous_run
+    sizes = {e.name: e.size for e in entries}
+    outcome.skipped_lines = list(up._engine.journal_problems)
+    progress.begin(len(entries), sum(sizes.values()))
+    failures: list[FailedUpload] = []
+    try:
         try:
-            report = Uploader.resume(
-                folder,
-                args.store,
-                provider_kwargs=options,
-                max_concurrency=args.concurrency,
-                on_event=progress.on_event,
-            )
-            outcome.uploaded = [(None, r) for r in report.uploaded]
-            skipped = report.skipped_lines
-        except (ConfigError, StagingError) as exc:
-            output.error(f"error: {exc}")
-            return EXIT_USAGE
+            outcome.uploaded = [(None, r) for r in up.resume_pending().uploaded]
         except UploadFailedError as exc:
-            code = EXIT_FAILED
-            outcome.failed = [(f.name, "", _describe(f.cause), f.staged_path) for f in exc.failures]
-            done = set(progress.done_names)
-            outcome.uploaded = [
-                (None, UploadResult(uri="", name=e.name, size=e.size))
-                for e in entries
-                if e.name in done
-            ]
-        except ProviderError as exc:
-            output.error(f"error: cannot open the store {args.store}: {exc}")
-            return EXIT_STORE
+            failures = exc.failures
         except KeyboardInterrupt:
-            # Uploader.resume closes on the way out; what is left stays journalled.
-            output.error(f"interrupted: what is left stays journalled in {folder}")
-            return EXIT_INTERRUPTED
+            outcome.interrupted = True
+            progress.end()
+            output.error(
+                f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to finish"
+            )
+        try:
+            up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if outcome.interrupted else None)
+        except UploadFailedError as exc:
+            failures.extend(exc.failures)
+    finally:
+        progress.end()
     outcome.seconds = time.monotonic() - start
-    for line in skipped:
+    if not outcome.uploaded:
+        # resume_pending() raised: what it did upload is known from the events.
+        outcome.uploaded = [
+            (None, UploadResult(uri=up.uri(n), name=n, size=sizes.get(n, 0)))
+            for n in progress.done_names
+        ]
+    reported = {f.name for f in failures}
+    outcome.failed = [(f.name, "", _describe(f.cause), f.staged_path) for f in failures]
+    # The journal is the truth for what is left (an interrupt can lose the failure list).
+    for entry in load(folder)[0]:
+        if entry.name not in reported:
+            outcome.failed.append(
+                (entry.name, "", "not uploaded (interrupted)", str(folder / entry.staged))
+            )
+    if outcome.interrupted:
+        code = EXIT_INTERRUPTED
+    elif outcome.failed:
+        code = EXIT_FAILED
+    for line in outcome.skipped_lines:
         output.error(f"skipped: {line}")
     _report_failures(output, outcome, args)
     if output.json_mode:
-        doc = _json_doc(args, outcome, code)
-        doc["skipped_lines"] = skipped
-        doc["staging_dir"] = str(folder)
-        output.emit_json(doc)
+        output.emit_json(_json_doc(args, outcome, code))
     elif not output.quiet:
-        if not outcome.uploaded and not outcome.failed:
+        if not entries:
             output.error(f"nothing to resume in {folder}")
         for _, result in outcome.uploaded:
-            output.out.print(f"uploaded {result.uri or result.name}", markup=False, highlight=False)
+            output.out.print(f"uploaded {result.uri}", markup=False, highlight=False)
         _summary_table(output, f"{_prog()} resume -> {output.scrub(args.store)}", outcome)
     return code
 
