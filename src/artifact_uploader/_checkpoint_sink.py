@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +216,15 @@ class CheckpointSink:
         future.add_done_callback(self._log_failure(name))
         return future
 
-    def _log_failure(self, name: str) -> Any:
+    def _log_failure(self, name: str) -> Callable[[concurrent.futures.Future[UploadResult]], None]:
         owner = self.owner
 
         def done(future: concurrent.futures.Future[UploadResult]) -> None:
             # Runs on the uploader's loop thread: only log. The failure itself is reported by
             # flush()/close() with its kept staged copy.
-            if not future.cancelled() and future.exception() is not None:
-                log.error("%s: upload of %r failed: %s", owner, name, future.exception())
+            exc = None if future.cancelled() else future.exception()
+            if exc is not None:
+                log.error("%s: upload of %r failed: %s", owner, name, exc)
 
         return done
 
@@ -258,7 +259,7 @@ class CheckpointSink:
         except UploadFailedError as exc:
             log.error("%s: %s", self.owner, exc)
 
-    def _report(self, call: Any) -> None:
+    def _report(self, call: Callable[[], None]) -> None:
         try:
             call()
         except UploadFailedError as exc:
