@@ -48,12 +48,13 @@ def s3_uploader(
     bucket: str,
     retry: RetryPolicy,
     events: list[UploadEvent],
+    options: dict[str, object] | None = None,
     **kwargs: Any,
 ) -> AsyncUploader:
     """An uploader whose S3 requests all go through the proxy."""
     return AsyncUploader(
         f"s3://{bucket}/{PREFIX}",
-        provider_kwargs=moto_server.options(endpoint_url=proxy.endpoint_url),
+        provider_kwargs=moto_server.options(endpoint_url=proxy.endpoint_url, **(options or {})),
         retry=retry,
         on_event=events.append,
         **kwargs,
@@ -284,6 +285,43 @@ async def test_part_stalled_mid_body_is_aborted_and_retried(
     stalls = [e for e in retries(events) if isinstance(e.error, StallTimeoutError)]
     assert len(stalls) == 1
     assert "part 1/2 of 'big.bin'" in str(stalls[0].error)
+
+
+@pytest.mark.asyncio
+async def test_a_silent_complete_is_left_to_the_s3_read_timeout(
+    moto_server: MotoServer,
+    moto_s3: Any,
+    s3_bucket: str,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    # CompleteMultipartUpload is guarded by aiohttp's read timeout, which every byte restarts
+    # (S3 trickles whitespace while assembling a large upload): the watchdog, which cannot see
+    # those bytes, holds off, and the provider's own timeout ends the silent attempt.
+    data = os.urandom(5 * MiB + 1)
+    path = tmp_path / "done.bin"
+    path.write_bytes(data)
+    events: list[UploadEvent] = []
+    policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=0.5)
+    async with s3_uploader(
+        moto_server,
+        fault_proxy,
+        s3_bucket,
+        policy,
+        events,
+        options={"read_timeout": 2.0},
+        parts=SMALL_PARTS,
+    ) as up:
+        fault_proxy.script(Fault("stall", body_fraction=1.0), match="uploadId=", method="POST")
+        await (await up.submit(path, "done.bin"))
+    assert read_s3_object(moto_s3, s3_bucket, f"{PREFIX}/done.bin") == data
+    assert fault_proxy.counts["stall"] == 1
+    completes = [e for e in retries(events) if "CompleteMultipartUpload" in str(e.error)]
+    assert len(completes) == 1
+    error = completes[0].error
+    assert isinstance(error, ProviderError) and not isinstance(error, StallTimeoutError)
+    assert error.transient and "Timeout" in str(error)
+    assert not any("complete multipart" in str(e.error) for e in retries(events))
 
 
 # -- the watchdog on the memory provider ---------------------------------------------------

@@ -44,14 +44,15 @@ class RetryPolicy:
             request. Default 300; None for no deadline.
         stall_timeout: Seconds an attempt may go without progress before it is aborted and
             retried as a transient :class:`StallTimeoutError`. Progress is what the provider can
-            see: body bytes read from the staged file and handed to the HTTP client, chunks of a
-            streamed body, and responses. The S3 provider hands each request's body over in one
-            piece, so there it bounds the time from a body being ready to its response: the
-            default leaves margin for an 8 MiB part down to ~70 KB/s per connection.
-            Provider socket timeouts (S3 ``read_timeout``, 60 s of silence after the body was
-            sent) still apply; they also end in a transient error retried by this policy.
-            Waiting for a concurrency slot is not an attempt and is not timed.
-            Default 120; None disables the watchdog.
+            see: body bytes read from the staged file, chunks of a streamed body taken by the
+            HTTP client, and responses between the requests of one attempt. The S3 provider
+            hands a request's body over in one piece, so for PutObject and UploadPart it bounds
+            the time from the body being ready to the response: the default leaves margin for
+            an 8 MiB part down to ~70 KB/s per connection. Requests that a provider's own
+            progress-based socket timeout fully covers (S3's CompleteMultipartUpload, under its
+            ``read_timeout``: 60 s without a byte) are left to that timeout, which also ends in
+            a transient error retried by this policy. Waiting for a concurrency slot is not
+            timed. Default 120; None disables the watchdog.
     """
 
     attempts: int = 5

@@ -9,10 +9,11 @@ still for ``stall_timeout`` seconds is cancelled and ends in a transient
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from ._config import RetryPolicy
@@ -64,12 +65,14 @@ def _note_attempts(exc: BaseException, attempts: int) -> None:
 
 
 class _Clock:
-    """When the current attempt last made progress (``time.monotonic()``)."""
+    """When the current attempt last made progress (``time.monotonic()``), and whether a
+    provider's own timeouts guard it right now (``self_timed`` depth)."""
 
-    __slots__ = ("last",)
+    __slots__ = ("last", "self_timed")
 
     def __init__(self) -> None:
         self.last = time.monotonic()
+        self.self_timed = 0
 
 
 # Set by the engine around each watched attempt. A context variable rather than an argument so
@@ -89,6 +92,27 @@ def note_progress() -> None:
     """
     clock = _ACTIVITY.get()
     if clock is not None:
+        clock.last = time.monotonic()
+
+
+@contextlib.contextmanager
+def self_timed() -> Iterator[None]:
+    """Hold the stall watchdog off while the provider's own timeouts guard a request.
+
+    For requests whose every phase a progress-based socket timeout already covers (the S3
+    provider's bodiless or tiny-body requests: aiohttp's read timeout restarts on every byte
+    received), so a slow answer that keeps trickling in (S3 sends whitespace while it completes
+    a large multipart upload) is not cut off by a watchdog that cannot see those bytes.
+    """
+    clock = _ACTIVITY.get()
+    if clock is None:
+        yield
+        return
+    clock.self_timed += 1
+    try:
+        yield
+    finally:
+        clock.self_timed -= 1
         clock.last = time.monotonic()
 
 
@@ -116,7 +140,9 @@ async def watched(
             def check() -> None:
                 nonlocal handle
                 idle = time.monotonic() - clock.last
-                if idle >= stall_timeout:
+                if clock.self_timed:
+                    handle = loop.call_later(stall_timeout, check)
+                elif idle >= stall_timeout:
                     # Expire the timeout scope now: asyncio cancels the attempt and turns the
                     # cancellation into TimeoutError at the scope's end.
                     cm.reschedule(loop.time())

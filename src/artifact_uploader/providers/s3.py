@@ -38,7 +38,7 @@ from .._errors import (
     ProviderError,
     StoreNotFoundError,
 )
-from .._retry import note_progress
+from .._retry import note_progress, self_timed
 from .._types import FileSlice, PartResult, PutResult
 from ._protocol import (
     MiB,
@@ -620,7 +620,10 @@ class S3Provider:
         if not overwrite:
             params["IfNoneMatch"] = "*"
         try:
-            resp = await client.complete_multipart_upload(**params)
+            # aiohttp's read timeout (restarted by every byte) guards this small request, and S3
+            # may trickle whitespace for minutes while it assembles a large upload.
+            with self_timed():
+                resp = await client.complete_multipart_upload(**params)
         except Exception as exc:
             raise self._map(
                 exc, "CompleteMultipartUpload", name, conditional=not overwrite
