@@ -154,8 +154,10 @@ writes s3://b/run1/opt/state.pt. To keep the directory name, put it in the URI:
 `--to s3://b/run1/ckpt`. Symlinked files are followed; symlinked directories are not.
 Two sources that would make the same object name are refused before anything uploads.
 
-Each file is staged (cloned or copied into a private folder) before it uploads, so later
-changes to the sources do not leak into the store; at most 1 GiB is staged at once."""
+Each file is staged (cloned or copied into a private folder under $TMPDIR, or into
+--staging-dir) before it uploads, so later changes to the sources do not leak into the
+store; at most 1 GiB is staged at once. After Ctrl-C, what did not upload is listed with
+its staged copy, and `resume STAGING_DIR` finishes it."""
 
 _RESUME_DESCRIPTION = """\
 Finish what a killed or interrupted `put --staging-dir DIR` left behind: every file
@@ -323,8 +325,13 @@ class _Output:
         self.err: Console = Console(stderr=True, highlight=False)
         self.out: Console = Console(highlight=False)
         # A live bar only where someone watches it: stderr is a terminal that can redraw.
+        # rich's is_terminal can be forced by FORCE_COLOR; a bar is drawn only on a real one.
         self.live = (
-            not json_mode and not quiet and self.err.is_terminal and not self.err.is_dumb_terminal
+            not json_mode
+            and not quiet
+            and sys.stderr.isatty()
+            and self.err.is_terminal
+            and not self.err.is_dumb_terminal
         )
 
     def error(self, message: str) -> None:
