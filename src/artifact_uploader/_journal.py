@@ -179,3 +179,92 @@ def load(folder: Path) -> tuple[list[JournalEntry], list[str]]:
             log.warning(msg)
             problems.append(msg)
     return list(entries.values()), problems
+
+
+# -- what a resume asks the store ----------------------------------------------------------------
+#
+# The provider protocol has no read or listing call, so these two helpers know the built-in
+# stores that can answer. Any other store (or any error while asking) gives the conservative
+# answer: "not known to be there" / "no unrecorded uploads".
+
+
+async def already_stored(
+    provider: Any, name: str, path: Path, size: int, part_size: int | None
+) -> bool:
+    """True only when the store provably holds exactly the bytes of ``path`` as ``name``.
+
+    Used by resume for ``overwrite=False`` entries: the upload may have landed just before the
+    crash, with its ``done`` line lost (or never written). Local and memory stores compare the
+    bytes; S3 compares the size and the MD5 ETag (single PUT, or the multipart ETag recomputed
+    with ``part_size``). Anything else, or any doubt, is False.
+    """
+    import anyio.to_thread
+
+    from .providers.local import LocalProvider
+    from .providers.memory import MemoryProvider
+
+    try:
+        if isinstance(provider, LocalProvider):
+            target = provider.root / name
+            return await anyio.to_thread.run_sync(_same_file, target, path)
+        if isinstance(provider, MemoryProvider):
+            stored = provider.objects.get(name)
+            return stored is not None and stored == await anyio.to_thread.run_sync(path.read_bytes)
+        client = getattr(provider, "_client", None)
+        if getattr(provider, "scheme", None) == "s3" and client is not None:
+            head = await client.head_object(Bucket=provider.bucket, Key=provider.key(name))
+            if head.get("ContentLength") != size:
+                return False
+            etag = str(head.get("ETag") or "").strip('"')
+            return await anyio.to_thread.run_sync(_etag_matches, etag, path, size, part_size)
+    except Exception as exc:
+        log.debug("could not compare %r with the stored object: %s", name, type(exc).__name__)
+    return False
+
+
+async def unrecorded_uploads(provider: Any, name: str) -> list[str]:
+    """Ids of unfinished multipart uploads of ``name`` in the store (S3 and memory stores).
+
+    A crash between CreateMultipartUpload reaching the server and its id reaching the journal
+    leaves an upload the journal cannot name; resume aborts these as well.
+    """
+    from .providers.memory import MemoryProvider
+
+    try:
+        if isinstance(provider, MemoryProvider):
+            with provider._lock:
+                return [i for i, m in provider.multipart_uploads.items() if m.name == name]
+        client = getattr(provider, "_client", None)
+        if getattr(provider, "scheme", None) == "s3" and client is not None:
+            key = provider.key(name)
+            resp = await client.list_multipart_uploads(Bucket=provider.bucket, Prefix=key)
+            return [
+                str(u["UploadId"]) for u in resp.get("Uploads", []) or [] if u.get("Key") == key
+            ]
+    except Exception as exc:
+        log.debug("could not list multipart uploads of %r: %s", name, type(exc).__name__)
+    return []
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return a.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
+def _etag_matches(etag: str, path: Path, size: int, part_size: int | None) -> bool:
+    import hashlib
+
+    digest, _, count = etag.partition("-")
+    with open(path, "rb") as f:
+        if not count:
+            h = hashlib.md5(usedforsecurity=False)
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            return h.hexdigest() == digest
+        if part_size is None or -(-size // part_size) != int(count):
+            return False
+        parts = b""
+        while chunk := f.read(part_size):
+            parts += hashlib.md5(chunk, usedforsecurity=False).digest()
+    return hashlib.md5(parts, usedforsecurity=False).hexdigest() == digest

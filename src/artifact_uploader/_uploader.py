@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from ._errors import (
     UploadFailedError,
 )
 from ._events import EventCallback, EventKind, ProgressTotals, UploadEvent, _Counters
-from ._journal import Journal, JournalEntry, load
+from ._journal import Journal, JournalEntry, already_stored, load, unrecorded_uploads
 from ._registry import make_provider
 from ._retry import retrying, watched
 from ._staging import StagedFile, Stager
@@ -57,10 +57,14 @@ class ResumeReport:
     Attributes:
         uploaded: The objects a previous run left pending, now durable.
         skipped_lines: A message for each corrupt journal line that was skipped.
+        already_present: Names of ``overwrite=False`` entries whose object was already in the
+            store with exactly the staged bytes (it landed before the crash, but the journal
+            did not record it); they were not uploaded again.
     """
 
     uploaded: list[UploadResult]
     skipped_lines: list[str]
+    already_present: list[str] = field(default_factory=list)
 
 
 class UploadHandle:
@@ -588,8 +592,14 @@ class AsyncUploader:
     async def resume(self) -> ResumeReport:
         """Upload what a previous run left pending in this (persistent) staging folder.
 
-        Orphaned multipart uploads recorded in the journal are aborted first; each object is
-        then uploaded again from its staged copy. Completed entries leave the journal.
+        Orphaned multipart uploads are aborted first: those the journal recorded and, where the
+        store can list them (S3), any other unfinished upload of the same object name, which a
+        crash right after CreateMultipartUpload leaves unrecorded. Each object is then uploaded
+        again from its staged copy. An ``overwrite=False`` entry whose object is already in the
+        store with exactly the staged bytes (it landed, but the crash lost its ``done`` line) is
+        completed without uploading it again; one whose stored object differs (or cannot be
+        compared) fails with :class:`ObjectExistsError` and stays journalled. Completed entries
+        leave the journal.
 
         Returns:
             A report of what was uploaded and which journal lines were skipped as corrupt.
@@ -603,9 +613,14 @@ class AsyncUploader:
             raise ConfigError("resume needs a persistent staging folder (staging_dir=...)")
         entries, self._inherited = self._inherited, []
         handles: list[UploadHandle] = []
+        present: list[str] = []
         for entry in entries:
-            for upload_id in entry.multipart_ids:
-                if isinstance(self.provider, MultipartProvider):
+            if isinstance(self.provider, MultipartProvider):
+                upload_ids = list(entry.multipart_ids)
+                for upload_id in await unrecorded_uploads(self.provider, entry.name):
+                    if upload_id not in upload_ids:
+                        upload_ids.append(upload_id)
+                for upload_id in upload_ids:
                     await self._abort(self.provider, entry.name, upload_id)
             path = self._stager.folder / entry.staged
             try:
@@ -624,14 +639,36 @@ class AsyncUploader:
                     )
                 )
                 continue
+            if not entry.overwrite and await already_stored(
+                self.provider, entry.name, path, entry.size, self._part_size(entry.size)
+            ):
+                self._journal.done(entry.id)
+                path.unlink(missing_ok=True)
+                present.append(entry.name)
+                continue
             staged = self._stager.adopt(path, entry.size, entry.id, entry.source)
             self._count(files_queued=1, bytes_queued=entry.size)
             handles.append(self._enqueue(_Prepared(entry.name, staged, entry.overwrite)))
         await self._drain(None)
         uploaded = [h.result() for h in handles if h.done() and h._future.exception() is None]
-        report = ResumeReport(uploaded=uploaded, skipped_lines=list(self.journal_problems))
+        report = ResumeReport(
+            uploaded=uploaded, skipped_lines=list(self.journal_problems), already_present=present
+        )
         self._raise_failures("while resuming")
         return report
+
+    def _part_size(self, size: int) -> int | None:
+        """The part size this uploader would use for ``size`` bytes (None: a single request)."""
+        provider = self.provider
+        if not isinstance(provider, MultipartProvider) or size < self.parts.threshold:
+            return None
+        limits = provider.part_limits
+        try:
+            return self.parts.choose_part_size(
+                size, limits.min_part_size, limits.max_part_size, limits.max_parts
+            )
+        except ConfigError:
+            return None
 
     # -- events -----------------------------------------------------------------------------
 
