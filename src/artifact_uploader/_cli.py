@@ -45,6 +45,7 @@ from ._errors import (
     UploadFailedError,
 )
 from ._events import EventKind, UploadEvent
+from ._journal import JOURNAL_FILE, JournalEntry, load
 from ._staging import STAGING_MODES
 from ._types import UploadResult
 
@@ -533,7 +534,7 @@ def _run_put(
         output.error(f"nothing was uploaded ({len(items)} file(s))")
         return code, outcome
     outcome.staging_dir = up.staging_folder
-    left = up._engine.pending_from_previous_run
+    left = [] if own_staging else _read_journal(Path(staging_dir))[0]
     if left:
         output.error(
             f"note: {staging_dir} holds {len(left)} upload(s) left by an earlier run; "
@@ -708,7 +709,6 @@ def cmd_put(args: argparse.Namespace, output: _Output, options: dict[str, Any]) 
 
 
 def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any]) -> int:
-    from ._journal import JOURNAL_FILE, load
     from ._sync import Uploader
 
     folder = Path(args.staging_dir)
@@ -720,6 +720,8 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
     outcome = _Outcome(staging_dir=str(folder))
     progress = _Progress(output, "Resuming")
     start = time.monotonic()
+    # What the uploader will find (it reads the journal the same way), for the bar and report.
+    entries, outcome.skipped_lines = _read_journal(folder)
     try:
         up = Uploader(
             args.store,
@@ -742,9 +744,7 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
             output.emit_json(_json_doc(args, outcome, code))
         return code
 
-    entries = up._engine.pending_from_previous_run
     sizes = {e.name: e.size for e in entries}
-    outcome.skipped_lines = list(up._engine.journal_problems)
     progress.begin(len(entries), sum(sizes.values()))
     failures: list[FailedUpload] = []
     try:
@@ -795,6 +795,18 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
             output.out.print(f"uploaded {result.uri}", markup=False, highlight=False)
         _summary_table(output, f"{_prog()} resume -> {output.scrub(args.store)}", outcome)
     return code
+
+
+def _read_journal(folder: Path) -> tuple[list[JournalEntry], list[str]]:
+    """The journal's pending entries and a message per corrupt line (reported by the caller)."""
+    logger = logging.getLogger("artifact_uploader")
+    level = logger.level
+    # load() logs each corrupt line; the CLI reports them itself, once.
+    logger.setLevel(logging.ERROR)
+    try:
+        return load(folder)
+    finally:
+        logger.setLevel(level)
 
 
 # -- bench -------------------------------------------------------------------------------------
