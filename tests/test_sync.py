@@ -273,7 +273,7 @@ def test_symlink_to_unlogged_name(store_dir: Path) -> None:
         ({"num_concurrent_uploads": -2}, "num_concurrent_uploads"),
         ({"num_concurrent_uploads": 2.5}, "num_concurrent_uploads"),
         ({"provider": "dropbox"}, "dropbox"),
-        ({"use_procs": True}, "use_procs"),
+        ({"use_procs": "yes"}, "use_procs"),
     ],
 )
 def test_bad_logger_arguments_raise_config_error(

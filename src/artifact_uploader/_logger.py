@@ -48,7 +48,9 @@ class ObjectStoreLogger:
         num_concurrent_uploads: Most concurrent requests. Default 4.
         upload_staging_folder: Staging folder; persistent and journalled if given, else a
             temporary directory.
-        use_procs: Upload from a child process. Not available yet: True raises ConfigError.
+        use_procs: Run the event loop and the uploads in a child process instead of a
+            background thread, keeping their Python work off the training process's GIL; same
+            behaviour otherwise (see :class:`Uploader`). Default False.
         run_name: Fills ``{run_name}``; default the ``RUN_NAME`` env var, else a generated name.
         max_staged_bytes: Bound on staged bytes; ``file_artifact`` waits when full.
         resume: Upload what a previous run left pending in ``upload_staging_folder`` first.
@@ -83,11 +85,6 @@ class ObjectStoreLogger:
         check_positive_int(num_concurrent_uploads, "num_concurrent_uploads")
         if should_log_artifact is not None and not callable(should_log_artifact):
             raise ConfigError(f"should_log_artifact must be callable, got {should_log_artifact!r}")
-        if use_procs:
-            raise ConfigError(
-                "use_procs=True (uploads in a child process) is not implemented yet; "
-                "pass use_procs=False to upload from a background thread"
-            )
         self._template = NameTemplate(object_name)
         if run_name is not None and not isinstance(run_name, str):
             raise ConfigError(f"run_name must be a str, got {run_name!r}")
@@ -102,6 +99,7 @@ class ObjectStoreLogger:
             retry=retry,
             parts=parts,
             verify=verify,
+            use_procs=use_procs,
         )
         self._latest: dict[str, concurrent.futures.Future[UploadResult]] = {}
         self.resume_report: ResumeReport | None = None
@@ -133,9 +131,8 @@ class ObjectStoreLogger:
 
     def _raise_earlier_failures(self) -> None:
         # A failed upload is reported at the next call rather than waiting for flush().
-        engine = self._uploader._engine
-        if engine.failures():
-            failures: list[FailedUpload] = engine._take_failures()
+        failures: list[FailedUpload] = self._uploader._take_failures()
+        if failures:
             raise UploadFailedError(failures, context="in earlier uploads")
 
     def file_artifact(
@@ -205,7 +202,7 @@ class ObjectStoreLogger:
         self._uploader.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush and shut down the background thread. Idempotent."""
+        """Flush and shut down the background thread (or process). Idempotent."""
         self._latest.clear()
         self._uploader.close(timeout)
 

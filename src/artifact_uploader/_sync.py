@@ -1,4 +1,5 @@
-"""Uploader: the sync facade. Stages in the caller's thread, uploads on its own loop thread."""
+"""Uploader: the sync facade. Stages in the caller's thread; uploads on its own loop thread,
+or in a child process with ``use_procs=True`` (see :mod:`artifact_uploader._procs`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import threading
 import warnings
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._config import PartPolicy, RetryPolicy
-from ._errors import ConfigError, UploaderClosedError, UploadError
+from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError
 from ._events import EventCallback, ProgressTotals
+from ._procs import ProcessBackend, close_unopened
 from ._types import UploadResult
 from ._uploader import AsyncUploader, ResumeReport, _Prepared
 from .providers._protocol import Provider
@@ -25,13 +27,92 @@ from .providers._protocol import Provider
 log = logging.getLogger("artifact_uploader")
 
 
+class _Backend(Protocol):
+    """Where the uploads run: a loop thread (:class:`_ThreadBackend`) or a child process
+    (:class:`ProcessBackend`). The Uploader stages, hands off, and waits; nothing more."""
+
+    # The thread that resolves futures (and runs their callbacks): calling back into the
+    # uploader from it would deadlock.
+    thread_ident: int
+    worker_pid: int
+
+    def check_alive(self) -> None: ...
+
+    def hand_off(
+        self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None
+    ) -> concurrent.futures.Future[UploadResult]: ...
+
+    def flush(self, timeout: float | None) -> None: ...
+
+    def close(self, timeout: float | None) -> None: ...
+
+    def resume(self) -> ResumeReport: ...
+
+    def take_failures(self) -> list[FailedUpload]: ...
+
+
+class _ThreadBackend:
+    """The engine's event loop on one background thread (anyio's blocking portal)."""
+
+    def __init__(self, engine: AsyncUploader) -> None:
+        self._engine = engine
+        self.worker_pid = os.getpid()
+        self._portal_cm = start_blocking_portal("asyncio", name="artifact-uploader")
+        self._portal: BlockingPortal = self._portal_cm.__enter__()
+        try:
+            self.thread_ident: int = self._portal.call(threading.get_ident)
+            self._portal.call(engine.open)
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+
+    def check_alive(self) -> None:
+        return None
+
+    def hand_off(
+        self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None
+    ) -> concurrent.futures.Future[UploadResult]:
+        future: concurrent.futures.Future[UploadResult] = concurrent.futures.Future()
+        self._portal.call(self._engine._enqueue_threadsafe, prepared, future, after)
+        return future
+
+    def flush(self, timeout: float | None) -> None:
+        self._portal.call(self._engine.flush, timeout)
+
+    def close(self, timeout: float | None) -> None:
+        try:
+            self._portal.call(self._engine.aclose, timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                self._portal_cm.__exit__(None, None, None)
+
+    def resume(self) -> ResumeReport:
+        return self._portal.call(self._engine.resume)
+
+    def take_failures(self) -> list[FailedUpload]:
+        return self._engine._take_failures()
+
+
 class Uploader:
     """The synchronous twin of :class:`AsyncUploader`, for training loops.
 
     ``submit`` blocks only while the file is staged, then returns a
     :class:`concurrent.futures.Future`; the upload runs on an event loop in one background thread
-    that this object owns (anyio's blocking portal). Use it as a context manager, or call
-    :meth:`close`. An uploader left open at interpreter exit is flushed then, with a warning.
+    that this object owns (anyio's blocking portal), or, with ``use_procs=True``, in a child
+    process. Use it as a context manager, or call :meth:`close`. An uploader left open at
+    interpreter exit is flushed then, with a warning.
+
+    With ``use_procs=True`` the API and behaviour are the same: staging and the journal's
+    ``pending`` record (fsync'd) still happen in the caller's thread before ``submit`` returns;
+    the event loop, the SDK clients, retries and checksums run in a child process (started
+    with ``sys.executable``; about a second of start-up), so they do not compete with the
+    training loop for this process's GIL. Uploads of one object name keep their order, failures
+    arrive with the same exception types, and ``close``/``resume``/at-exit flushing work
+    alike. The child exits when this process dies (what it did not finish stays journalled);
+    if the child dies, its pending uploads fail with :class:`UploaderClosedError` and later
+    calls raise it. The store must be a URI or a picklable provider (not ``MemoryProvider``);
+    ``on_event`` then runs on this process's results thread. :attr:`worker_pid` is the child's
+    pid (e.g. to pin it to a core with ``os.sched_setaffinity``).
 
     Args:
         store: A URI (``file:///abs/dir``, ``s3://bucket/prefix``, ...) or a provider instance.
@@ -43,14 +124,17 @@ class Uploader:
         retry: Retry policy for transient errors.
         parts: Multipart policy.
         verify: Check the store is reachable at construction. Default True.
-        on_event: Progress callback; runs on the loop thread (or the submitting thread for
-            "queued" / "staged"), so keep it short.
-        use_procs: Run the uploads in a child process. Not available yet: raises ConfigError.
+        on_event: Progress callback; runs on the loop thread (the results thread with
+            ``use_procs``, the submitting thread for "queued" / "staged"), so keep it short.
+        use_procs: Run the event loop and the uploads in a child process instead of a
+            thread. Default False.
 
     Raises:
-        ConfigError: Invalid option, URI or provider; MissingDependencyError for a missing extra.
+        ConfigError: Invalid option, URI or provider (with ``use_procs``, a provider that
+            cannot be sent to a process); MissingDependencyError for a missing extra.
         StagingError: The staging folder is not usable.
         StoreNotFoundError, PermissionDeniedError: The store is unreachable (when ``verify``).
+        UploadError: With ``use_procs``, the child process could not start.
     """
 
     def __init__(
@@ -68,11 +152,8 @@ class Uploader:
         on_event: EventCallback | None = None,
         use_procs: bool = False,
     ) -> None:
-        if use_procs:
-            raise ConfigError(
-                "use_procs=True (uploads in a child process) is not implemented yet; "
-                "use use_procs=False (a background thread)"
-            )
+        if not isinstance(use_procs, bool):
+            raise ConfigError(f"use_procs must be a bool, got {use_procs!r}")
         self._engine = AsyncUploader(
             store,
             max_concurrency=max_concurrency,
@@ -88,15 +169,18 @@ class Uploader:
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._portal_cm = start_blocking_portal("asyncio", name="artifact-uploader")
-        self._portal: BlockingPortal = self._portal_cm.__enter__()
+        self.use_procs = use_procs
+        self._backend: _Backend
         try:
-            self._loop_thread = self._portal.call(threading.get_ident)
-            self._portal.call(self._engine.open)
+            if use_procs:
+                self._backend = ProcessBackend(self._engine, forward_events=on_event is not None)
+            else:
+                self._backend = _ThreadBackend(self._engine)
         except BaseException:
             self._closed = True
-            self._portal_cm.__exit__(None, None, None)
+            close_unopened(self._engine)  # the staging folder's lock and temporary folder
             raise
+        self._loop_thread = self._backend.thread_ident
         # A weak reference: the hook must not keep an abandoned uploader alive.
         ref = weakref.ref(self)
 
@@ -135,6 +219,12 @@ class Uploader:
     def staging_folder(self) -> str:
         """The staging folder in use."""
         return str(self._engine.staging_folder)
+
+    @property
+    def worker_pid(self) -> int:
+        """The pid of the process running the uploads: this one, or the child with
+        ``use_procs=True``."""
+        return self._backend.worker_pid
 
     @property
     def totals(self) -> ProgressTotals:
@@ -188,6 +278,7 @@ class Uploader:
             UploaderClosedError: The uploader is closed.
         """
         self._check_usable(f"submit {name!r}")
+        self._backend.check_alive()  # before staging: a dead child would only refuse it
         prepared = self._engine._prepare(path, name, overwrite, timeout, staging)
         return self._hand_off(prepared)
 
@@ -205,14 +296,15 @@ class Uploader:
     def _hand_off(
         self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None = None
     ) -> concurrent.futures.Future[UploadResult]:
-        future: concurrent.futures.Future[UploadResult] = concurrent.futures.Future()
         try:
-            self._portal.call(self._engine._enqueue_threadsafe, prepared, future, after)
+            return self._backend.hand_off(prepared, after)
         except BaseException:
-            # Closed between staging and hand-off: the staged copy must not leak.
+            # Closed between staging and hand-off: the staged copy must not leak, nor its
+            # journal entry (a resume would report its missing copy).
+            if self._engine._journal is not None:
+                self._engine._journal.done(prepared.staged.id)
             self._engine._stager.release(prepared.staged)
             raise
-        return future
 
     def upload(
         self, path: str | os.PathLike[str], name: str, *, overwrite: bool = True
@@ -228,10 +320,11 @@ class Uploader:
             TimeoutError: ``timeout`` expired first.
         """
         self._check_usable("flush")
-        self._portal.call(self._engine.flush, timeout)
+        self._backend.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Drain (up to ``timeout`` seconds), stop the loop and join its thread. Idempotent.
+        """Drain (up to ``timeout`` seconds), stop the loop and join its thread (or the child
+        process). Idempotent.
 
         Raises:
             UploadFailedError: Every upload that failed or did not finish in time, each with its
@@ -251,16 +344,16 @@ class Uploader:
                 )
             self._closed = True
             atexit.unregister(self._at_exit)
-            try:
-                self._portal.call(self._engine.aclose, timeout)
-            finally:
-                with contextlib.suppress(Exception):
-                    self._portal_cm.__exit__(None, None, None)
+            self._backend.close(timeout)
 
     def resume_pending(self) -> ResumeReport:
         """Upload what a previous run left pending in this uploader's staging folder."""
         self._check_usable("resume")
-        return self._portal.call(self._engine.resume)
+        return self._backend.resume()
+
+    def _take_failures(self) -> list[FailedUpload]:
+        """Failures not yet reported (clearing them): the logger raises them at its next call."""
+        return self._backend.take_failures()
 
     @classmethod
     def resume(
