@@ -1,28 +1,39 @@
-"""The docs can't rot: their marked examples run, and the site builds with ``--strict``.
+"""The docs can't rot: their examples run, their output is real, and the site builds ``--strict``.
 
-Convention: a fenced ``python`` block in ``docs/**/*.md`` or ``README.md`` whose fence line comes
-right after a marker line is executed by :func:`test_marked_example_runs`:
+Markers, on the line right before a fenced block in ``docs/**/*.md`` or ``README.md``:
 
-- ``<!-- run -->``: needs no server (``file://`` stores, a ``MemoryProvider``, or no store).
-  Every ``/tmp/example-<word>`` path in it points into the test's temporary directory instead.
-- ``<!-- run: moto -->``, ``<!-- run: fake-gcs -->``, ``<!-- run: azurite -->``: runs against
-  the tests' real local server. The example's ``http://127.0.0.1:5000`` (moto) or
-  ``http://127.0.0.1:4443`` (fake-gcs-server) becomes the server's address and ``my-bucket`` a
-  fresh bucket; for Azurite, ``AZURE_STORAGE_CONNECTION_STRING`` is set to the server's and
-  ``my-container`` is a fresh container. The example must leave at least one object there.
+- ``<!-- run -->`` before a ``python`` block: executed as ``__main__``. It must need no server
+  (``file://`` stores, a ``MemoryProvider``, or no store). Before a ``bash`` block: run with
+  ``bash -euo pipefail``, the venv's scripts first on ``PATH``; it must exit 0.
+- ``<!-- run: moto -->``, ``<!-- run: fake-gcs -->``, ``<!-- run: azurite -->`` before a
+  ``python`` block: executed against the tests' real local server. The example's
+  ``http://127.0.0.1:5000`` (moto) or ``http://127.0.0.1:4443`` (fake-gcs-server) becomes the
+  server's address and ``my-bucket`` a fresh bucket; for Azurite,
+  ``AZURE_STORAGE_CONNECTION_STRING`` is set to the server's and ``my-container`` is a fresh
+  container. The example must leave at least one object there.
+- ``<!-- output: COMMAND -->`` before a ``text`` block: the block is exactly what ``COMMAND``
+  (one of the venv's scripts) prints on a 100-column terminal.
 
-Each block runs as ``__main__`` in a fresh working directory holding a few small input files
-(:data:`INPUT_FILES`, and the folder ``checkpoint-2/``, as a trainer would have saved them).
+Every example runs in a fresh working directory holding a few small input files
+(:data:`INPUT_FILES`, including the folder ``checkpoint-2/`` as a trainer would have saved it),
+with every ``/tmp/example-<word>`` path in it pointing into that directory instead.
+
+Unmarked ``python`` blocks are still checked: they must compile, and every keyword argument
+they pass to a class or function imported from ``artifact_uploader`` must exist.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
+import textwrap
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +42,12 @@ from typing import Any
 
 import pytest
 
+import artifact_uploader
 from tests.servers.moto import list_s3_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+BIN = Path(sys.executable).parent
 
 INPUT_FILES = {
     "ckpt.pt": 64 * 1024,
@@ -46,7 +59,7 @@ INPUT_FILES = {
     "checkpoint-2/trainer_state.json": 512,
 }
 SERVERS = ("moto", "fake-gcs", "azurite")
-_MARKER = re.compile(r"^<!-- run(?:: ([\w-]+))? -->$")
+_MARKER = re.compile(r"^<!-- (run|output)(?:: (.+?))? -->$")
 _FENCE = re.compile(r"^(`{3,}|~{3,})\s*(\w*)")
 _EXAMPLE_PATH = re.compile(r"/tmp/example-(\w+)")
 
@@ -54,7 +67,9 @@ _EXAMPLE_PATH = re.compile(r"/tmp/example-(\w+)")
 @dataclass(frozen=True)
 class Block:
     where: str  # file:line of the opening fence
-    server: str | None
+    lang: str
+    marker: str | None  # "run" or "output"
+    arg: str | None  # the server ("run") or the command ("output")
     code: str
 
 
@@ -62,39 +77,60 @@ def doc_files() -> list[Path]:
     return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
-def marked_blocks() -> list[Block]:
+def fenced_blocks() -> list[Block]:
+    """Every top-level fenced block of the docs, with the marker line before it, if any."""
     blocks = []
     for path in doc_files():
         lines = path.read_text(encoding="utf-8").splitlines()
         rel = path.relative_to(ROOT).as_posix()
-        for i, line in enumerate(lines):
-            marker = _MARKER.match(line.strip())
-            if marker is None:
+        i = 0
+        while i < len(lines):
+            fence = _FENCE.match(lines[i])
+            if fence is None:
+                marker = _MARKER.match(lines[i].strip())
+                if marker is not None and (i + 1 == len(lines) or not _FENCE.match(lines[i + 1])):
+                    raise AssertionError(f"{rel}:{i + 1}: a marker must precede a fenced block")
+                i += 1
                 continue
-            server = marker.group(1)
-            if server is not None and server not in SERVERS:
-                raise AssertionError(f"{rel}:{i + 1}: unknown server {server!r}; use {SERVERS}")
-            fence = _FENCE.match(lines[i + 1]) if i + 1 < len(lines) else None
-            if fence is None or fence.group(2) != "python":
-                raise AssertionError(f"{rel}:{i + 1}: a run marker must precede a ```python block")
-            end = next(
-                (j for j in range(i + 2, len(lines)) if lines[j].strip() == fence.group(1)), None
-            )
+            end = next((j for j in range(i + 1, len(lines)) if lines[j] == fence.group(1)), None)
             if end is None:
-                raise AssertionError(f"{rel}:{i + 2}: unterminated code block")
-            blocks.append(Block(f"{rel}:{i + 2}", server, "\n".join(lines[i + 2 : end]) + "\n"))
+                raise AssertionError(f"{rel}:{i + 1}: unterminated code block")
+            marker = _MARKER.match(lines[i - 1].strip()) if i > 0 else None
+            blocks.append(
+                Block(
+                    where=f"{rel}:{i + 1}",
+                    lang=fence.group(2),
+                    marker=marker.group(1) if marker else None,
+                    arg=marker.group(2) if marker else None,
+                    code="\n".join(lines[i + 1 : end]) + "\n",
+                )
+            )
+            i = end + 1
     return blocks
 
 
-BLOCKS = marked_blocks()
+BLOCKS = fenced_blocks()
+RUN = [b for b in BLOCKS if b.marker == "run"]
+OUTPUT = [b for b in BLOCKS if b.marker == "output"]
+PYTHON = [b for b in BLOCKS if b.lang == "python"]
 
 
-def test_marker_convention_finds_the_examples() -> None:
+def test_markers_are_well_formed_and_found() -> None:
     # A broken parser would make every example test vanish silently.
-    assert len(BLOCKS) >= 15
-    pages = {b.where.split(":")[0] for b in BLOCKS}
+    for b in RUN:
+        assert b.lang == "bash" or b.lang == "python", f"{b.where}: run needs python or bash"
+        assert b.arg is None or (b.lang == "python" and b.arg in SERVERS), b.where
+    for b in OUTPUT:
+        assert b.lang == "text" and b.arg, f"{b.where}: output needs a text block and a command"
+    assert len([b for b in RUN if b.lang == "python"]) >= 15
+    assert len([b for b in RUN if b.lang == "bash"]) >= 2
+    assert len(OUTPUT) >= 2
+    pages = {b.where.split(":")[0] for b in RUN}
     assert {"docs/index.md", "docs/staging.md", "docs/errors.md", "docs/events.md"} <= pages
-    assert {b.server for b in BLOCKS} >= set(SERVERS)
+    assert {b.arg for b in RUN} >= set(SERVERS)
+
+
+# -- examples that run --------------------------------------------------------------------------
 
 
 async def _azure(server: Any, container: str, action: str) -> list[str]:
@@ -118,17 +154,16 @@ def _point_at_server(
 ) -> tuple[dict[str, str], Callable[[], list[str]]]:
     """Replacements that aim an example at the test server, and a lister of what it stored."""
     if server == "moto":
-        moto, bucket = request.getfixturevalue("moto_server"), request.getfixturevalue("s3_bucket")
+        moto = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("s3_bucket")
         client = request.getfixturevalue("moto_s3")
         return (
             {"http://127.0.0.1:5000": moto.endpoint_url, "my-bucket": bucket},
             lambda: list_s3_keys(client, bucket),
         )
     if server == "fake-gcs":
-        gcs, bucket = (
-            request.getfixturevalue("fake_gcs_server"),
-            request.getfixturevalue("gcs_bucket"),
-        )
+        gcs = request.getfixturevalue("fake_gcs_server")
+        bucket = request.getfixturevalue("gcs_bucket")
         return (
             {"http://127.0.0.1:4443": gcs.api_root, "my-bucket": bucket},
             lambda: gcs.list_objects(bucket),
@@ -141,47 +176,140 @@ def _point_at_server(
     return {"my-container": container}, lambda: asyncio.run(_azure(azurite, container, "list"))
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
-def test_marked_example_runs(
-    block: Block,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    request: pytest.FixtureRequest,
-) -> None:
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the example input files; temp folders are made inside it."""
     for name, size in INPUT_FILES.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(size))
-    code = _EXAMPLE_PATH.sub(lambda m: str(tmp_path / f"example-{m.group(1)}"), block.code)
-    stored: Callable[[], list[str]] | None = None
-    if block.server is not None:
-        replacements, stored = _point_at_server(block.server, request, monkeypatch)
-        for old, new in replacements.items():
-            assert old in code, f"{block.where}: the example must use {old!r}"
-            code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     # Temporary staging folders (kept when an example shows a failure) stay in tmp_path too.
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    return tmp_path
+
+
+def _stored_locally(workdir: Path) -> bool:
+    store = workdir / "example-store"
+    return store.is_dir() and any(p.is_file() for p in store.rglob("*"))
+
+
+@pytest.mark.parametrize("block", RUN, ids=[b.where for b in RUN])
+def test_marked_example_runs(
+    block: Block,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+) -> None:
+    code = _EXAMPLE_PATH.sub(lambda m: str(workdir / f"example-{m.group(1)}"), block.code)
+    if block.lang == "bash":
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, f"{block.where}:\n{proc.stdout}\n{proc.stderr}"
+        assert _stored_locally(workdir), f"{block.where} stored nothing"
+        return
+
+    stored: Callable[[], list[str]] | None = None
+    if block.arg is not None:
+        replacements, stored = _point_at_server(block.arg, request, monkeypatch)
+        for old, new in replacements.items():
+            assert old in code, f"{block.where}: the example must use {old!r}"
+            code = code.replace(old, new)
 
     exec(compile(code, block.where, "exec"), {"__name__": "__main__"})
 
     printed = capsys.readouterr().out
     if stored is not None:
-        assert stored(), f"{block.where} stored nothing on the {block.server} server"
+        assert stored(), f"{block.where} stored nothing on the {block.arg} server"
     else:
         # An example that neither printed nor stored anything did nothing checkable.
-        store = tmp_path / "example-store"
-        wrote = store.is_dir() and any(p.is_file() for p in store.rglob("*"))
-        assert wrote or printed.strip()
+        assert _stored_locally(workdir) or printed.strip(), f"{block.where} did nothing"
+
+
+@pytest.mark.parametrize("block", OUTPUT, ids=[b.where for b in OUTPUT])
+def test_documented_output_is_real(block: Block) -> None:
+    assert block.arg is not None
+    argv = shlex.split(block.arg)
+    argv[0] = str(BIN / argv[0])
+    proc = subprocess.run(
+        argv,
+        env={**os.environ, "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    def lines(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip("\n").splitlines()]
+
+    assert lines(block.code) == lines(proc.stdout), f"{block.where}: regenerate with {block.arg}"
+
+
+# -- examples that are only read --------------------------------------------------------------
+
+
+def _public(name: str) -> Any:
+    return getattr(artifact_uploader, name)
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=[b.where for b in PYTHON])
+def test_python_block_uses_real_parameters(block: Block) -> None:
+    tree = ast.parse(block.code, block.where)  # it must compile, marked or not
+    imported = {
+        alias.asname or alias.name: alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "artifact_uploader"
+        for alias in node.names
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.keywords:
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in imported:
+            target, label = _public(imported[func.id]), imported[func.id]
+        elif (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in imported
+        ):
+            owner = _public(imported[func.value.id])
+            target, label = getattr(owner, func.attr), f"{imported[func.value.id]}.{func.attr}"
+        else:
+            continue
+        params = inspect.signature(target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for kw in node.keywords:
+            if kw.arg is not None:
+                assert kw.arg in params, f"{block.where}: {label}() has no parameter {kw.arg!r}"
+
+
+def test_errors_page_draws_the_real_exception_tree() -> None:
+    doc = (DOCS / "errors.md").read_text(encoding="utf-8")
+    drawn = doc.split("```text\n", 1)[1].split("```", 1)[0]
+    module_doc = artifact_uploader._errors.__doc__ or ""
+    # The tree is the literal block after "::" in the module docstring.
+    real = textwrap.dedent(module_doc.split("::\n", 1)[1].strip("\n").split("\n\n")[0])
+    assert drawn.strip() == real.strip()
+
+
+# -- the site -----------------------------------------------------------------------------------
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    mkdocs = Path(sys.executable).with_name("mkdocs")
     proc = subprocess.run(
-        [str(mkdocs), "build", "--strict", "--site-dir", str(site)],
+        [str(BIN / "mkdocs"), "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
         capture_output=True,
@@ -197,11 +325,15 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert (site / "benchmarks.png").stat().st_size > 0
 
     # The API reference is built from the docstrings of every public name.
-    import artifact_uploader
-
     ref = (site / "reference" / "index.html").read_text(encoding="utf-8")
     for name in artifact_uploader.__all__:
         if not name.startswith("_"):
             assert f'id="artifact_uploader.{name}"' in ref, name
-    for module, cls in (("s3", "S3Provider"), ("gcs", "GCSProvider"), ("azure", "AzureProvider")):
-        assert f'id="artifact_uploader.providers.{module}.{cls}.from_uri"' in ref, cls
+    for qualname in (
+        "providers.s3.S3Provider.from_uri",
+        "providers.gcs.GCSProvider.from_uri",
+        "providers.azure.AzureProvider.from_uri",
+        "_hf.HFUploadCallback.upload_folder",
+        "_lightning.LightningUploadCallback.upload_checkpoint",
+    ):
+        assert f'id="artifact_uploader.{qualname}"' in ref, qualname
