@@ -337,3 +337,31 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         "_lightning.LightningUploadCallback.upload_checkpoint",
     ):
         assert f'id="artifact_uploader.{qualname}"' in ref, qualname
+
+
+def regenerate_outputs() -> None:
+    """Rewrite every ``<!-- output: COMMAND -->`` block from the command's real output."""
+    for path in sorted(DOCS.rglob("*.md")):
+        lines = path.read_text(encoding="utf-8").split("\n")
+        for block in reversed(
+            [b for b in OUTPUT if b.where.startswith(f"{path.relative_to(ROOT)}:")]
+        ):
+            assert block.arg is not None
+            start = int(block.where.rsplit(":", 1)[1])  # 1-based line of the opening fence
+            end = start + len(block.code.splitlines())
+            argv = shlex.split(block.arg)
+            argv[0] = str(BIN / argv[0])
+            out = subprocess.run(
+                argv,
+                env={**os.environ, "COLUMNS": "100"},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            lines[start:end] = [line.rstrip() for line in out.strip("\n").splitlines()]
+        path.write_text("\n".join(lines), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    # python -m tests.test_docs: refresh the documented command output after changing the CLI.
+    regenerate_outputs()
