@@ -391,3 +391,53 @@ def test_retry_events_cross_the_process(
     assert retry.attempt == 1 and isinstance(retry.error, ProviderError) and retry.error.transient
     assert retry.error.status == 503
     assert events[-1].totals.files_done == 1
+
+
+@MODES
+def test_staging_budget_is_released_as_uploads_finish(
+    tmp_path: Path, make_file: MakeFile, use_procs: bool
+) -> None:
+    # Five 60 kB files through a 100 kB budget: each submit waits for an earlier upload to end.
+    store = tmp_path / "store"
+    with Uploader(store.as_uri(), use_procs=use_procs, max_staged_bytes=100_000) as up:
+        futures = [
+            up.submit(make_file(os.urandom(60_000)), f"b{i}.bin", timeout=60) for i in range(5)
+        ]
+        assert [f.result(timeout=60).size for f in futures] == [60_000] * 5
+        assert up._engine._stager.budget.used == 0
+    assert sorted(p.name for p in store.iterdir() if p.is_file()) == [f"b{i}.bin" for i in range(5)]
+
+
+@MODES
+def test_upload_failures_are_logged_in_this_process(
+    tmp_path: Path, make_file: MakeFile, use_procs: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "exists.bin").write_bytes(b"old")
+    with Uploader(store.as_uri(), use_procs=use_procs) as up:
+        fut = up.submit(make_file(b"new"), "exists.bin", overwrite=False)
+        with pytest.raises(ObjectExistsError):
+            fut.result(timeout=60)
+        messages = [r.getMessage() for r in caplog.records if r.name == "artifact_uploader"]
+        assert any("upload of 'exists.bin' failed" in m for m in messages)
+        with pytest.raises(UploadFailedError):
+            up.flush()
+
+
+def test_forked_child_gets_clear_error_in_procs_mode(tmp_path: Path, make_file: MakeFile) -> None:
+    store = tmp_path / "store"
+    src = make_file(b"f")
+    with Uploader(store.as_uri(), use_procs=True) as up:
+        pid = os.fork()
+        if pid == 0:  # the forked child must not touch the parent's upload process
+            code = 1
+            try:
+                up.submit(src, "child")
+            except UploaderClosedError:
+                code = 0
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert up.upload(src, "parent").size == 1
+    assert (store / "parent").read_bytes() == b"f" and not (store / "child").exists()

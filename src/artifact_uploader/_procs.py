@@ -68,7 +68,7 @@ from ._events import EventKind
 from ._journal import Journal, JournalEntry
 from ._staging import STAGED_DIR, StagedFile
 from ._types import UploadResult
-from ._uploader import AsyncUploader, ResumeReport, _Prepared
+from ._uploader import _CLEANUP_TIMEOUT, AsyncUploader, ResumeReport, _Prepared
 from .providers._protocol import Provider
 
 log = logging.getLogger("artifact_uploader")
@@ -170,6 +170,7 @@ class _Spec:
     persistent: bool
     forward_events: bool
     parent_pid: int
+    log_level: int
 
 
 class _Outbox:
@@ -185,6 +186,10 @@ class _Outbox:
         self._batch: list[Message] = []
         self._scheduled = False
         self.broken = False
+
+    def put_threadsafe(self, msg: Message) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            self._loop.call_soon_threadsafe(self.put, msg)
 
     def put(self, msg: Message) -> None:
         self._batch.append(msg)
@@ -202,6 +207,23 @@ class _Outbox:
         except OSError:
             # The parent is gone; the inbox reader sees EOF and shuts this process down.
             self.broken = True
+
+
+class _ForwardLogs(logging.Handler):
+    """Sends the child's ``artifact_uploader`` log records to the parent, which logs them
+    through its own handlers (as if the uploads ran in a thread there)."""
+
+    def __init__(self, out: _Outbox, loop_thread: int) -> None:
+        super().__init__()
+        self._out = out
+        self._loop_thread = loop_thread
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = ("log", record.levelno, self.format(record))
+        if threading.get_ident() == self._loop_thread:
+            self._out.put(msg)
+        else:  # e.g. a provider's worker thread
+            self._out.put_threadsafe(msg)
 
 
 class _FailureSink(list[FailedUpload]):
@@ -372,8 +394,18 @@ def _read_parent(
 async def _serve(conn: Connection, spec: _Spec) -> None:
     loop = asyncio.get_running_loop()
     out = _Outbox(conn, loop)
+    handler = _ForwardLogs(out, threading.get_ident())
+    log.addHandler(handler)
+    log.setLevel(spec.log_level)
+    log.propagate = False
     try:
-        provider = pickle.loads(spec.provider)
+        try:
+            provider = pickle.loads(spec.provider)
+        except Exception as exc:
+            raise ConfigError(
+                f"the upload process could not rebuild the provider ({type(exc).__name__}: "
+                f"{exc}); define its class in an importable module, not in __main__"
+            ) from None
         engine = _ChildEngine(provider, spec, out)
         await engine.open()
     except Exception as exc:
@@ -396,6 +428,9 @@ async def _serve(conn: Connection, spec: _Spec) -> None:
         _, req, method, args = msg
         if method == "close":
             await engine.call(req, method, args)
+            if calls:  # a flush that was waiting alongside close: drained now, let it answer
+                await asyncio.wait(calls)
+            out.flush()
             return
         # flush / resume run alongside further submissions, as on the thread-mode loop.
         task = loop.create_task(engine.call(req, method, args))
@@ -409,9 +444,11 @@ async def _serve(conn: Connection, spec: _Spec) -> None:
 
 def _child_main(fd: int) -> None:
     """Entry point of the upload process (see ``_BOOT``)."""
-    # Ctrl-C reaches the whole foreground process group: it is the training process's to
-    # handle, and it closes (drains) this process; a SIGINT here would lose uploads.
+    # Ctrl-C (and a scheduler's SIGTERM) reach the whole process group: they are the training
+    # process's to handle; it then closes (drains) this process, or dies and this process
+    # follows it. Dying here first would lose uploads the handler still wants to make.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     spec: _Spec = conn.recv()
     asyncio.run(_serve(conn, spec))
@@ -441,7 +478,10 @@ class _Call:
         self.value, self.error = value, error
         self._done.set()
 
-    def wait(self) -> Any:
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def result(self) -> Any:
         self._done.wait()
         if self.error is not None:
             raise self.error
@@ -493,6 +533,7 @@ class ProcessBackend:
             persistent=stager.persistent,
             forward_events=forward_events,
             parent_pid=os.getpid(),
+            log_level=log.getEffectiveLevel(),
         )
         conn, child_conn = Pipe()
         fds = [child_conn.fileno()]
@@ -594,9 +635,12 @@ class ProcessBackend:
         """Drain (up to ``timeout``), stop the child, close the staging folder, raise failures."""
         with self._lock:
             self._closing = True
+        # The child bounds its own drain by ``timeout`` (plus its cleanup); past a margin on top
+        # of that it is stuck, and is killed: its unfinished uploads stay journalled.
+        patience = None if timeout is None else timeout + _CLEANUP_TIMEOUT + _EXIT_TIMEOUT
         try:
             with contextlib.suppress(UploaderClosedError):  # already gone: losses are recorded
-                self._call("close", timeout)
+                self._call("close", timeout, patience=patience)
         finally:
             self._stop_child()
             self._reader.join()
@@ -620,7 +664,7 @@ class ProcessBackend:
                 self._gone or f"the upload process (pid {self.worker_pid}) is gone ({exc})"
             ) from None
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, patience: float | None = None) -> Any:
         call = _Call()
         with self._lock:
             if self._gone is not None:
@@ -628,7 +672,11 @@ class ProcessBackend:
             req = next(self._call_ids)
             self._calls[req] = call
         self._send(("call", req, method, args))
-        return call.wait()
+        if not call.wait(patience):
+            log.error("upload process %d did not answer %s(); killing it", self.worker_pid, method)
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+        return call.result()
 
     def _stop_child(self, *, kill: bool = False) -> int | None:
         if kill:
@@ -687,6 +735,8 @@ class ProcessBackend:
                 future, staged, _ = entry
                 engine._stager.forget(staged)  # the child deleted it if it was uploaded
                 _resolve(future, result, _unpack(error))
+        elif kind == "log":
+            log.log(msg[1], "%s", msg[2])
         elif kind == "reply":
             _, req, value, error = msg
             with self._lock:
