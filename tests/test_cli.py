@@ -461,7 +461,7 @@ def hanging_s3() -> Iterator[_HangingS3]:
 
 
 def _start_put_that_hangs(
-    tmp_path: Path, server: _HangingS3, staging: Path
+    tmp_path: Path, server: _HangingS3, staging: Path, *extra: str
 ) -> tuple[subprocess.Popen[str], dict[str, bytes]]:
     files = {"one.bin": os.urandom(1000), "two/three.bin": os.urandom(2000)}
     for name, data in files.items():
@@ -480,6 +480,7 @@ def _start_put_that_hangs(
             "read_timeout=60",
             "--staging-dir",
             str(staging),
+            *extra,
         ],
         cwd=tmp_path,
         env=_env(),
@@ -538,6 +539,26 @@ def test_resume_a_journal_left_by_a_killed_process_in_a_terminal(
     assert local_objects(store) == files
 
 
+def test_resume_reports_objects_already_in_the_store(
+    tmp_path: Path, hanging_s3: _HangingS3
+) -> None:
+    staging = tmp_path / "staging"
+    proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging, "--no-overwrite")
+    proc.kill()
+    proc.communicate(timeout=DEADLINE)
+    # One object landed before the kill (its "done" line never written).
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "one.bin").write_bytes(files["one.bin"])
+    result = run(["resume", str(staging), "--to", str(store), "--json"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["already_present"] == ["one.bin"]
+    assert [o["name"] for o in doc["uploaded"]] == ["two/three.bin"]
+    assert local_objects(store) == files
+    assert load(staging) == ([], [])
+
+
 def test_resume_failure_exits_1_and_names_the_object(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     store = tmp_path / "store"
@@ -568,6 +589,18 @@ def test_bench_passes_its_arguments_to_the_bundled_benchmark(tmp_path: Path) -> 
     result = run(["bench", "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "--quick" in result.stdout  # the benchmark's own help, not ours
+
+
+def test_bench_passes_arguments_and_exit_code_through(tmp_path: Path) -> None:
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_s3.py").write_text(
+        "import json, sys\nprint(json.dumps(sys.argv[1:]))\nsys.exit(7)\n"
+    )
+    (tmp_path / "sub").mkdir()
+    # Found by searching upward from the working directory.
+    result = run(["bench", "--quick", "--repeat", "1"], cwd=tmp_path / "sub")
+    assert result.returncode == 7
+    assert json.loads(result.stdout) == ["--quick", "--repeat", "1"]
 
 
 def test_bench_script_lookup(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from ._errors import (
     UploadError,
     UploadFailedError,
 )
-from ._events import EventKind, UploadEvent
+from ._events import EventKind, ProgressTotals, UploadEvent
 from ._journal import JOURNAL_FILE, JournalEntry, load
 from ._staging import STAGING_MODES
 from ._types import UploadResult
@@ -363,6 +363,9 @@ class _Progress:
         # Files refused at submit: they never reach the uploader's totals.
         self.refused = 0
         self.done_names: list[str] = []
+        # Files counted as done without an upload (resume: already in the store).
+        self._credited = (0, 0)
+        self._last = ProgressTotals()
         self._by_bytes = True
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -412,6 +415,11 @@ class _Progress:
     def refuse(self) -> None:
         self.refused += 1
 
+    def credit(self, files: int, nbytes: int) -> None:
+        """Count ``files`` of ``nbytes`` as done without an upload, and redraw."""
+        self._credited = (files, nbytes)
+        self._draw(self._last)
+
     def on_event(self, event: UploadEvent) -> None:
         """The uploader's callback (runs on its loop thread): keep it short."""
         if event.kind is EventKind.DONE:
@@ -426,14 +434,21 @@ class _Progress:
                 markup=False,
                 style="red",
             )
-        totals = event.totals
+        self._last = event.totals
+        self._draw(event.totals)
+
+    def _draw(self, totals: ProgressTotals) -> None:
+        progress, task = self._progress, self._task
+        if progress is None or task is None:
+            return
         failed = totals.files_failed + self.refused
-        label = f"{totals.files_done}/{self.files}"
+        done = totals.files_done + self._credited[0]
+        label = f"{done}/{self.files}"
         if failed:
             label += f" ({failed} failed)"
         progress.update(
             task,
-            completed=totals.bytes_sent if self._by_bytes else totals.files_done + failed,
+            completed=totals.bytes_sent + self._credited[1] if self._by_bytes else done + failed,
             files=label,
             rate=f"{_human_bytes(totals.rate)}/s",
         )
@@ -452,6 +467,7 @@ class _Outcome:
     staging_dir: str | None = None
     error: str | None = None
     skipped_lines: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
 
 
 def _configure_logging(output: _Output, verbose: bool) -> None:
@@ -682,6 +698,7 @@ def _json_doc(args: argparse.Namespace, outcome: _Outcome, code: int) -> dict[st
         "staging_dir": outcome.staging_dir,
         "error": outcome.error,
         "skipped_lines": outcome.skipped_lines,
+        "already_present": outcome.already_present,
     }
 
 
@@ -749,7 +766,12 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
     failures: list[FailedUpload] = []
     try:
         try:
-            outcome.uploaded = [(None, r) for r in up.resume_pending().uploaded]
+            report = up.resume_pending()
+            outcome.uploaded = [(None, r) for r in report.uploaded]
+            outcome.already_present = report.already_present
+            progress.credit(
+                len(report.already_present), sum(sizes.get(n, 0) for n in report.already_present)
+            )
         except UploadFailedError as exc:
             failures = exc.failures
         except KeyboardInterrupt:
@@ -793,6 +815,12 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
             output.error(f"nothing to resume in {folder}")
         for _, result in outcome.uploaded:
             output.out.print(f"uploaded {result.uri}", markup=False, highlight=False)
+        for name in outcome.already_present:
+            output.out.print(
+                f"already in the store (not uploaded again) {up.uri(name)}",
+                markup=False,
+                highlight=False,
+            )
         _summary_table(output, f"{_prog()} resume -> {output.scrub(args.store)}", outcome)
     return code
 
@@ -826,7 +854,8 @@ def find_bench_script(starts: Iterable[Path]) -> Path | None:
 
 def cmd_bench(argv: Sequence[str]) -> int:
     """Run the bundled benchmark with ``argv``; its exit code is ours."""
-    script = find_bench_script([Path(__file__).resolve().parent, Path.cwd().resolve()])
+    # The checkout the user stands in first, then the one this package was installed from.
+    script = find_bench_script([Path.cwd().resolve(), Path(__file__).resolve().parent])
     if script is None:
         sys.stderr.write(
             f"{_prog()} bench: benchmarks/bench_s3.py was not found. The benchmark ships with "
