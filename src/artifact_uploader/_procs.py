@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -450,8 +451,18 @@ def _child_main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
-    spec: _Spec = conn.recv()
-    asyncio.run(_serve(conn, spec))
+    code = 0
+    try:
+        spec: _Spec = conn.recv()
+        asyncio.run(_serve(conn, spec))
+    except BaseException:
+        traceback.print_exc()  # to the inherited stderr: the log handler needs the loop
+        code = 1
+    # Exit without waiting for threads a library may have left behind (nothing is buffered:
+    # the journal and the socket are closed or flushed); the parent waits for this exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- the parent ---------------------------------------------------------------------------
@@ -638,11 +649,14 @@ class ProcessBackend:
         # The child bounds its own drain by ``timeout`` (plus its cleanup); past a margin on top
         # of that it is stuck, and is killed: its unfinished uploads stay journalled.
         patience = None if timeout is None else timeout + _CLEANUP_TIMEOUT + _EXIT_TIMEOUT
+        interrupted = True
         try:
             with contextlib.suppress(UploaderClosedError):  # already gone: losses are recorded
                 self._call("close", timeout, patience=patience)
+            interrupted = False
         finally:
-            self._stop_child()
+            # Interrupted (a second Ctrl-C): stop now; what did not finish stays journalled.
+            self._stop_child(kill=interrupted)
             self._reader.join()
             self._conn.close()
             close_unopened(self._engine)
