@@ -220,6 +220,9 @@ def test_no_progress_bar_without_a_terminal(tmp_path: Path) -> None:
     assert "━" not in result.stderr and "%" not in result.stderr
     # The summary still goes to stdout.
     assert "uploaded" in result.stdout
+    quiet = run(["put", "ckpt", "--to", str(tmp_path / "store2"), "-q"], cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert len(local_objects(tmp_path / "store2")) == 4
 
 
 # -- --json ------------------------------------------------------------------------------------
