@@ -410,9 +410,12 @@ async def _serve(conn: Connection, spec: _Spec) -> None:
         engine = _ChildEngine(provider, spec, out)
         await engine.open()
     except Exception as exc:
-        conn.send(("ready", _pack(exc)))
+        out.put(("ready", _pack(exc)))
+        out.flush()
         return
-    conn.send(("ready", None))
+    # Through the outbox, so log records from opening reach the parent first, in order.
+    out.put(("ready", None))
+    out.flush()
     inbox: asyncio.Queue[Message | None] = asyncio.Queue()
     reader = threading.Thread(
         target=_read_parent,
@@ -562,7 +565,7 @@ class ProcessBackend:
         self.worker_pid = self._proc.pid
         try:
             conn.send(spec)
-            _, error = conn.recv()
+            error = self._wait_ready()
         except (EOFError, OSError):
             error = _RemoteError.of(
                 UploadError(
@@ -584,6 +587,18 @@ class ProcessBackend:
         self._reader.start()
         assert self._reader.ident is not None
         self.thread_ident: int = self._reader.ident
+
+    def _wait_ready(self) -> _RemoteError | None:
+        """Apply the child's first messages (log records) until it says whether it opened."""
+        while True:
+            batch: list[Message] = self._conn.recv()
+            ready = [msg for msg in batch if msg[0] == "ready"]
+            for msg in batch:
+                if msg[0] != "ready":
+                    self._dispatch(msg)
+            if ready:
+                error: _RemoteError | None = ready[0][1]
+                return error
 
     # -- calls from the Uploader -------------------------------------------------------------
 

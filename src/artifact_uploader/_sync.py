@@ -112,7 +112,9 @@ class Uploader:
     if the child dies, its pending uploads fail with :class:`UploaderClosedError` and later
     calls raise it. The store must be a URI or a picklable provider (not ``MemoryProvider``);
     ``on_event`` then runs on this process's results thread. :attr:`worker_pid` is the child's
-    pid (e.g. to pin it to a core with ``os.sched_setaffinity``).
+    pid (e.g. to pin it to a core with ``os.sched_setaffinity``). It pays off when a core is
+    free for the child: where every core is busy, the two processes compete for CPU time
+    instead of for the GIL.
 
     Args:
         store: A URI (``file:///abs/dir``, ``s3://bucket/prefix``, ...) or a provider instance.
