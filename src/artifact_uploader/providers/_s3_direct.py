@@ -8,10 +8,11 @@ here once at open (the endpoint comes from botocore's own ruleset, the credentia
 client's own provider chain) and per request only the SigV4 signature is computed (stdlib HMAC;
 the signing key is cached per day) before the bytes go out through aiohttp.
 
-Used only when it is certainly equivalent: our own CRC32C protects the body (so the payload is
-``UNSIGNED-PAYLOAD``, as botocore sends it with ``payload_signing_enabled=False``), the resolved
-auth scheme is plain SigV4 for ``s3``, the ruleset asks for no extra headers, and the client has
-credentials. Anything else (SigV4a, S3 Express, anonymous access...) stays on botocore.
+Used only when it is certainly equivalent: no proxy applies, our own CRC32C protects the body
+(so the payload is ``UNSIGNED-PAYLOAD``, as botocore sends it with
+``payload_signing_enabled=False``), the resolved auth scheme is plain SigV4 for ``s3``, the
+ruleset asks for no extra headers, and the client has credentials. Anything else (proxies,
+SigV4a, S3 Express, anonymous access...) stays on botocore.
 
 Errors are raised as botocore ``ClientError`` with the same ``Error`` / ``ResponseMetadata``
 shape botocore produces, so the provider maps them exactly as it maps botocore's own.
@@ -119,6 +120,8 @@ class DirectS3:
             endpoint, extra_headers, _ = await client._resolve_endpoint_ruleset(
                 model, {"Bucket": bucket, "Key": "k"}, context
             )
+            # The proxy botocore would use (its config, else HTTP(S)_PROXY / NO_PROXY).
+            proxy = client._endpoint.http_session._proxy_config.proxy_url_for(endpoint)
         except Exception:
             # Private botocore surface: if it ever changes shape, stay on the public path.
             return None
@@ -126,6 +129,8 @@ class DirectS3:
         region = signing.get("region")
         if (
             extra_headers
+            # Proxies (and their TLS settings) stay with botocore.
+            or proxy
             or context.get("auth_type") not in _SIGV4_AUTH_TYPES
             or signing.get("signing_name", "s3") != "s3"
             or not isinstance(region, str)
@@ -148,8 +153,9 @@ class DirectS3:
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=connect_timeout, sock_read=read_timeout
             ),
-            # HTTP(S)_PROXY / NO_PROXY from the environment, as botocore honours them.
-            trust_env=True,
+            # No proxy applies (checked above). trust_env would also make aiohttp look the
+            # environment's proxies and ~/.netrc up again in a worker thread on every request.
+            trust_env=False,
             auto_decompress=False,
         )
         return cls(
