@@ -73,7 +73,12 @@ class _ThreadBackend:
         self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None
     ) -> concurrent.futures.Future[UploadResult]:
         future: concurrent.futures.Future[UploadResult] = concurrent.futures.Future()
-        self._portal.call(self._engine._enqueue_threadsafe, prepared, future, after)
+        loop = self._engine._loop
+        assert loop is not None  # opened in __init__
+        # Scheduled, not awaited: a blocking round trip to a busy loop thread would cost the
+        # caller more than staging a small file. Callbacks run in order, so per-name ordering
+        # holds; a refused hand-off fails the future (AsyncUploader._enqueue_threadsafe).
+        loop.call_soon_threadsafe(self._engine._enqueue_threadsafe, prepared, future, after)
         return future
 
     def flush(self, timeout: float | None) -> None:

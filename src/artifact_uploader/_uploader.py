@@ -323,9 +323,25 @@ class AsyncUploader:
 
     def _enqueue_threadsafe(self, prepared: _Prepared, target: Any, after: Any = None) -> None:
         """Called on the loop by the sync facade: start the upload, resolve ``target`` (a
-        concurrent.futures.Future) with its outcome."""
-        after_aw = asyncio.wrap_future(after) if after is not None else None
-        handle = self._enqueue(prepared, after_aw)
+        concurrent.futures.Future) with its outcome.
+
+        The facade schedules this without waiting for it (no round trip to the loop thread per
+        submit), so a hand-off refused here (the uploader closed meanwhile) fails ``target`` and
+        leaves nothing behind: not the staged copy, not its journal entry.
+        """
+        try:
+            after_aw = asyncio.wrap_future(after) if after is not None else None
+            handle = self._enqueue(prepared, after_aw)
+        except BaseException as exc:
+            if self._journal is not None:
+                self._journal.done(prepared.staged.id)
+            self._stager.release(prepared.staged)
+            if not target.done():
+                target.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+
 
         def copy(f: asyncio.Future[UploadResult]) -> None:
             if target.done():
