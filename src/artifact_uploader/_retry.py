@@ -1,6 +1,6 @@
 """Bounded retries with full jitter; only errors marked transient are retried.
 
-Also the stall watchdog: :func:`watched` runs one attempt under an activity clock that
+Also the stall watchdog: :class:`StallWatchdog` runs each attempt under an activity clock that
 providers advance with :func:`note_progress` whenever bytes move; an attempt whose clock stands
 still for ``stall_timeout`` seconds is cancelled and ends in a transient
 :class:`StallTimeoutError`.
@@ -14,7 +14,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._config import RetryPolicy
 from ._errors import ProviderError, StallTimeoutError, is_transient
@@ -65,14 +65,17 @@ def _note_attempts(exc: BaseException, attempts: int) -> None:
 
 
 class _Clock:
-    """When the current attempt last made progress (``time.monotonic()``), and whether a
-    provider's own timeouts guard it right now (``self_timed`` depth)."""
+    """One watched attempt: when it last made progress (``time.monotonic()``), whether a
+    provider's own timeouts guard it right now (``self_timed`` depth), and whether the
+    watchdog cancelled it."""
 
-    __slots__ = ("last", "self_timed")
+    __slots__ = ("fired", "last", "self_timed", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.last = time.monotonic()
         self.self_timed = 0
+        self.fired = False
+        self.task = task
 
 
 # Set by the engine around each watched attempt. A context variable rather than an argument so
@@ -116,51 +119,71 @@ def self_timed() -> Iterator[None]:
         clock.last = time.monotonic()
 
 
-async def watched(
-    op: Callable[[], Awaitable[T]],
-    stall_timeout: float,
-    *,
-    what: str,
-    name: str | None = None,
-    uri: str | None = None,
-) -> T:
-    """Run one attempt of ``op``; cancel it once it has made no progress for ``stall_timeout``.
+class StallWatchdog:
+    """Aborts attempts that make no progress for ``stall_timeout`` seconds.
 
-    Raises:
-        StallTimeoutError: The attempt stood still for ``stall_timeout`` seconds (transient).
+    One timer per uploader, not one per attempt: it wakes every quarter of ``stall_timeout``
+    while attempts are running and cancels those idle for at least ``stall_timeout``, so an
+    attempt costs a set insertion and a context-variable set (a stalled one is aborted between
+    1 and 1.25 ``stall_timeout`` after its last progress). Bound to the loop it first runs on.
     """
-    loop = asyncio.get_running_loop()
-    clock = _Clock()
-    token = _ACTIVITY.set(clock)
-    handle: asyncio.TimerHandle | None = None
-    cm = asyncio.timeout(None)
-    try:
-        async with cm:
 
-            def check() -> None:
-                nonlocal handle
-                idle = time.monotonic() - clock.last
-                if clock.self_timed:
-                    handle = loop.call_later(stall_timeout, check)
-                elif idle >= stall_timeout:
-                    # Expire the timeout scope now: asyncio cancels the attempt and turns the
-                    # cancellation into TimeoutError at the scope's end.
-                    cm.reschedule(loop.time())
-                else:
-                    handle = loop.call_later(stall_timeout - idle, check)
+    def __init__(self, stall_timeout: float) -> None:
+        self.stall_timeout = stall_timeout
+        self._active: set[_Clock] = set()
+        self._handle: asyncio.TimerHandle | None = None
 
-            handle = loop.call_later(stall_timeout, check)
-            return await op()
-    except Exception as exc:
-        if cm.expired():
-            raise StallTimeoutError(
-                f"{what} made no progress for {stall_timeout:g}s; aborted",
-                seconds=stall_timeout,
-                name=name,
-                uri=uri,
-            ) from exc
-        raise
-    finally:
-        if handle is not None:
-            handle.cancel()
-        _ACTIVITY.reset(token)
+    async def run(
+        self,
+        op: Callable[[], Awaitable[T]],
+        *,
+        what: str,
+        name: str | None = None,
+        uri: str | None = None,
+    ) -> T:
+        """Run one attempt of ``op`` under the watchdog.
+
+        Raises:
+            StallTimeoutError: The attempt stood still for ``stall_timeout`` seconds (transient).
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        clock = _Clock(task)
+        token = _ACTIVITY.set(clock)
+        self._active.add(clock)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.stall_timeout / 4, self._scan)
+        try:
+            result = await op()
+        except (Exception, asyncio.CancelledError) as exc:
+            # Our cancel may surface as CancelledError or, if something below converted it,
+            # as another error. uncancel() > 0 means someone else cancelled the task too:
+            # then the cancellation wins.
+            if clock.fired and task.uncancel() == 0:
+                raise StallTimeoutError(
+                    f"{what} made no progress for {self.stall_timeout:g}s; aborted",
+                    seconds=self.stall_timeout,
+                    name=name,
+                    uri=uri,
+                ) from (None if isinstance(exc, asyncio.CancelledError) else exc)
+            raise
+        else:
+            if clock.fired:
+                # Finished all the same (something below swallowed the cancellation).
+                task.uncancel()
+            return result
+        finally:
+            self._active.discard(clock)
+            _ACTIVITY.reset(token)
+
+    def _scan(self) -> None:
+        now = time.monotonic()
+        for clock in self._active:
+            if not clock.fired and not clock.self_timed and now - clock.last >= self.stall_timeout:
+                clock.fired = True
+                clock.task.cancel()
+        if self._active:
+            self._handle = asyncio.get_running_loop().call_later(self.stall_timeout / 4, self._scan)
+        else:
+            # Idle: the next attempt re-arms the timer.
+            self._handle = None

@@ -23,7 +23,7 @@ from ._errors import (
 from ._events import EventCallback, EventKind, ProgressTotals, UploadEvent, _Counters
 from ._journal import Journal, JournalEntry, already_stored, load, unrecorded_uploads
 from ._registry import make_provider
-from ._retry import retrying, watched
+from ._retry import StallWatchdog, retrying
 from ._staging import StagedFile, Stager
 from ._types import FileSlice, PartResult, PutResult, UploadResult
 from .providers._protocol import MultipartProvider, Provider
@@ -144,6 +144,8 @@ class AsyncUploader:
         if parts is not None and not isinstance(parts, PartPolicy):
             raise ConfigError(f"parts must be a PartPolicy, got {parts!r}")
         self.retry = retry or RetryPolicy()
+        stall = self.retry.stall_timeout
+        self._watchdog = StallWatchdog(stall) if stall is not None else None
         self.parts = parts or PartPolicy()
         self.verify = verify
         self.provider: Provider = make_provider(store, provider_kwargs)
@@ -410,14 +412,14 @@ class AsyncUploader:
     async def _request(self, op: Callable[[], Awaitable[T]], what: str, name: str, size: int) -> T:
         sem = self._sem
         assert sem is not None
-        stall = self.retry.stall_timeout
+        watchdog = self._watchdog
 
         async def attempt() -> T:
             async with sem:
-                if stall is None:
+                if watchdog is None:
                     return await op()
-                # The watchdog starts once a slot is held: queueing for one is not a stall.
-                return await watched(op, stall, what=what, name=name, uri=self.provider.uri(name))
+                # Watched once a slot is held: queueing for one is not a stall.
+                return await watchdog.run(op, what=what, name=name, uri=self.provider.uri(name))
 
         def on_retry(n: int, exc: BaseException, delay: float) -> None:
             self._emit(EventKind.RETRY, name, size, attempt=n, delay=delay, error=exc)
