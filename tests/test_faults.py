@@ -31,7 +31,7 @@ from artifact_uploader import (
     UploadEvent,
     UploadFailedError,
 )
-from artifact_uploader._retry import _ACTIVITY, note_progress
+from artifact_uploader._retry import _ACTIVITY, StallWatchdog, note_progress
 from artifact_uploader._types import FileSlice, PutResult
 from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.moto import MotoServer, list_multipart_uploads, read_s3_object
@@ -391,6 +391,43 @@ async def test_waiting_for_a_slot_is_not_a_stall(make_file: Callable[..., Path])
         await up.flush()
     assert first.result().size == second.result().size == 1
     assert provider.objects == {"one": b"1", "two": b"2"}
+
+
+@pytest.mark.asyncio
+async def test_a_cancellation_from_elsewhere_is_not_a_stall() -> None:
+    watchdog = StallWatchdog(60.0)
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(watchdog.run(forever, what="PUT 'x'"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.asyncio
+async def test_the_watchdog_wins_only_its_own_cancellation() -> None:
+    # Stalled and cancelled from elsewhere at once: the outside cancellation is what surfaces.
+    watchdog = StallWatchdog(0.1)
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(watchdog.run(forever, what="PUT 'x'"))
+    await started.wait()
+    (clock,) = watchdog._active
+    clock.last -= 1.0  # idle for a second already
+    watchdog._scan()
+    assert clock.fired
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 def test_note_progress_outside_an_attempt_is_harmless() -> None:
