@@ -51,12 +51,23 @@ MODES = pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "proc
 
 
 def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    """True while any thread of ``pid`` runs (a zombie awaiting its reaper counts as gone).
+
+    Every thread counts: a process's files (and the staging lock) are released only once its
+    last thread has exited, while the main thread may already show as a zombie.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except FileNotFoundError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 @pytest.fixture
@@ -276,6 +287,7 @@ def test_killed_child_fails_pending_uploads_instead_of_hanging(
     with pytest.raises(UploaderClosedError, match="SIGKILL"):
         fut.result(timeout=60)
     # The callback ran on the results thread: calling back in raises instead of deadlocking.
+    wait_until(lambda: bool(from_callback), what="the done callback")
     assert isinstance(from_callback[0], RuntimeError) and "thread" in str(from_callback[0])
     with pytest.raises(UploadFailedError) as info:
         up.flush()
