@@ -352,25 +352,6 @@ def test_sigkilled_parent_takes_its_child_down_and_resume_finishes(
     assert list((staging / "staged").iterdir()) == []
 
 
-def test_atexit_flushes_an_unclosed_procs_uploader(tmp_path: Path) -> None:
-    src = tmp_path / "f.txt"
-    src.write_bytes(b"at exit")
-    store = tmp_path / "store"
-    script = textwrap.dedent(
-        f"""
-        from artifact_uploader import Uploader
-        up = Uploader({store.as_uri()!r}, use_procs=True)
-        up.submit({str(src)!r}, "exit.txt")
-        """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert (store / "exit.txt").read_bytes() == b"at exit"
-    assert "was not closed" in proc.stderr
-
-
 def test_provider_that_cannot_cross_a_process_is_refused(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     with pytest.raises(ConfigError, match="MemoryProvider"):
@@ -435,21 +416,3 @@ def test_upload_failures_are_logged_in_this_process(
         assert any("upload of 'exists.bin' failed" in m for m in messages)
         with pytest.raises(UploadFailedError):
             up.flush()
-
-
-def test_forked_child_gets_clear_error_in_procs_mode(tmp_path: Path, make_file: MakeFile) -> None:
-    store = tmp_path / "store"
-    src = make_file(b"f")
-    with Uploader(store.as_uri(), use_procs=True) as up:
-        pid = os.fork()
-        if pid == 0:  # the forked child must not touch the parent's upload process
-            code = 1
-            try:
-                up.submit(src, "child")
-            except UploaderClosedError:
-                code = 0
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert up.upload(src, "parent").size == 1
-    assert (store / "parent").read_bytes() == b"f" and not (store / "child").exists()

@@ -107,14 +107,15 @@ def test_failure_raised_from_flush_and_close(memory: MemoryProvider, make_file: 
         up.close()
 
 
-def test_atexit_flushes_an_unclosed_uploader(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "procs"])
+def test_atexit_flushes_an_unclosed_uploader(tmp_path: Path, use_procs: bool) -> None:
     src = tmp_path / "f.txt"
     src.write_bytes(b"at exit")
     store = tmp_path / "store"
     script = textwrap.dedent(
         f"""
         from artifact_uploader import Uploader
-        up = Uploader({store.as_uri()!r})
+        up = Uploader({store.as_uri()!r}, use_procs={use_procs})
         up.submit({str(src)!r}, "exit.txt")
         """
     )
@@ -126,9 +127,12 @@ def test_atexit_flushes_an_unclosed_uploader(tmp_path: Path) -> None:
     assert "was not closed" in proc.stderr
 
 
-def test_forked_child_gets_clear_error(memory: MemoryProvider, make_file: MakeFile) -> None:
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "procs"])
+def test_forked_child_gets_clear_error(
+    store_dir: Path, make_file: MakeFile, use_procs: bool
+) -> None:
     src = make_file(b"f")
-    with Uploader(memory) as up:
+    with Uploader(store_dir.as_uri(), use_procs=use_procs) as up:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
@@ -143,6 +147,7 @@ def test_forked_child_gets_clear_error(memory: MemoryProvider, make_file: MakeFi
         os.close(r)
         assert os.waitstatus_to_exitcode(status) == 0
         assert up.upload(src, "parent").size == 1  # parent unaffected
+    assert (store_dir / "parent").read_bytes() == b"f" and not (store_dir / "child").exists()
 
 
 # -- ObjectStoreLogger -----------------------------------------------------------------------
