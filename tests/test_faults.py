@@ -445,3 +445,13 @@ def test_stall_timeout_must_be_a_positive_finite_number(bad: object) -> None:
 def test_stall_timeout_defaults_and_none() -> None:
     assert RetryPolicy().stall_timeout == 120.0
     assert RetryPolicy(stall_timeout=None).stall_timeout is None
+
+
+@pytest.mark.asyncio
+async def test_no_watchdog_with_stall_timeout_none(
+    memory: MemoryProvider, make_file: Callable[..., Path]
+) -> None:
+    async with AsyncUploader(memory, retry=RetryPolicy(stall_timeout=None)) as up:
+        assert up._watchdog is None
+        await (await up.submit(make_file(b"plain"), "plain"))
+    assert memory.objects == {"plain": b"plain"}
