@@ -7,11 +7,13 @@ outlive its parent) is tested in procs mode alone. Nothing here is timed.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from artifact_uploader import (
     StoreNotFoundError,
     Uploader,
     UploaderClosedError,
+    UploadError,
     UploadEvent,
     UploadFailedError,
 )
@@ -416,3 +419,37 @@ def test_upload_failures_are_logged_in_this_process(
         assert any("upload of 'exists.bin' failed" in m for m in messages)
         with pytest.raises(UploadFailedError):
             up.flush()
+
+
+def test_errors_cross_the_process_boundary_with_type_and_attributes(tmp_path: Path) -> None:
+    from artifact_uploader import InvalidObjectNameError, SourceFileError, StagingTimeoutError
+    from artifact_uploader._procs import _RemoteError
+
+    def across(exc: BaseException) -> BaseException:
+        return pickle.loads(pickle.dumps(_RemoteError.of(exc))).rebuild()
+
+    exists = across(ObjectExistsError("object 'a' exists", name="a", uri="s3://b/a", status=412))
+    assert type(exists) is ObjectExistsError and str(exists) == "object 'a' exists"
+    assert (exists.name, exists.uri, exists.status, exists.transient) == (
+        "a",
+        "s3://b/a",
+        412,
+        False,
+    )
+    assert isinstance(exists, FileExistsError)
+    source = across(SourceFileError(tmp_path / "gone.pt", "no such file"))
+    assert type(source) is SourceFileError and source.path == str(tmp_path / "gone.pt")
+    assert "gone.pt" in str(source)
+    name = across(InvalidObjectNameError("a/../b", "escapes the root"))
+    assert type(name) is InvalidObjectNameError and name.reason == "escapes the root"
+    assert type(across(StagingTimeoutError("full"))) is StagingTimeoutError
+
+    class Local(Exception):  # not importable by qualified name in another process
+        pass
+
+    unknown = across(Local("odd"))
+    assert type(unknown) is UploadError and "Local: odd" in str(unknown)
+    unpicklable = ProviderError("with a lock", name="x")
+    unpicklable.response = threading.Lock()  # type: ignore[attr-defined]
+    plain = across(unpicklable)
+    assert type(plain) is ProviderError and str(plain) == "with a lock" and plain.name == "x"

@@ -97,7 +97,8 @@ class _RemoteError:
 
     Pickling the exception itself is not enough: classes whose ``__init__`` takes other
     arguments than ``args`` (most of ours) cannot be unpickled, and an attribute may hold an
-    unpicklable SDK object. Rebuilding falls back to an :class:`UploadError` with the message.
+    unpicklable SDK object (such attributes are dropped). Rebuilding falls back to an
+    :class:`UploadError` with the message when the class cannot be imported.
     """
 
     module: str
@@ -110,15 +111,9 @@ class _RemoteError:
     def of(cls, exc: BaseException) -> _RemoteError:
         kind = type(exc)
         text = f"{kind.__name__}: {exc}"
-        state = dict(getattr(exc, "__dict__", {}))
-        for args, attrs in ((exc.args, state), (exc.args, {}), ((str(exc),), {})):
-            packed = cls(kind.__module__, kind.__qualname__, tuple(args), attrs, text)
-            try:
-                pickle.dumps(packed)
-            except Exception:
-                continue
-            return packed
-        return cls(UploadError.__module__, UploadError.__qualname__, (text,), {}, text)
+        state = {k: v for k, v in getattr(exc, "__dict__", {}).items() if _picklable(v)}
+        args = exc.args if _picklable(exc.args) else (str(exc),)
+        return cls(kind.__module__, kind.__qualname__, tuple(args), state, text)
 
     def rebuild(self) -> BaseException:
         try:
@@ -134,6 +129,14 @@ class _RemoteError:
             return exc
         except Exception:
             return UploadError(self.text)
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _pack(exc: BaseException | None) -> _RemoteError | None:
