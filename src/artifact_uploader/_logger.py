@@ -88,6 +88,7 @@ class ObjectStoreLogger:
         self._template = NameTemplate(object_name)
         if run_name is not None and not isinstance(run_name, str):
             raise ConfigError(f"run_name must be a str, got {run_name!r}")
+        self._explicit_run_name = run_name is not None
         self.run_name = run_name or default_run_name()
         self.should_log_artifact = should_log_artifact
         self._uploader = Uploader(
@@ -201,10 +202,106 @@ class ObjectStoreLogger:
         """Wait for every upload so far; raise :class:`UploadFailedError` for any that failed."""
         self._uploader.flush(timeout)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Flush and shut down the background thread (or process). Idempotent."""
+    def close(self, timeout: float | None = None, *_composer_args: Any) -> None:
+        """Flush and shut down the background thread (or process). Idempotent.
+
+        Composer's engine calls ``close(state, logger)`` as an event hook and then
+        :meth:`post_close`; a call with a trainer state instead of a timeout is that hook and
+        does nothing, so the drain happens once, in ``post_close``.
+        """
+        if timeout is not None and not isinstance(timeout, int | float):
+            return
         self._latest.clear()
         self._uploader.close(timeout)
+
+    # -- Composer's LoggerDestination interface ---------------------------------------------
+    # Composer drives its logger destinations by duck typing: the engine calls run_event() for
+    # every event and close()/post_close() at the end; its Logger calls log_*/upload_file on
+    # each destination. These let `Trainer(loggers=[ObjectStoreLogger(...)])` work without this
+    # library depending on Composer.
+
+    def run_event(self, event: Any, state: Any, logger: Any = None) -> None:
+        """Composer's event hook.
+
+        On ``init`` it takes ``state.run_name`` for ``{run_name}`` (unless ``run_name`` was given
+        to the constructor); on ``batch_end`` and ``epoch_end`` it raises an earlier upload's
+        failure, as Composer's own logger does. Other events are ignored.
+
+        Raises:
+            UploadFailedError: An earlier upload failed (reported once).
+        """
+        del logger  # unused
+        name = getattr(event, "value", event)
+        if name == "init":
+            run_name = getattr(state, "run_name", None)
+            if isinstance(run_name, str) and run_name and not self._explicit_run_name:
+                self.run_name = run_name
+        elif name in ("batch_end", "epoch_end"):
+            self._raise_earlier_failures()
+
+    def post_close(self) -> None:
+        """Composer's final hook: drain and shut down, raising any failed upload."""
+        self.close()
+
+    def log_file_artifact(
+        self,
+        state: Any,
+        log_level: LogLevel,
+        artifact_name: str,
+        file_path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Composer's name for :meth:`file_artifact` (state first)."""
+        self.file_artifact(log_level, artifact_name, file_path, overwrite=overwrite, state=state)
+
+    def log_symlink_artifact(
+        self,
+        state: Any,
+        log_level: LogLevel,
+        existing_artifact_name: str,
+        symlink_artifact_name: str,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Composer's name for :meth:`symlink_artifact` (state first)."""
+        self.symlink_artifact(
+            log_level,
+            existing_artifact_name,
+            symlink_artifact_name,
+            overwrite=overwrite,
+            state=state,
+        )
+
+    def upload_file(
+        self,
+        state: Any,
+        remote_file_name: str,
+        file_path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Newer Composer releases' name for uploading a file (no log level)."""
+        self.file_artifact(
+            LogLevel.FIT, remote_file_name, file_path, overwrite=overwrite, state=state
+        )
+
+    def can_log_file_artifacts(self) -> bool:
+        """Composer asks whether this destination stores files: it does."""
+        return True
+
+    def can_upload_files(self) -> bool:
+        """Newer Composer releases' name for :meth:`can_log_file_artifacts`."""
+        return True
+
+    def log_hyperparameters(self, hyperparameters: Mapping[str, Any]) -> None:
+        """Accepted and ignored: this destination stores files, not metrics."""
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Accepted and ignored: this destination stores files, not metrics."""
+
+    def log_traces(self, traces: Mapping[str, Any]) -> None:
+        """Accepted and ignored: this destination stores files, not traces."""
 
     def __enter__(self) -> ObjectStoreLogger:
         return self
