@@ -214,6 +214,25 @@ async def test_close_timeout_cancels_and_lists_unfinished(
     assert failure.staged_path and Path(failure.staged_path).read_bytes() == b"stuck"
 
 
+async def test_close_at_once_reports_an_upload_that_never_started(
+    memory: MemoryProvider, make_file: MakeFile
+) -> None:
+    # close(timeout=0) straight after submit cancels the task before its first step; the upload
+    # must still be reported (future failed, listed by close, staged copy kept), never lost.
+    up = AsyncUploader(memory)
+    await up.open()
+    handle = await up.submit(make_file(b"early"), "early.bin")
+    with pytest.raises(UploadFailedError) as info:
+        await up.aclose(timeout=0)
+    (failure,) = info.value.failures
+    assert failure.name == "early.bin"
+    assert failure.staged_path and Path(failure.staged_path).read_bytes() == b"early"
+    assert handle.done()
+    with pytest.raises(TimeoutError, match="early.bin"):
+        handle.result()
+    assert memory.count("put") == 0
+
+
 async def test_events_and_totals(memory: MemoryProvider, make_file: MakeFile) -> None:
     seen: list[UploadEvent] = []
     async with AsyncUploader(memory) as up:

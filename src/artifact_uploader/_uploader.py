@@ -320,7 +320,17 @@ class AsyncUploader:
         self._chains[prepared.name] = future
         task = loop.create_task(self._run(prepared, future, previous, after))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if not future.done():
+                # Cancelled before its first step (close(timeout=0) right after submit): _run
+                # never ran, so its bookkeeping happens here; the upload is reported, not lost.
+                self._record_failure(prepared, future, asyncio.CancelledError())
+                if self._chains.get(prepared.name) is future:
+                    del self._chains[prepared.name]
+
+        task.add_done_callback(finished)
         return UploadHandle(prepared.name, prepared.staged.path, future)
 
     def _enqueue_threadsafe(self, prepared: _Prepared, target: Any, after: Any = None) -> None:
@@ -343,7 +353,6 @@ class AsyncUploader:
             if not isinstance(exc, Exception):
                 raise
             return
-
 
         def copy(f: asyncio.Future[UploadResult]) -> None:
             if target.done():
@@ -380,19 +389,7 @@ class AsyncUploader:
                     ) from exc
             result = await self._transfer(prepared)
         except BaseException as exc:
-            self._stager.forget(staged)
-            if isinstance(exc, asyncio.CancelledError):
-                cause: BaseException = TimeoutError(
-                    f"upload of {name!r} did not finish before the uploader closed"
-                )
-            else:
-                cause = exc
-            self._failures.append(FailedUpload(name, str(staged.path), cause))
-            self._count(files_failed=1)
-            self._emit(EventKind.FAILED, name, staged.size, error=cause)
-            log.warning("upload of %r failed: %s", name, cause)
-            if not future.done():
-                future.set_exception(cause)
+            self._record_failure(prepared, future, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
@@ -406,6 +403,25 @@ class AsyncUploader:
         finally:
             if self._chains.get(name) is future:
                 del self._chains[name]
+
+    def _record_failure(
+        self, prepared: _Prepared, future: asyncio.Future[UploadResult], exc: BaseException
+    ) -> None:
+        """Report a failed (or cancelled) upload once; its staged copy is kept and named."""
+        name, staged = prepared.name, prepared.staged
+        self._stager.forget(staged)
+        if isinstance(exc, asyncio.CancelledError):
+            cause: BaseException = TimeoutError(
+                f"upload of {name!r} did not finish before the uploader closed"
+            )
+        else:
+            cause = exc
+        self._failures.append(FailedUpload(name, str(staged.path), cause))
+        self._count(files_failed=1)
+        self._emit(EventKind.FAILED, name, staged.size, error=cause)
+        log.warning("upload of %r failed: %s", name, cause)
+        if not future.done():
+            future.set_exception(cause)
 
     # -- transfer ---------------------------------------------------------------------------
 
