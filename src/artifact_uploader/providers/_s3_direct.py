@@ -35,6 +35,10 @@ import botocore.exceptions
 import yarl
 
 _UNSIGNED: Final = "UNSIGNED-PAYLOAD"
+# Bodies up to this size go out in one write; larger ones in slices (see _Body).
+_WHOLE_WRITE: Final = 256 * 1024
+_FIRST_WRITE: Final = 16 * 1024
+_SLICE: Final = 1024 * 1024
 _SIGV4_AUTH_TYPES: Final = frozenset({"v4", "s3v4"})
 # Request parameters (botocore names) this path turns into headers; anything else falls back.
 _HEADER_PARAMS: Final = {
@@ -55,6 +59,23 @@ class _Body(aiohttp.payload.BytesPayload):
     def __init__(self, value: bytes) -> None:
         aiohttp.payload.Payload.__init__(self, value, content_type="application/octet-stream")
         self._size = len(value)
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        view = memoryview(self._value)
+        if content_length is not None:
+            view = view[:content_length]
+        if len(view) <= _WHOLE_WRITE:
+            await writer.write(view)
+            return
+        # aiohttp joins the buffered headers with the first chunk into a new buffer (on Python
+        # before 3.12.9), and the transport copies whatever the socket does not take at once:
+        # a small first piece and 1 MiB slices after it keep a part from being copied whole.
+        await writer.write(view[:_FIRST_WRITE])
+        for start in range(_FIRST_WRITE, len(view), _SLICE):
+            await writer.write(view[start : start + _SLICE])
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
