@@ -446,7 +446,8 @@ class AsyncUploader:
         name, staged, overwrite = prepared.name, prepared.staged, prepared.overwrite
         provider = self.provider
         size = staged.size
-        if isinstance(provider, MultipartProvider) and size >= self.parts.threshold:
+        # Size first: a runtime-checkable Protocol isinstance costs tens of microseconds.
+        if size >= self.parts.threshold and isinstance(provider, MultipartProvider):
             put = await self._multipart(provider, prepared)
         else:
             data = FileSlice(staged.path, 0, size)

@@ -178,6 +178,8 @@ class DirectS3:
             # environment's proxies and ~/.netrc up again in a worker thread on every request.
             trust_env=False,
             auto_decompress=False,
+            # S3 sets no cookies: skip the jar's per-request filtering and updating.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return cls(
             endpoint=endpoint,
