@@ -245,7 +245,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     workloads = [w["name"] for w in doc["params"]["workloads"]]
-    fig, axes = plt.subplots(2, len(workloads), figsize=(4.2 * len(workloads), 7), squeeze=False)
+    fig, axes = plt.subplots(3, len(workloads), figsize=(4.2 * len(workloads), 10), squeeze=False)
     styles = {"ours": "o-", "ours-procs": "D-", "boto3": "s--", "obstore": "^:"}
     for col, wl in enumerate(workloads):
         small = not any(
@@ -269,11 +269,20 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             lab = TOOL_LABEL.get(tool, tool)
             axes[0][col].plot(xs, [r["mb_per_s"] for r in rows], styles.get(tool, "x-"), label=lab)
             axes[1][col].plot(xs, [r[key] for r in rows], styles.get(tool, "x-"), label=lab)
+            inter = [(r["concurrency"], r["interference"]) for r in rows if r.get("interference")]
+            if inter:
+                axes[2][col].plot(*zip(*inter, strict=True), styles.get(tool, "x-"), label=lab)
         axes[0][col].set_title(f"{wl}: throughput")
         axes[0][col].set_ylabel("MB/s")
         axes[1][col].set_title(f"{wl}: CPU cost")
         axes[1][col].set_ylabel(label)
-        for ax in (axes[0][col], axes[1][col]):
+        if not any(r.get("interference") for r in doc["results"] if r["workload"] == wl):
+            axes[2][col].text(
+                0.5, 0.5, "not measured", ha="center", transform=axes[2][col].transAxes
+            )
+        axes[2][col].set_title(f"{wl}: interference (1 = none)")
+        axes[2][col].set_ylabel("loop rate while uploading / alone")
+        for ax in (axes[0][col], axes[1][col], axes[2][col]):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("concurrency")
             if xs_all:
@@ -378,10 +387,46 @@ def markdown(doc: dict[str, Any]) -> str:
                 + " |"
             ]
         lines.append("")
-    lines += ["![throughput and CPU cost against concurrency](benchmarks.png)", ""]
+    lines += _ratios_md(doc)
+    lines += ["![throughput, CPU cost and interference against concurrency](benchmarks.png)", ""]
     lines += _staging_md(doc)
     lines += _events_md(doc)
     return "\n".join(lines) + "\n"
+
+
+def _ratios_md(doc: dict[str, Any]) -> list[str]:
+    by = _by(doc)
+    rows = []
+    for (tool, wl, c), ours in by.items():
+        if tool != "ours":
+            continue
+        row = [wl, str(c)]
+        for other in ("boto3", "obstore"):
+            theirs = by.get((other, wl, c))
+            for key in ("cpu_per_object_ms", "mb_per_s"):
+                row.append(f"{ours[key] / theirs[key]:.2f}" if theirs and theirs.get(key) else "-")
+        rows.append(row)
+    if not rows:
+        return []
+    lines = [
+        "### Ratios: artifact_uploader (thread) / the others, same run, same concurrency",
+        "",
+        "CPU below 1: artifact_uploader spends less client CPU for the same bytes. Throughput "
+        "above 1: it is faster.",
+        "",
+    ]
+    lines += _md_table(
+        [
+            "workload",
+            "conc",
+            "CPU vs boto3",
+            "throughput vs boto3",
+            "CPU vs obstore",
+            "throughput vs obstore",
+        ],
+        rows,
+    )
+    return [*lines, ""]
 
 
 def _scratch_line(doc: dict[str, Any]) -> str:
