@@ -54,6 +54,7 @@ import aiohttp
 import anyio.to_thread
 import google_crc32c as _google_crc32c
 from gcloud.aio.storage import Storage
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .._errors import (
@@ -601,6 +602,8 @@ class GCSProvider:
         if isinstance(exc, ProviderError):
             return exc
         if isinstance(exc, aiohttp.ClientResponseError):
+            # It becomes the __cause__ of what we raise: its repr must not carry the token.
+            _redact_request_headers(exc)
             if not self._is_storage_url(exc):
                 return _auth_error(exc)
             status = exc.status
@@ -672,6 +675,23 @@ class GCSProvider:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _redact_request_headers(exc: aiohttp.ClientResponseError) -> None:
+    """Blank the Authorization header aiohttp keeps in the error's ``request_info`` (in place)."""
+    info = getattr(exc, "request_info", None)
+    headers = getattr(info, "headers", None)
+    if info is None or not headers or "Authorization" not in headers:
+        return
+    clean = CIMultiDict(headers)
+    clean["Authorization"] = "<redacted>"
+    try:
+        redacted = info._replace(headers=CIMultiDictProxy(clean))
+    except (AttributeError, TypeError):
+        return
+    exc.request_info = redacted
+    # repr() and the traceback show args, which hold the same request_info.
+    exc.args = tuple(redacted if a is info else a for a in exc.args)
 
 
 def _service_file_option(opts: dict[str, object]) -> str | None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -48,7 +49,7 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
-from ._s3_direct import DirectS3
+from ._s3_direct import DirectS3, read_body
 
 _S3_LIMITS: Final = PartLimits(
     min_part_size=5 * MiB, max_part_size=5 * 1024 * MiB, max_parts=10_000
@@ -144,7 +145,67 @@ class _Credentials:
         return text
 
 
-def _crc32c_b64(data: bytes) -> str:
+class _ScrubLogs(logging.Filter):
+    """Redacts explicit credentials from the SDKs' log records.
+
+    botocore logs request headers (the session token, the access key id in Authorization), the
+    strings it signs and response bodies at DEBUG; a user who turns DEBUG on must not get the
+    credentials in their logs. Installed on the SDK loggers while a provider is open.
+    """
+
+    def __init__(self, credentials: _Credentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = self._credentials.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._credentials.scrub(
+                logging.Formatter().formatException(record.exc_info)
+            )
+        return True
+
+
+def _sdk_loggers() -> list[logging.Logger]:
+    """The loggers of the SDK stack under this provider (a filter applies to its own logger
+    only, not to records its children propagate, so every existing child is included)."""
+    roots = ("botocore", "aiobotocore", "aiohttp", "urllib3")
+    names = {n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in roots}
+    return [logging.getLogger(n) for n in sorted(names.union(roots))]
+
+
+def _chain_credentials(client: Any) -> _Credentials | None:
+    """Static credentials botocore found in its default chain (environment, profile), to scrub
+    from its logs as well; None for refreshable ones (instance roles), or on any doubt."""
+    found = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if found is None or "Refresh" in type(found).__name__:
+        return None
+    key, secret, token = (getattr(found, a, None) for a in ("access_key", "secret_key", "token"))
+    if isinstance(key, str) and isinstance(secret, str):
+        return _Credentials(key, secret, token if isinstance(token, str) else None)
+    return None
+
+
+def _install_log_scrubber(credentials: _Credentials) -> Callable[[], None]:
+    scrubber = _ScrubLogs(credentials)
+    loggers = _sdk_loggers()
+    for logger in loggers:
+        logger.addFilter(scrubber)
+
+    def uninstall() -> None:
+        for logger in loggers:
+            logger.removeFilter(scrubber)
+
+    return uninstall
+
+
+def _crc32c_b64(data: bytes | memoryview) -> str:
     # botocore's wrapper over awscrt's native CRC32C (the botocore[crt] extra).
     crc = botocore.httpchecksum.CrtCrc32cChecksum()
     crc.update(data)
@@ -461,6 +522,9 @@ class S3Provider:
             raise ProviderError(
                 self._scrub(f"cannot create the S3 client for bucket {self.bucket!r}: {exc}")
             ) from exc
+        scrub_creds = creds or _chain_credentials(client)
+        if scrub_creds is not None:
+            stack.callback(_install_log_scrubber(scrub_creds))
         if self.checksum:
             # Only with our own CRC32C: the fast path sends UNSIGNED-PAYLOAD like botocore does
             # here, and leaves payload signing (checksum=None) to botocore.
@@ -523,7 +587,7 @@ class S3Provider:
                 name=name,
                 uri=self.uri(name),
             )
-        body = await data.read()
+        body = await (read_body(data) if self._direct is not None else data.read())
         note_progress()
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
         ours = self._add_checksum(params, body)
@@ -567,7 +631,7 @@ class S3Provider:
     ) -> PartResult:
         """One UploadPart; returns the part's ETag and (when enabled) the CRC32C S3 verified."""
         client = self._live_client()
-        body = await data.read()
+        body = await (read_body(data) if self._direct is not None else data.read())
         note_progress()
         params: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -677,7 +741,7 @@ class S3Provider:
             )
         return {"checksum_algorithm": "crc32c", "checksum": theirs}
 
-    def _add_checksum(self, params: dict[str, Any], body: bytes) -> str | None:
+    def _add_checksum(self, params: dict[str, Any], body: bytes | memoryview) -> str | None:
         """Put our CRC32C of ``body`` in the request (as a header botocore will not recompute)."""
         if not self.checksum:
             return None
