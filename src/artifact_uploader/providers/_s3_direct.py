@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import mmap
 import ssl
 import time
 from typing import Any, Final
@@ -34,11 +35,15 @@ import aiohttp.payload
 import botocore.exceptions
 import yarl
 
+from .._types import FileSlice
+
 _UNSIGNED: Final = "UNSIGNED-PAYLOAD"
 # Bodies up to this size go out in one write; larger ones in slices (see _Body).
 _WHOLE_WRITE: Final = 256 * 1024
 _FIRST_WRITE: Final = 16 * 1024
 _SLICE: Final = 1024 * 1024
+# Bodies from this size are read into their own anonymous mapping (see read_body).
+_MAPPED_READ: Final = 1024 * 1024
 _SIGV4_AUTH_TYPES: Final = frozenset({"v4", "s3v4"})
 # Request parameters (botocore names) this path turns into headers; anything else falls back.
 _HEADER_PARAMS: Final = {
@@ -56,7 +61,7 @@ class _Body(aiohttp.payload.BytesPayload):
     warning is left out.
     """
 
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes | memoryview) -> None:
         aiohttp.payload.Payload.__init__(self, value, content_type="application/octet-stream")
         self._size = len(value)
 
@@ -76,6 +81,44 @@ class _Body(aiohttp.payload.BytesPayload):
         await writer.write(view[:_FIRST_WRITE])
         for start in range(_FIRST_WRITE, len(view), _SLICE):
             await writer.write(view[start : start + _SLICE])
+
+
+async def read_body(data: FileSlice) -> bytes | memoryview:
+    """The bytes of ``data``; large ranges in an anonymous memory mapping of their own.
+
+    Parts of 8 MiB and more, read by worker threads and freed on the loop thread, would
+    otherwise land in glibc's per-thread arenas once its adaptive mmap threshold has grown
+    past them, and freed parts would stay resident: peak RSS then creeps well past the parts
+    actually in flight. A mapping is returned to the kernel the moment its last reference
+    goes, so memory stays bounded by part size x concurrency.
+    """
+    if data.length < _MAPPED_READ:
+        return await data.read()
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(_read_mapped, data)
+
+
+def _read_mapped(data: FileSlice) -> memoryview:
+    buf = mmap.mmap(-1, data.length)
+    try:
+        view = memoryview(buf)
+        got = 0
+        with open(data.path, "rb", buffering=0) as f:
+            f.seek(data.offset)
+            while got < data.length:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != data.length:
+            raise OSError(f"{data.path}: expected {data.length} bytes at {data.offset}, got {got}")
+        # The view keeps the mapping alive; dropping the view unmaps it.
+        return view
+    except BaseException:
+        del view
+        buf.close()
+        raise
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -206,7 +249,7 @@ class DirectS3:
     async def _put(self, op: str, params: dict[str, Any], query: str) -> dict[str, Any]:
         params.pop("Bucket")
         key: str = params.pop("Key")
-        body: bytes = params.pop("Body")
+        body: bytes | memoryview = params.pop("Body")
         headers = {"host": self._host, "x-amz-content-sha256": _UNSIGNED}
         for name, value in params.items():
             headers[_HEADER_PARAMS[name]] = str(value)

@@ -49,7 +49,7 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
-from ._s3_direct import DirectS3
+from ._s3_direct import DirectS3, read_body
 
 _S3_LIMITS: Final = PartLimits(
     min_part_size=5 * MiB, max_part_size=5 * 1024 * MiB, max_parts=10_000
@@ -205,7 +205,7 @@ def _install_log_scrubber(credentials: _Credentials) -> Callable[[], None]:
     return uninstall
 
 
-def _crc32c_b64(data: bytes) -> str:
+def _crc32c_b64(data: bytes | memoryview) -> str:
     # botocore's wrapper over awscrt's native CRC32C (the botocore[crt] extra).
     crc = botocore.httpchecksum.CrtCrc32cChecksum()
     crc.update(data)
@@ -587,7 +587,7 @@ class S3Provider:
                 name=name,
                 uri=self.uri(name),
             )
-        body = await data.read()
+        body = await (read_body(data) if self._direct is not None else data.read())
         note_progress()
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
         ours = self._add_checksum(params, body)
@@ -631,7 +631,7 @@ class S3Provider:
     ) -> PartResult:
         """One UploadPart; returns the part's ETag and (when enabled) the CRC32C S3 verified."""
         client = self._live_client()
-        body = await data.read()
+        body = await (read_body(data) if self._direct is not None else data.read())
         note_progress()
         params: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -741,7 +741,7 @@ class S3Provider:
             )
         return {"checksum_algorithm": "crc32c", "checksum": theirs}
 
-    def _add_checksum(self, params: dict[str, Any], body: bytes) -> str | None:
+    def _add_checksum(self, params: dict[str, Any], body: bytes | memoryview) -> str | None:
         """Put our CRC32C of ``body`` in the request (as a header botocore will not recompute)."""
         if not self.checksum:
             return None
