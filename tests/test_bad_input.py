@@ -80,6 +80,7 @@ import pytest
 
 import artifact_uploader
 from artifact_uploader import (
+    AsyncUploader,
     ConfigError,
     InvalidObjectNameError,
     LogLevel,
@@ -443,6 +444,44 @@ def test_bad_input(world: World, case: Case) -> None:
     # Raised by the call itself, not by a later one: the traceback starts in this test's lambda.
     assert info.traceback[1].frame.code.name == "<lambda>"
     world.assert_nothing_half_written()
+
+
+_ASYNC_SUBMIT_CASES = [
+    ("missing-path", SourceFileError, "nope.pt", lambda w: (w.src_dir / "nope.pt", "m")),
+    ("directory", SourceFileError, "src", lambda w: (w.src_dir, "d")),
+    ("fifo", SourceFileError, "fifo", lambda w: (w.src_dir / "fifo", "f")),
+    ("empty-name", InvalidObjectNameError, "''", lambda w: (w.src, "")),
+    ("nul-in-name", InvalidObjectNameError, "\\x00", lambda w: (w.src, "a\x00b")),
+    ("dotdot-local", InvalidObjectNameError, "'../x'", lambda w: (w.src, "../x")),
+    ("absolute-local", InvalidObjectNameError, "'/x'", lambda w: (w.src, "/x")),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("case_id", "raises", "needle", "args"),
+    _ASYNC_SUBMIT_CASES,
+    ids=[c[0] for c in _ASYNC_SUBMIT_CASES],
+)
+async def test_bad_input_async_submit(
+    world: World,
+    case_id: str,
+    raises: type[UploadError],
+    needle: str,
+    args: Callable[[World], tuple[Any, str]],
+) -> None:
+    """The same refusals through AsyncUploader.submit: raised by the awaited call itself."""
+    path, name = args(world)
+    async with AsyncUploader(world.store.as_uri(), staging_dir=world.staging) as up:
+        with pytest.raises(raises) as info:
+            await up.submit(path, name)
+        assert_documented(info.value)
+        assert needle in str(info.value), str(info.value)
+        assert tree(world.staging / "staged") == set()
+        await up.upload(world.ok, "after.bin")
+    assert tree(world.store) == {"after.bin"}
+    assert load(world.staging) == ([], [])
+    assert world.source_state() == world.snapshot
 
 
 def test_matrix_has_at_least_twenty_distinct_inputs() -> None:

@@ -28,6 +28,7 @@ import pytest
 from artifact_uploader import (
     MemoryProvider,
     ObjectExistsError,
+    ObjectStoreLogger,
     PartPolicy,
     Uploader,
     UploadFailedError,
@@ -193,8 +194,9 @@ def _leave_pending(staging: Path, sources: dict[str, Path]) -> None:
     assert {e.name for e in load(staging)[0]} == set(sources)
 
 
+@pytest.mark.parametrize("entry", ["Uploader.resume", "ObjectStoreLogger(resume=True)"])
 def test_resume_accepts_an_object_that_landed_before_its_done_line(
-    moto_server: MotoServer, moto_s3: Any, s3_bucket: str, tmp_path: Path
+    moto_server: MotoServer, moto_s3: Any, s3_bucket: str, tmp_path: Path, entry: str
 ) -> None:
     """overwrite=False entries whose object is already there, byte for byte (the ``done`` line
     is written without fsync, and a kill can come after the store answered but before the line
@@ -228,9 +230,21 @@ def test_resume_accepts_an_object_that_landed_before_its_done_line(
     # And an upload of small.bin the journal never heard of (created, then the crash).
     moto_s3.create_multipart_upload(Bucket=s3_bucket, Key="run/small.bin")
 
-    report = Uploader.resume(
-        staging, f"s3://{s3_bucket}/run", provider_kwargs=moto_server.options(), parts=PARTS
-    )
+    if entry == "Uploader.resume":
+        report = Uploader.resume(
+            staging, f"s3://{s3_bucket}/run", provider_kwargs=moto_server.options(), parts=PARTS
+        )
+    else:
+        with ObjectStoreLogger(
+            "s3",
+            f"{s3_bucket}/run",
+            provider_kwargs=moto_server.options(),
+            upload_staging_folder=staging,
+            parts=PARTS,
+            resume=True,
+        ) as logger:
+            assert logger.resume_report is not None
+            report = logger.resume_report
 
     assert sorted(report.already_present) == ["large.bin", "small.bin"]
     assert report.uploaded == []
