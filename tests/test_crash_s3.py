@@ -9,6 +9,10 @@ a multipart upload was sent" or, better, "an ``overwrite=False`` object is in th
 ``done`` line is not written yet, while a multipart upload is half sent", and then holds the
 upload loop still, so the state the parent kills is the state the marker describes (parts sent,
 uploads unfinished, other requests possibly still on the wire).
+
+The last tests check the same resume rule (an ``overwrite=False`` object that landed before the
+crash is accepted when it holds exactly the staged bytes, refused otherwise) on fake-gcs-server
+and Azurite.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 from artifact_uploader import (
@@ -35,6 +40,8 @@ from artifact_uploader import (
 )
 from artifact_uploader._journal import JOURNAL_FILE, load
 from tests.conftest import wait_until
+from tests.servers.azurite import AzureContainer
+from tests.servers.fake_gcs import FakeGCSServer
 from tests.servers.moto import MotoServer, list_multipart_uploads, list_s3_keys, read_s3_object
 
 MiB = 1024 * 1024
@@ -275,3 +282,50 @@ def test_resume_refuses_to_replace_a_different_object(
     assert read_s3_object(moto_s3, s3_bucket, "run/mine.bin") == b"someone else's"
     assert [e.name for e in load(staging)[0]] == ["mine.bin"]
     assert (staging / JOURNAL_FILE).exists()
+
+
+# -- the same on the other stores ----------------------------------------------------------------
+
+
+def _landed_then_resumed(store: str, options: dict[str, Any], tmp_path: Path) -> None:
+    """An overwrite=False entry that landed (uploaded here first, with the same bytes) and one
+    that differs: resume completes the first, refuses the second and keeps it journalled."""
+    same, other = os.urandom(3000), b"my version"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same.bin").write_bytes(same)
+    (src / "other.bin").write_bytes(other)
+    staging = tmp_path / "staging"
+    _leave_pending(staging, {"same.bin": src / "same.bin", "other.bin": src / "other.bin"})
+    with Uploader(store, provider_kwargs=options) as up:
+        up.upload(src / "same.bin", "same.bin")
+        (tmp_path / "theirs.bin").write_bytes(b"their version")
+        up.upload(tmp_path / "theirs.bin", "other.bin")
+    with pytest.raises(UploadFailedError) as info:
+        Uploader.resume(staging, store, provider_kwargs=options)
+    (failure,) = info.value.failures
+    assert failure.name == "other.bin" and isinstance(failure.cause, ObjectExistsError)
+    assert [e.name for e in load(staging)[0]] == ["other.bin"]
+
+
+def test_resume_on_gcs_accepts_landed_object(
+    fake_gcs_server: FakeGCSServer, gcs_bucket: str, tmp_path: Path
+) -> None:
+    _landed_then_resumed(f"gs://{gcs_bucket}/run", fake_gcs_server.options(), tmp_path)
+    assert fake_gcs_server.read_object(gcs_bucket, "run/other.bin") == b"their version"
+
+
+@pytest.mark.asyncio
+async def test_resume_on_azure_accepts_landed_object(
+    azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    server = azure_container.server
+    options = {
+        "account_url": server.account_url,
+        "account_name": server.account_name,
+        "account_key": server.account_key,
+    }
+    await anyio.to_thread.run_sync(
+        _landed_then_resumed, f"az://{azure_container.name}/run", options, tmp_path
+    )
+    assert await azure_container.read("run/other.bin") == b"their version"

@@ -12,6 +12,7 @@ A corrupt or truncated line (a crash mid-append) is reported and skipped, never 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -196,7 +197,8 @@ async def already_stored(
     Used by resume for ``overwrite=False`` entries: the upload may have landed just before the
     crash, with its ``done`` line lost (or never written). Local and memory stores compare the
     bytes; S3 compares the size and the MD5 ETag (single PUT, or the multipart ETag recomputed
-    with ``part_size``). Anything else, or any doubt, is False.
+    with ``part_size``); GCS and Azure compare the size and the MD5 the store keeps for the
+    object. Anything else, or any doubt, is False.
     """
     import anyio.to_thread
 
@@ -217,6 +219,21 @@ async def already_stored(
                 return False
             etag = str(head.get("ETag") or "").strip('"')
             return await anyio.to_thread.run_sync(_etag_matches, etag, path, size, part_size)
+        scheme = getattr(provider, "scheme", None)
+        storage = getattr(provider, "_storage", None)
+        if scheme == "gs" and storage is not None:
+            key = f"{provider.prefix}/{name}" if provider.prefix else name
+            meta = await storage.download_metadata(provider.bucket, key)
+            if int(meta.get("size", -1)) != size:
+                return False
+            md5 = await anyio.to_thread.run_sync(_md5, path)
+            return bool(meta.get("md5Hash")) and meta["md5Hash"] == base64.b64encode(md5).decode()
+        if scheme == "az" and getattr(provider, "_container", None) is not None:
+            props = await provider._blob(name).get_blob_properties()
+            stored = props.content_settings.content_md5
+            if props.size != size or not stored:
+                return False
+            return bytes(stored) == await anyio.to_thread.run_sync(_md5, path)
     except Exception as exc:
         log.debug("could not compare %r with the stored object: %s", name, type(exc).__name__)
     return False
@@ -252,19 +269,26 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.is_file() and filecmp.cmp(a, b, shallow=False)
 
 
+def _md5(path: Path) -> bytes:
+    import hashlib
+
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
 def _etag_matches(etag: str, path: Path, size: int, part_size: int | None) -> bool:
     import hashlib
 
     digest, _, count = etag.partition("-")
+    if not count:
+        return _md5(path).hex() == digest
+    if part_size is None or not count.isdigit() or -(-size // part_size) != int(count):
+        return False
+    parts = b""
     with open(path, "rb") as f:
-        if not count:
-            h = hashlib.md5(usedforsecurity=False)
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-            return h.hexdigest() == digest
-        if part_size is None or -(-size // part_size) != int(count):
-            return False
-        parts = b""
         while chunk := f.read(part_size):
             parts += hashlib.md5(chunk, usedforsecurity=False).digest()
     return hashlib.md5(parts, usedforsecurity=False).hexdigest() == digest
