@@ -170,6 +170,8 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
     st = doc["staging"]
     rows = st["rows"]
     sizes = sorted({r["size"] for r in rows})
+    if not rows:
+        return [*out, *_events_summary(doc)]
     copy = [r["vs_copyfile"] for r in rows if r["method"] == "copy"]
     met, text = _verdict(copy, 1.15, at_most=True)
     out.append(
@@ -197,6 +199,11 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
             + ("" if sizes[-1] >= 1024**3 else " (1 GiB not measured in --quick)"),
         }
     )
+    return [*out, *_events_summary(doc)]
+
+
+def _events_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     ev = doc.get("events", [])
     if ev:
         ratios = []
@@ -453,6 +460,8 @@ def _size_any(n: int) -> str:
 
 def _staging_md(doc: dict[str, Any]) -> list[str]:
     st = doc["staging"]
+    if not st["rows"]:
+        return []
     lines = [
         "## Staging: how long submit blocks",
         "",
@@ -517,13 +526,16 @@ def _why(doc: dict[str, Any]) -> list[str]:
     by = _by(doc)
     st = doc["staging"]
     lines = ["### Notes on the targets", ""]
+    create_us = (doc.get("filesystem") or {}).get("scratch_create_us") or st.get(
+        "file_create_us", 0.0
+    )
     small = [r for r in doc["results"] if r["workload"] == "small"]
     if small:
         lines.append(
             "- **CPU per small object.** artifact_uploader copies each file into its staging "
             "folder before `submit` returns (boto3 and obstore read the source in place, so a "
             "later change to the file leaks into their upload); creating a file there costs "
-            f"{st['file_create_us']:.0f} us on this machine, and the copy itself is a kernel "
+            f"{create_us:.0f} us in this run's scratch folder, and the copy itself is a kernel "
             "`copy_file_range`. PutObject and UploadPart go out as one SigV4-signed aiohttp "
             "request each (endpoint and credentials resolved once at open) instead of through "
             "botocore's per-call machinery, and the sync facade hands a staged file to the "

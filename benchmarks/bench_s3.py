@@ -110,6 +110,9 @@ def run_cell(
         "spin_seconds": spin_seconds,
         "events": events,
     }
+    # Write back the previous cell's dirty pages (staged copies, moto's spooled parts) now,
+    # not during this cell.
+    os.sync()
     res = h.run_child(CELLS, spec)
     n, size = workload["count"], workload["size"]
     # The objects really landed (count and bytes): a silent no-op cannot look fast.
@@ -159,11 +162,22 @@ def main() -> None:
         "system temp folder); staging cost depends on its filesystem",
     )
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of tools")
+    ap.add_argument(
+        "--only",
+        help="comma-separated subset of: small, large, huge, latency, events, staging",
+    )
+    ap.add_argument("--levels", help="comma-separated concurrency levels (default 1,2,4,8,16,32)")
     args = ap.parse_args()
 
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
     conc_levels = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32]
+    if args.levels:
+        conc_levels = [int(x) for x in args.levels.split(",")]
+    parts = {"small", "large", "huge", "latency", "events", "staging"}
+    only = set(args.only.split(",")) if args.only else parts
+    if only - parts:
+        ap.error(f"unknown --only parts {sorted(only - parts)}; known: {', '.join(sorted(parts))}")
     spin_seconds = 0.25 if quick else 0.5
     started = time.perf_counter()
     out = args.out or (Path(tempfile.gettempdir()) / "artifact-uploader-bench" if quick else h.DOCS)
@@ -173,20 +187,24 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown tools {sorted(unknown)}; known: {', '.join(TOOLS)}")
 
-    workloads: list[dict[str, Any]] = [
-        {"name": "small", "count": 100 if quick else 500, "size": 64 * h.KiB},
-        {"name": "large", "count": 2 if quick else 4, "size": (32 if quick else 64) * h.MiB},
-    ]
-    if not quick and not args.skip_huge:
+    small_wl = {"name": "small", "count": 100 if quick else 500, "size": 64 * h.KiB}
+    workloads: list[dict[str, Any]] = []
+    if "small" in only:
+        workloads.append(small_wl)
+    if "large" in only:
+        workloads.append(
+            {"name": "large", "count": 2 if quick else 4, "size": (32 if quick else 64) * h.MiB}
+        )
+    if not quick and not args.skip_huge and "huge" in only:
         workloads.append({"name": "1 GiB", "count": 1, "size": h.GiB})
-    if args.latency_ms > 0:
+    if args.latency_ms > 0 and "latency" in only:
         workloads.append(
             {
                 "name": f"small @ {args.latency_ms:g} ms",
                 "count": 100 if quick else 500,
                 "size": 64 * h.KiB,
                 "latency": True,
-                "levels": [1, 16] if quick else conc_levels,
+                "levels": [1, 16] if quick and not args.levels else conc_levels,
             }
         )
 
@@ -219,27 +237,32 @@ def main() -> None:
         if "obstore" in tools and not _obstore_installed():
             tools.remove("obstore")
             notes["obstore"] = "obstore is not installed (pip install obstore)"
+        small_wl["dir"] = scratch / "data" / "small"
+        if "small" in only or "latency" in only or "events" in only:
+            h.make_files(small_wl["dir"], small_wl["count"], small_wl["size"])
         for wl in workloads:
-            wl["dir"] = scratch / "data" / wl["name"].replace(" ", "").replace("@", "-")
             if wl.get("latency"):
-                wl["dir"] = next(w["dir"] for w in workloads if w["name"] == "small")
-            else:
+                wl["dir"] = small_wl["dir"]  # the same files, through the proxy
+            elif wl is not small_wl:
+                wl["dir"] = scratch / "data" / wl["name"].replace(" ", "")
                 h.make_files(wl["dir"], wl["count"], wl["size"])
         server = h.start_moto(scratch)
         proxy = None
         try:
             bucket = f"bench-{uuid.uuid4().hex[:12]}"
             server.client("s3").create_bucket(Bucket=bucket)
-            endpoint = server.endpoint_url
-            if args.latency_ms > 0:
+            endpoint = proxy_url = server.endpoint_url
+            if any(wl.get("latency") for wl in workloads):
                 proxy_url, proxy = h.start_proxy(
                     endpoint.removeprefix("http://"), args.latency_ms, scratch
                 )
             for wl in workloads:
                 levels = wl.get("levels", conc_levels)
                 huge = wl["size"] >= h.GiB
-                for conc in levels:
-                    for tool in tools:
+                for li, conc in enumerate(levels):
+                    # Rotate who goes first at each level, so that no tool always meets the
+                    # server right after a reset (or right after the heaviest neighbour).
+                    for tool in tools[li % len(tools) :] + tools[: li % len(tools)]:
                         reps = 1 if huge or wl.get("latency") else repeat
                         runs = [
                             run_cell(
@@ -265,8 +288,8 @@ def main() -> None:
                     server.reset()
                     server.client("s3").create_bucket(Bucket=bucket)
             # Progress events: the same small workload with an on_event callback and without.
-            small = workloads[0]
-            for conc in [4] if quick else [4, 16]:
+            small = small_wl
+            for conc in ([4] if quick else [4, 16]) if "events" in only else []:
                 for events in [False, True] * (2 if quick else 3):
                     r = run_cell(
                         "ours",
@@ -287,13 +310,17 @@ def main() -> None:
             if proxy is not None:
                 h.stop(proxy)
             h.stop(server.process)
-        print("  staging modes...", file=sys.stderr)
-        staging = run_staging(
-            [h.MiB, 64 * h.MiB] if quick else [h.MiB, 64 * h.MiB, h.GiB],
-            5 if quick else 7,
-            scratch,
-        )
+        staging: dict[str, Any] = {"rows": [], "reflink_supported": False}
+        if "staging" in only:
+            print("  staging modes...", file=sys.stderr)
+            staging = run_staging(
+                [h.MiB, 64 * h.MiB] if quick else [h.MiB, 64 * h.MiB, h.GiB],
+                5 if quick else 7,
+                scratch,
+            )
 
+    order = {wl["name"]: i for i, wl in enumerate(workloads)}
+    results.sort(key=lambda r: (order[r["workload"]], r["concurrency"], TOOLS.index(r["tool"])))
     doc = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["benchmarks/bench_s3.py", *sys.argv[1:]]),
