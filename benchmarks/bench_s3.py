@@ -110,9 +110,10 @@ def run_cell(
         "spin_seconds": spin_seconds,
         "events": events,
     }
-    # Write back the previous cell's dirty pages (staged copies, moto's spooled parts) now,
-    # not during this cell.
-    os.sync()
+    if workload["size"] >= 16 * h.MiB:
+        # Write back the previous cell's dirty pages (staged copies, moto's spooled parts)
+        # now, not during this cell.
+        os.sync()
     res = h.run_child(CELLS, spec)
     n, size = workload["count"], workload["size"]
     # The objects really landed (count and bytes): a silent no-op cannot look fast.
