@@ -57,7 +57,7 @@ _CHILD = textwrap.dedent(
     spec = json.loads(sys.argv[1])
     big = set(spec["big"])
     conditional = {name for _, name, overwrite in spec["files"] if not overwrite}
-    parts_sent, done = set(), set()
+    sent, done = {}, set()
     all_staged = threading.Event()
     marker = Path(spec["marker"])
 
@@ -65,15 +65,18 @@ _CHILD = textwrap.dedent(
         # Runs on the upload loop; the loop stands still from the marker until SIGKILL.
         if event.kind is EventKind.DONE:
             done.add(event.name)
-        if event.kind is not EventKind.BYTES_SENT or not all_staged.is_set():
+        if event.kind is not EventKind.BYTES_SENT:
             return
-        if event.name in big:
-            parts_sent.add(event.name)
-        if event.name in conditional - big and parts_sent - done:
+        sent[event.name] = sent.get(event.name, 0) + 1
+        if not all_staged.is_set():
+            return
+        # A multipart upload with parts still to send cannot have its completion on the wire.
+        unfinished = [b for b in big if 0 < sent.get(b, 0) < spec["parts"]]
+        if event.name in conditional - big and unfinished:
             # An overwrite=False object is in the store and its "done" line not yet written,
             # while a multipart upload is half sent: the worst moment to die.
             why = "landed"
-        elif event.name in big and not conditional - big - done:
+        elif event.name in unfinished and not conditional - big - done:
             why = "part"  # no small overwrite=False upload left to catch in the act
         else:
             return
@@ -97,15 +100,19 @@ _CHILD = textwrap.dedent(
 )
 
 
+BIG_AT = (0, 24, 25, 49)
+
+
 def _make_sources(folder: Path) -> tuple[list[tuple[str, str, bool]], dict[str, bytes], list[str]]:
-    """50 files: 4 multipart-sized ones first, then 46 small ones. Odd ones are submitted with
-    overwrite=False."""
+    """50 files in submission order: multipart-sized ones at the start, in the middle and last
+    (so at least one is still uploading once everything is staged), small ones between. Odd
+    ones are submitted with overwrite=False."""
     folder.mkdir()
     files: list[tuple[str, str, bool]] = []
     expected: dict[str, bytes] = {}
     big: list[str] = []
     for i in range(50):
-        size = BIG + i if i < 4 else 1000 + 997 * i
+        size = BIG + i if i in BIG_AT else 1000 + 997 * i
         data = os.urandom(size)
         path = folder / f"f{i:02d}.bin"
         path.write_bytes(data)
@@ -132,6 +139,7 @@ def test_sigkill_mid_multipart_then_resume(
         "part_size": PARTS.part_size,
         "files": files,
         "big": big,
+        "parts": -(-BIG // PARTS.part_size),
         "marker": str(marker),
     }
     proc = subprocess.Popen(
