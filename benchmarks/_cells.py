@@ -254,10 +254,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             "helper_processes": len(others),
         }
         if spec.get("interference"):
-            alone = h.spin_rate(spec.get("spin_seconds", 0.5))
+            before = h.spin_rate(spec.get("spin_seconds", 0.5))
             _, countdown = _upload_all(tool, files, "b")
             chunks, spin_wall, _ = h.spin_until(countdown.event.is_set)
             tool.wait(countdown)
+            # The loop alone, before and after: the machine's speed drifts (other load, clocks).
+            alone = (before + h.spin_rate(spec.get("spin_seconds", 0.5))) / 2
             out["spin_alone_per_s"] = alone
             out["spin_busy_per_s"] = chunks / spin_wall if spin_wall > 0 else None
             out["spin_wall"] = spin_wall

@@ -203,7 +203,11 @@ def start_proxy(upstream: str, latency_ms: float, log_dir: Path) -> tuple[str, A
     if not line.startswith("LISTENING "):
         stop(proc)  # type: ignore[arg-type]
         raise RuntimeError(f"latency proxy did not start (see {log_dir / 'latency_proxy.log'})")
-    pin(SERVER_CPU, proc.pid)
+    # Not pinned: on the server's CPU it would take cycles from moto, on the client's from
+    # the measured process; the scheduler puts it wherever there is room. (It inherited this
+    # process's pin to the client CPU.)
+    if can_pin():
+        os.sched_setaffinity(proc.pid, range(os.cpu_count() or 1))
     return f"http://127.0.0.1:{int(line.split()[1])}", proc
 
 

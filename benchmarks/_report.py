@@ -352,7 +352,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "another process, on the other CPU).",
         f"- **Latency**: the *{next((n for n in wls if n.startswith('small @')), 'small @ N ms')}* "
         "workload goes through `benchmarks/latency_proxy.py`, which holds each request's first "
-        "bytes for that long (one delay per round trip, as a distant endpoint would).",
+        "bytes for that long (one delay per round trip, as a distant endpoint would); the proxy "
+        "is not pinned to either CPU.",
         "- **Workloads**: "
         + "; ".join(f"*{n}* = {w['count']} x {_size_any(w['size'])}" for n, w in wls.items())
         + f". Random bytes. Multipart for files of 16 MiB and more, {PART_MIB} MiB parts, for "
@@ -370,6 +371,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "RSS at the start. Submit = how long each submit call blocked the caller (median and "
         "99th percentile). Interference = iterations per second of a pure-Python loop in the "
         "main thread while the same files upload again, divided by the loop's rate alone "
+        "(measured just before and just after) "
         f"(1.00 = no slowdown). Each cell ran {p['repeat']} time(s); the run with the median wall "
         "time is shown (all wall and CPU times are in `benchmarks.json`); interference comes "
         "from the first run.",
