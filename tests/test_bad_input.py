@@ -16,6 +16,7 @@ directory                        SourceFileError                MATRIX "director
 FIFO (would block a copy)        SourceFileError                MATRIX "fifo"
 path of the wrong type           SourceFileError                MATRIX "path-not-a-path"
 unreadable file (chmod 000)      SourceFileError                test_unreadable_file
+open() refused, os.access yes    SourceFileError                test_unreadable_source_that_...
 empty file                       (valid: a 0-byte object)       test_empty_file_is_a_valid_object*
 empty object name                InvalidObjectNameError         MATRIX "empty-name"
 slash-only name                  InvalidObjectNameError         MATRIX "slash-only-name"
@@ -45,6 +46,9 @@ refused credentials              PermissionDeniedError          test_refused_cre
 unwritable staging folder        StagingError                   test_unwritable_staging_folder
 staging folder on a full disk    StagingError                   test_full_disk_*
 ===============================  =============================  ==================================
+
+The submit-level refusals are also run through ``AsyncUploader.submit``
+(``test_bad_input_async_submit``).
 
 How the permission cases stay honest when the tests run as root (root reads a chmod-000 file and
 writes into a 0555 folder, and ``os.access`` says yes): the call runs in a child Python process
