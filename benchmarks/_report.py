@@ -524,54 +524,95 @@ def _events_md(doc: dict[str, Any]) -> list[str]:
 
 
 def _why(doc: dict[str, Any]) -> list[str]:
-    """Notes on the targets, with the numbers that explain them (misses say what would help)."""
+    """Notes on the targets, with the numbers behind them; misses say what would close them."""
     by = _by(doc)
     st = doc["staging"]
+    results = doc["results"]
     lines = ["### Notes on the targets", ""]
     create_us = (doc.get("filesystem") or {}).get("scratch_create_us") or st.get(
         "file_create_us", 0.0
     )
-    small = [r for r in doc["results"] if r["workload"] == "small"]
-    if small:
-        lines.append(
-            "- **CPU per small object.** artifact_uploader copies each file into its staging "
-            "folder before `submit` returns (boto3 and obstore read the source in place, so a "
-            "later change to the file leaks into their upload); creating a file there costs "
-            f"{create_us:.0f} us in this run's scratch folder, and the copy itself is a kernel "
-            "`copy_file_range`. PutObject and UploadPart go out as one SigV4-signed aiohttp "
-            "request each (endpoint and credentials resolved once at open) instead of through "
-            "botocore's per-call machinery, and the sync facade hands a staged file to the "
-            "loop thread without waiting for it. obstore's Rust core is the floor: no Python "
-            "runs per request there."
+
+    def cpu(tool: str, wl: str, key: str) -> list[float]:
+        return [r[key] for r in results if r["tool"] == tool and r["workload"] == wl]
+
+    if any(r["workload"] == "small" for r in results):
+        ours, boto, obs = (
+            cpu(t, "small", "cpu_per_object_ms") for t in ("ours", "boto3", "obstore")
         )
-    if any(r["workload"] in ("large", "1 GiB") for r in doc["results"]):
         lines.append(
-            "- **Large files.** Throughput against moto is bounded by moto (one core); the "
-            "client-side difference is CPU per GiB: each part is read from the staged file in a "
-            "worker thread, CRC32C'd in native code (awscrt) and written to the socket in one "
-            "call; boto3 reads parts through Python file wrappers and checksums them too."
+            "- **CPU per small object** (artifact_uploader "
+            f"{_range(ours)} ms, boto3 {_range(boto)} ms, obstore {_range(obs)} ms across the "
+            "levels). PutObject and UploadPart go out as one SigV4-signed aiohttp request each, "
+            "with the endpoint, credentials and signing key resolved once at open, instead of "
+            "through botocore's per-call machinery (parameter handling, endpoint rules, a dozen "
+            "event hooks); the sync facade hands each staged file to the loop thread without "
+            "waiting for it. What remains is the HTTP request in Python (aiohttp) and the "
+            "staging copy that boto3 and obstore do not make (they read the source in place, "
+            "so a later change to the file leaks into their upload): creating a file in this "
+            f"run's staging folder costs {create_us:.0f} us of CPU. obstore's Rust core, with "
+            "no Python per request, is the floor; closing the gap to it would take a native "
+            "HTTP client."
         )
-    lat = [r for r in doc["results"] if r["workload"].startswith("small @")]
+    big = [r for r in results if r["workload"] in ("large", "1 GiB")]
+    if big:
+        lines.append(
+            "- **Large files.** Each part is read from the staged file in a worker thread into "
+            "its own memory mapping (freed the moment the part is sent), CRC32C'd in native code "
+            "(awscrt) and written to the socket in 1 MiB slices without further copies; boto3 "
+            "streams each part through Python file wrappers and a checksum. The staging copy "
+            "(kernel `copy_file_range`) is in artifact_uploader's CPU and wall time. Throughput "
+            "against moto is bounded by moto: it keeps every part in memory or spooled to disk "
+            "and its per-part time grows with the number of parts, so throughput ratios swing "
+            "from level to level more than the client explains; CPU per GiB is the steadier "
+            "comparison."
+        )
+    lat = next((w["name"] for w in doc["params"]["workloads"] if w.get("latency")), None)
     if lat:
-        lines.append(
-            "- **Latency scaling.** With a delay per round trip the uploads are latency-bound "
-            "and throughput grows with concurrency until moto (or the client CPU) becomes the "
-            "limit; the ratio shows how far concurrency 16 gets before that."
-        )
-    inter = [r for r in doc["results"] if r.get("interference") is not None]
+        one = by.get(("ours", lat, 1))
+        peak = max((r["objects_per_s"] for r in results if r["workload"] == "small"), default=0)
+        if one and peak:
+            cap = peak / one["objects_per_s"]
+            lines.append(
+                f"- **Latency scaling.** At concurrency 1 one object takes "
+                f"{1e3 / one['objects_per_s']:.1f} ms here (the injected delay plus moto's "
+                f"service time). moto served at most {peak:.0f} small PUTs per second in this "
+                f"run without the proxy, so no client could scale past {cap:.1f}x: a ratio "
+                "near that is moto's ceiling, not the client's. Against a real store the "
+                "requests in flight overlap freely."
+            )
+    inter = [r for r in results if r.get("interference") is not None]
     if inter:
         lines.append(
-            "- **Interference.** The client process is pinned to one CPU, so any CPU the "
-            "uploads use is taken from the loop, whatever holds the GIL: the ratio is roughly 1 "
-            "minus the uploads' share of that CPU. A thread that mostly waits in native code "
-            "(sockets, copy_file_range, CRC32C) costs the loop little; Python work on the "
-            "upload thread costs it directly. With `use_procs=True` the uploads run in a child "
-            "process, which inherits the same CPU pin here; on a machine with a spare core it "
-            "would not compete with the loop at all."
+            "- **Interference.** The client process is pinned to one CPU (the other runs moto), "
+            "so every cycle the uploads use, in any thread or in the kernel, is taken from the "
+            "loop: the ratio is roughly 1 minus the uploads' share of that CPU. Lower CPU per "
+            "byte is what raises it. With `use_procs=True` "
+            "the uploads run in a child process, but the child inherits the same one-CPU pin "
+            "here, so it competes with the loop for the same core; given a core of its own "
+            "(as on a training node with spare cores) it would not. The "
+            "ratios are noisy on this shared machine (the loop's rate alone drifts between "
+            "measurements by several percent)."
         )
     if ("ours", "1 GiB", 1) in by:
         lines.append(
-            "- **Memory.** Parts are read on demand by at most `max_concurrency` workers, so "
-            "peak memory follows part size x concurrency, not file size."
+            "- **Memory.** At most `max_concurrency` parts are read at once, each into its own "
+            "mapping returned to the kernel as soon as the part is sent, so peak RSS follows "
+            "part size x concurrency, not file size."
+        )
+    rows = st.get("rows") or []
+    if rows:
+        lines.append(
+            "- **Staging.** `copy` uses the kernel's `copy_file_range`, the same system call "
+            "`shutil.copyfile` makes; what `submit` adds is validation, the journal entry (with "
+            "a persistent staging folder) and the hand-off, a few tens of microseconds, plus, "
+            "on a busy machine, the moment the woken loop thread takes from the caller. "
+            "`link` and `move` do not read the file at all. "
+            + (
+                "This filesystem cannot clone files, so `reflink` and `auto` fall back to a "
+                "copy; on btrfs, XFS or bcachefs they take the link path's time."
+                if not st.get("reflink_supported")
+                else "This filesystem clones files, so `reflink` and `auto` cost what `link` does."
+            )
         )
     return lines
