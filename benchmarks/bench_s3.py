@@ -351,7 +351,10 @@ def main() -> None:
     doc["summary"] = _report.summarize(doc)
     print(_report.stdout_table(doc))
     (out / "benchmarks.json").write_text(json.dumps(doc, indent=2) + "\n")
-    _report.plot(doc, out / "benchmarks.png")
+    try:
+        _report.plot(doc, out / "benchmarks.png")
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
     (out / "benchmarks.md").write_text(_report.markdown(doc))
     print(
         f"\nwrote {out / 'benchmarks.md'}, benchmarks.json, benchmarks.png "
