@@ -365,7 +365,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "between files and parts for multipart). Client creation and a first request are outside "
         "the timed region for all.",
         _scratch_line(doc),
-        "- **Per cell**: a fresh process. Wall time from the first submit to the last upload "
+        "- **Per cell**: a fresh process; each repetition in it gets a new uploader or "
+        "client. Wall time from the first submit to the last upload "
         "done. CPU = user + system time of the client process and any process it started. "
         "RSS growth = peak RSS (VmHWM, reset through /proc/self/clear_refs after set-up) minus "
         "RSS at the start. Submit = how long each submit call blocked the caller (median and "

@@ -9,9 +9,10 @@ It starts its own moto server on a free loopback port, and a latency proxy in fr
 the "small @ N ms" workload (``--latency-ms``, default 20; 0 skips it). On a machine with two or
 more CPUs the server side (moto, proxy) is pinned to CPU 0 and every measured client process
 to CPU 1. Each (workload, concurrency, tool) cell runs in a fresh process (benchmarks/_cells.py)
-so that its CPU time and peak RSS are its own; cells repeat ``--repeat`` times and the run with
-the median wall time is kept. Then the staging modes (benchmarks/bench_staging.py) and progress
-events on/off are measured. Output: a table on stdout, and benchmarks.json, benchmarks.md and
+so that its CPU time and peak RSS are its own; it repeats ``--repeat`` times there (a new
+uploader or client each time, peak RSS reset) and the run with the median wall time is
+kept. Then the staging modes (benchmarks/bench_staging.py) and progress events on/off are
+measured. Output: a table on stdout, and benchmarks.json, benchmarks.md and
 benchmarks.png in ``--out`` (default docs/ for the full run, a temp folder for ``--quick``).
 """
 
@@ -22,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -94,8 +96,10 @@ def run_cell(
     *,
     interference: bool,
     spin_seconds: float,
+    repeat: int = 1,
     events: bool = False,
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """Run one cell (``repeat`` repetitions in one fresh process); one dict per repetition."""
     slug = workload["name"].replace(" ", "").replace("@", "-")
     prefix = f"{tool}-{slug}-c{conc}-{uuid.uuid4().hex[:6]}"
     spec = {
@@ -108,32 +112,35 @@ def run_cell(
         "provider_kwargs": server.options(endpoint_url=endpoint),
         "interference": interference,
         "spin_seconds": spin_seconds,
+        "repeat": repeat,
         "events": events,
     }
     if workload["size"] >= 16 * h.MiB:
         # Write back the previous cell's dirty pages (staged copies, moto's spooled parts)
         # now, not during this cell.
         os.sync()
-    res = h.run_child(CELLS, spec)
+    runs: list[dict[str, Any]] = h.run_child(CELLS, spec)["runs"]
     n, size = workload["count"], workload["size"]
-    # The objects really landed (count and bytes): a silent no-op cannot look fast.
-    for tag in ("a", "b") if interference else ("a",):
-        got = _count_objects(server, bucket, f"{prefix}/{tag}/")
-        if got != (n, n * size):
-            raise RuntimeError(f"{spec['label']}: {got[0]}/{n} objects landed under {tag}/")
     total = n * size
-    res.update(
-        tool=tool,
-        workload=workload["name"],
-        concurrency=conc,
-        objects=n,
-        bytes=total,
-        mb_per_s=total / 1e6 / res["wall"],
-        objects_per_s=n / res["wall"],
-        cpu_per_object_ms=res["cpu"] / n * 1e3,
-        cpu_per_gib_s=res["cpu"] / (total / h.GiB),
-    )
-    return res
+    tags = [r["tag"] for r in runs] + (["b"] if interference else [])
+    # The objects really landed (count and bytes): a silent no-op cannot look fast.
+    for tag in tags:
+        got = _count_objects(server, bucket, f"{prefix}/{tag}/")
+        if got != (n, total):
+            raise RuntimeError(f"{spec['label']}: {got[0]}/{n} objects landed under {tag}/")
+    for res in runs:
+        res.update(
+            tool=tool,
+            workload=workload["name"],
+            concurrency=conc,
+            objects=n,
+            bytes=total,
+            mb_per_s=total / 1e6 / res["wall"],
+            objects_per_s=n / res["wall"],
+            cpu_per_object_ms=res["cpu"] / n * 1e3,
+            cpu_per_gib_s=res["cpu"] / (total / h.GiB),
+        )
+    return runs
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,6 +176,8 @@ def main() -> None:
     )
     ap.add_argument("--levels", help="comma-separated concurrency levels (default 1,2,4,8,16,32)")
     args = ap.parse_args()
+    # Stopped with SIGTERM: still stop the servers it started (the finally blocks below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
@@ -264,20 +273,17 @@ def main() -> None:
                     # Rotate who goes first at each level, so that no tool always meets the
                     # server right after a reset (or right after the heaviest neighbour).
                     for tool in tools[li % len(tools) :] + tools[: li % len(tools)]:
-                        reps = 1 if huge or wl.get("latency") else repeat
-                        runs = [
-                            run_cell(
-                                tool,
-                                wl,
-                                conc,
-                                server,
-                                bucket,
-                                proxy_url if wl.get("latency") else endpoint,
-                                interference=(i == 0 and not huge and not wl.get("latency")),
-                                spin_seconds=spin_seconds,
-                            )
-                            for i in range(reps)
-                        ]
+                        runs = run_cell(
+                            tool,
+                            wl,
+                            conc,
+                            server,
+                            bucket,
+                            proxy_url if wl.get("latency") else endpoint,
+                            interference=not huge and not wl.get("latency"),
+                            spin_seconds=spin_seconds,
+                            repeat=1 if huge or wl.get("latency") else repeat,
+                        )
                         r = _median_run(runs)
                         results.append(r)
                         print(
@@ -292,7 +298,7 @@ def main() -> None:
             small = small_wl
             for conc in ([4] if quick else [4, 16]) if "events" in only else []:
                 for events in [False, True] * (2 if quick else 3):
-                    r = run_cell(
+                    (r,) = run_cell(
                         "ours",
                         small,
                         conc,
