@@ -50,7 +50,7 @@ BIG = 11 * MiB  # three parts: 5 + 5 + 1 MiB
 
 _CHILD = textwrap.dedent(
     """
-    import json, sys, threading
+    import json, os, sys, threading
     from pathlib import Path
     from artifact_uploader import EventKind, PartPolicy, Uploader
 
@@ -80,7 +80,10 @@ _CHILD = textwrap.dedent(
             why = "part"  # no small overwrite=False upload left to catch in the act
         else:
             return
-        marker.write_text(json.dumps([why, event.name]))
+        # Written whole, then renamed: the parent never reads a half-written marker.
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps([why, event.name]))
+        os.replace(tmp, marker)
         threading.Event().wait()
 
     up = Uploader(
