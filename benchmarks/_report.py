@@ -472,8 +472,9 @@ def _staging_md(doc: dict[str, Any]) -> list[str]:
         "caller waits for) against `shutil.copyfile` of the same file into the same folder; "
         "median of the runs, page cache warm, dirty pages flushed before each; this process is "
         "not pinned to one CPU, so the loop thread woken at hand-off can run beside the caller "
-        "as on a multi-core training machine. Filesystem: "
-        f"{st['filesystem_note']}; reflink (FICLONE) supported: {st['reflink_supported']} "
+        "as on a multi-core training machine. Folder: "
+        f"`{st.get('folder', '?')}` ({st['filesystem_note']}); reflink (FICLONE) supported: "
+        f"{st['reflink_supported']} "
         "(where it is not, `reflink` and `auto` fall back to a copy). Creating one empty file "
         f"there costs {st['file_create_us']:.0f} us of CPU.",
         "",

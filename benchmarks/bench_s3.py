@@ -169,6 +169,11 @@ def main() -> None:
         help="folder for the test files and the uploaders' staging folders (default: the "
         "system temp folder); staging cost depends on its filesystem",
     )
+    ap.add_argument(
+        "--staging-scratch",
+        type=Path,
+        help="folder for the staging-modes measurement (default: the system temp folder)",
+    )
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of tools")
     ap.add_argument(
         "--only",
@@ -320,11 +325,21 @@ def main() -> None:
         staging: dict[str, Any] = {"rows": [], "reflink_supported": False}
         if "staging" in only:
             print("  staging modes...", file=sys.stderr)
-            staging = run_staging(
-                [h.MiB, 64 * h.MiB] if quick else [h.MiB, 64 * h.MiB, h.GiB],
-                5 if quick else 7,
-                scratch,
-            )
+            # In the system temp folder (or --staging-scratch), not in --scratch: the S3 cells
+            # may run on tmpfs, while staging modes are worth measuring on a disk filesystem.
+            with tempfile.TemporaryDirectory(
+                prefix="bench_staging_", dir=args.staging_scratch or system_tmp
+            ) as st_tmp:
+                tempfile.tempdir = st_tmp
+                try:
+                    staging = run_staging(
+                        [h.MiB, 64 * h.MiB] if quick else [h.MiB, 64 * h.MiB, h.GiB],
+                        5 if quick else 7,
+                        Path(st_tmp),
+                    )
+                finally:
+                    tempfile.tempdir = str(staging_tmp)
+            staging["folder"] = str(args.staging_scratch or system_tmp)
 
     order = {wl["name"]: i for i, wl in enumerate(workloads)}
     results.sort(key=lambda r: (order[r["workload"]], r["concurrency"], TOOLS.index(r["tool"])))
