@@ -51,6 +51,8 @@ _HEADER_PARAMS: Final = {
     "ChecksumAlgorithm": "x-amz-sdk-checksum-algorithm",
     "IfNoneMatch": "if-none-match",
 }
+# Everything these two calls may carry here; a call with any other parameter goes to botocore.
+_SUPPORTED: Final = frozenset({"Bucket", "Key", "Body", "UploadId", "PartNumber", *_HEADER_PARAMS})
 
 
 class _Body(aiohttp.payload.BytesPayload):
@@ -125,11 +127,17 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
 
 
+class _RegionMismatch(Exception):
+    """The bucket lives in another region than the one resolved at open."""
+
+
 class DirectS3:
     """PutObject / UploadPart as one signed aiohttp request each (see the module docstring).
 
     Build it with :meth:`create`, which returns None when the fast path would not be
-    equivalent to botocore's.
+    equivalent to botocore's. A call with a parameter this path does not send goes to the
+    botocore client; so does every call after the store answered that the bucket is in another
+    region (botocore follows such redirects and remembers the bucket's region).
     """
 
     def __init__(
@@ -140,6 +148,7 @@ class DirectS3:
         credentials: Any,
         session: aiohttp.ClientSession,
         user_agent: str,
+        client: Any,
     ) -> None:
         parts = urlsplit(endpoint)
         self._origin = f"{parts.scheme}://{parts.netloc}"
@@ -151,6 +160,8 @@ class DirectS3:
         self._session = session
         self._user_agent = user_agent
         self._key_cache: tuple[str, str, bytes] = ("", "", b"")
+        self._client = client
+        self._fallback = False
 
     def __repr__(self) -> str:
         return f"DirectS3({self._origin!r}, region={self._region!r})"
@@ -230,6 +241,7 @@ class DirectS3:
             credentials=credentials,
             session=session,
             user_agent=user_agent,
+            client=client,
         )
 
     async def aclose(self) -> None:
@@ -237,14 +249,27 @@ class DirectS3:
 
     async def put_object(self, **params: Any) -> dict[str, Any]:
         """PutObject with botocore's parameter names; returns botocore's response fields."""
-        return await self._put("PutObject", params, "")
+        if not self._fallback and params.keys() <= _SUPPORTED:
+            try:
+                return await self._put("PutObject", dict(params), "")
+            except _RegionMismatch:
+                self._fallback = True
+        result: dict[str, Any] = await self._client.put_object(**_for_botocore(params))
+        return result
 
     async def upload_part(self, **params: Any) -> dict[str, Any]:
         """UploadPart with botocore's parameter names; returns botocore's response fields."""
-        query = "partNumber={}&uploadId={}".format(
-            int(params.pop("PartNumber")), quote(str(params.pop("UploadId")), safe="-_.~")
-        )
-        return await self._put("UploadPart", params, query)
+        if not self._fallback and params.keys() <= _SUPPORTED:
+            query = "partNumber={}&uploadId={}".format(
+                int(params["PartNumber"]), quote(str(params["UploadId"]), safe="-_.~")
+            )
+            rest = {k: v for k, v in params.items() if k not in ("PartNumber", "UploadId")}
+            try:
+                return await self._put("UploadPart", rest, query)
+            except _RegionMismatch:
+                self._fallback = True
+        result: dict[str, Any] = await self._client.upload_part(**_for_botocore(params))
+        return result
 
     async def _put(self, op: str, params: dict[str, Any], query: str) -> dict[str, Any]:
         params.pop("Bucket")
@@ -268,6 +293,9 @@ class DirectS3:
             status = resp.status
             got = resp.headers
             if status >= 300:
+                region = got.get("x-amz-bucket-region")
+                if region and region != self._region:
+                    raise _RegionMismatch(region)
                 raise _client_error(op, status, got, payload)
             return {
                 "ETag": got.get("ETag"),
@@ -316,6 +344,14 @@ class DirectS3:
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={signed}, Signature={signature}"
         )
+
+
+def _for_botocore(params: dict[str, Any]) -> dict[str, Any]:
+    body = params.get("Body")
+    if isinstance(body, memoryview):
+        # botocore wants bytes or a file; a mapped part is copied once on this rare path.
+        return {**params, "Body": body.tobytes()}
+    return params
 
 
 def _client_error(
