@@ -267,17 +267,24 @@ def main() -> None:
             bucket = f"bench-{uuid.uuid4().hex[:12]}"
             server.client("s3").create_bucket(Bucket=bucket)
             endpoint = proxy_url = server.endpoint_url
-            if any(wl.get("latency") for wl in workloads):
-                proxy_url, proxy = h.start_proxy(
-                    endpoint.removeprefix("http://"), args.latency_ms, scratch
-                )
             for wl in workloads:
                 levels = wl.get("levels", conc_levels)
                 huge = wl["size"] >= h.GiB
+                if wl.get("latency") and proxy is None:
+                    proxy_url, proxy = h.start_proxy(
+                        endpoint.removeprefix("http://"), args.latency_ms, scratch
+                    )
                 for li, conc in enumerate(levels):
                     # Rotate who goes first at each level, so that no tool always meets the
                     # server right after a reset (or right after the heaviest neighbour).
                     for tool in tools[li % len(tools) :] + tools[: li % len(tools)]:
+                        if huge:
+                            # moto slows down as it accumulates gigabyte objects, even across
+                            # resets: every 1 GiB cell gets a server of its own.
+                            h.stop(server.process)
+                            server = h.start_moto(scratch)
+                            server.client("s3").create_bucket(Bucket=bucket)
+                            endpoint = server.endpoint_url
                         runs = run_cell(
                             tool,
                             wl,
@@ -302,7 +309,7 @@ def main() -> None:
             # Progress events: the same small workload with an on_event callback and without.
             small = small_wl
             for conc in ([4] if quick else [4, 16]) if "events" in only else []:
-                for events in [False, True] * (2 if quick else 3):
+                for events in [False, True] * (2 if quick else 4):
                     (r,) = run_cell(
                         "ours",
                         small,
