@@ -581,7 +581,10 @@ def _why(doc: dict[str, Any]) -> list[str]:
                 f"service time). moto served at most {peak:.0f} small PUTs per second in this "
                 f"run without the proxy, so no client could scale past {cap:.1f}x: a ratio "
                 "near that is moto's ceiling, not the client's. Against a real store the "
-                "requests in flight overlap freely."
+                "requests in flight overlap freely. boto3 sends each PutObject with "
+                "`Expect: 100-continue` and holds the body until the server's go-ahead, a "
+                "second round trip per object through the proxy (as against a distant "
+                "endpoint); artifact_uploader and obstore send headers and body at once."
             )
     inter = [r for r in results if r.get("interference") is not None]
     if inter:
