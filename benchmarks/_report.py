@@ -584,7 +584,7 @@ def _why(doc: dict[str, Any]) -> list[str]:
                 "requests in flight overlap freely. boto3 sends each PutObject with "
                 "`Expect: 100-continue` and holds the body until the server's go-ahead, a "
                 "second round trip per object through the proxy (as against a distant "
-                "endpoint); artifact_uploader and obstore send headers and body at once."
+                "endpoint); artifact_uploader sends headers and body at once."
             )
     inter = [r for r in results if r.get("interference") is not None]
     if inter:
