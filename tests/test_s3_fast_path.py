@@ -143,7 +143,7 @@ async def test_signatures_verified_by_moto_for_awkward_keys(
 
 
 @pytest.mark.asyncio
-async def test_read_body_maps_large_ranges(tmp_path: Path) -> None:
+async def test_read_body_large_ranges_into_a_view(tmp_path: Path) -> None:
     data = os.urandom(2 * MiB + 5)
     src = tmp_path / "f.bin"
     src.write_bytes(data)
