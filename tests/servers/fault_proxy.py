@@ -7,7 +7,10 @@ Requests reach moto for real, except those the proxy chooses to fail. It can ans
 - ``"reset"``: read part of the request body, then reset the connection (RST),
 - ``"stall"``: read part (or all) of the body, then hold the request without answering until
   :meth:`FaultProxy.release_stalls` / :meth:`FaultProxy.reset`,
-- ``"403"``: 403 AccessDenied, for every request on a key given to :meth:`FaultProxy.deny`.
+- ``"403"``: 403 AccessDenied, for every request on a key given to :meth:`FaultProxy.deny`,
+- ``"404-upload"``: 404 NoSuchUpload, as S3 answers for a completed or aborted upload,
+- ``"lost"``: forward the request to moto (which carries it out), then reset the connection
+  instead of passing the answer on: a response lost on the way back.
 
 Faults are chosen by, in this order: a permanent denial of the key, the next scripted fault
 whose ``match`` occurs in the request line, then a seeded random draw at ``rate``. The proxy
@@ -42,12 +45,13 @@ import pytest
 from tests.servers.moto import MotoServer
 
 TRANSIENT_KINDS: tuple[str, ...] = ("500", "503", "429", "reset")
-_KINDS = frozenset({*TRANSIENT_KINDS, "stall", "403"})
+_KINDS = frozenset({*TRANSIENT_KINDS, "stall", "403", "404-upload", "lost"})
 _ERRORS = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "429": (429, "Too Many Requests", "TooManyRequests", "Please retry later."),
     "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
+    "404-upload": (404, "Not Found", "NoSuchUpload", "The specified upload does not exist."),
 }
 # Hop-by-hop (or re-framed) headers the proxy sets itself.
 _HOP = frozenset(
@@ -62,7 +66,7 @@ class Fault:
     """One fault to inject.
 
     Attributes:
-        kind: "500", "503", "429", "reset", "stall" or "403".
+        kind: "500", "503", "429", "reset", "stall", "403", "404-upload" or "lost".
         retry_after: The ``Retry-After`` value of a 429 (seconds, as text).
         body_fraction: For "reset" and "stall": how much of the request body to read first.
     """
@@ -311,13 +315,20 @@ class FaultProxy:
             await release.wait()
             return False
         body = await reader.readexactly(length)
+        if fault is not None and fault.kind == "lost":
+            await self._forward(req, body, None)
+            _reset(writer)
+            return False
         if fault is not None:
             await _send_error(writer, req, fault)
         else:
             await self._forward(req, body, writer)
         return (req.header("Connection") or "").lower() != "close"
 
-    async def _forward(self, req: _Request, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _forward(
+        self, req: _Request, body: bytes, writer: asyncio.StreamWriter | None
+    ) -> None:
+        """Send the request to moto and its answer to ``writer`` (None: drop the answer)."""
         up_r, up_w = await asyncio.open_connection(self._up_host, self._up_port)
         try:
             lines = [f"{req.method} {req.target} HTTP/1.1"]
@@ -333,6 +344,8 @@ class FaultProxy:
             raw = await up_r.read()
         finally:
             up_w.close()
+        if writer is None:
+            return
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         headers = [tuple(h.split(":", 1)) for h in header_lines if ":" in h]
         resp = [(k.strip(), v.strip()) for k, v in headers]

@@ -14,6 +14,7 @@ with ``checksum=None`` the default payload signing stays on.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -50,6 +51,8 @@ from ._protocol import (
     split_store_uri,
 )
 from ._s3_direct import DirectS3, read_body
+
+log = logging.getLogger("artifact_uploader")
 
 _S3_LIMITS: Final = PartLimits(
     min_part_size=5 * MiB, max_part_size=5 * 1024 * MiB, max_parts=10_000
@@ -329,6 +332,10 @@ class S3Provider:
         self._stack: AsyncExitStack | None = None
         # PutObject / UploadPart without botocore's per-request machinery, when equivalent.
         self._direct: DirectS3 | None = None
+        # Requests whose outcome is unknown: sent, then no answer (reset, timeout, stall
+        # cancel) or a transient error. If the engine's retry of one meets "already exists"
+        # (or, for Complete, "no such upload"), the first send may have landed: see _landed.
+        self._in_doubt: set[tuple[object, ...]] = set()
 
     def __repr__(self) -> str:
         # Bucket, prefix and endpoint only: never credentials.
@@ -593,10 +600,26 @@ class S3Provider:
         ours = self._add_checksum(params, body)
         if not overwrite:
             params["IfNoneMatch"] = "*"
+        token = ("put", key, str(data.path), data.offset, data.length)
+        resent = token in self._in_doubt
+        self._in_doubt.add(token)
         try:
             resp = await (self._direct or client).put_object(**params)
         except Exception as exc:
-            raise self._map(exc, "PutObject", name, conditional=not overwrite) from exc
+            error = self._map(exc, "PutObject", name, conditional=not overwrite)
+            if (resent or _resent_by_transport(exc)) and isinstance(error, ObjectExistsError):
+                # Our earlier send of this very request may have been stored with its answer
+                # lost: then the object is ours, not a conflict.
+                landed = await self._landed(
+                    name, size=data.length, checksum=ours, etag=_md5_hex(body)
+                )
+                if landed is not None:
+                    self._in_doubt.discard(token)
+                    return landed
+            if not error.transient:
+                self._in_doubt.discard(token)
+            raise error from exc
+        self._in_doubt.discard(token)
         return PutResult(
             etag=_strip_etag(resp.get("ETag")),
             version=resp.get("VersionId"),
@@ -683,18 +706,36 @@ class S3Provider:
         }
         if not overwrite:
             params["IfNoneMatch"] = "*"
+        ours = None
+        if self.checksum and ordered and all(p.checksum for p in ordered):
+            ours = _composite_crc32c([p.checksum for p in ordered if p.checksum])
+        token = ("complete", upload_id)
+        resent = token in self._in_doubt
+        self._in_doubt.add(token)
         try:
             # aiohttp's read timeout (restarted by every byte) guards this small request, and S3
             # may trickle whitespace for minutes while it assembles a large upload.
             with self_timed():
                 resp = await client.complete_multipart_upload(**params)
         except Exception as exc:
-            raise self._map(
-                exc, "CompleteMultipartUpload", name, conditional=not overwrite
-            ) from exc
-        ours = None
-        if self.checksum and ordered and all(p.checksum for p in ordered):
-            ours = _composite_crc32c([p.checksum for p in ordered if p.checksum])
+            error = self._map(exc, "CompleteMultipartUpload", name, conditional=not overwrite)
+            gone = (
+                isinstance(exc, botocore.exceptions.ClientError)
+                and _error_code(exc) == "NoSuchUpload"
+            )
+            if resent and (gone or isinstance(error, ObjectExistsError)):
+                # An earlier Complete of this upload may have succeeded with its answer lost:
+                # the upload is then gone (or the object "exists") because it is the object.
+                landed = await self._landed(
+                    name, size=None, checksum=ours, etag=_multipart_etag(ordered)
+                )
+                if landed is not None:
+                    self._in_doubt.discard(token)
+                    return landed
+            if not error.transient:
+                self._in_doubt.discard(token)
+            raise error from exc
+        self._in_doubt.discard(token)
         theirs = resp.get("ChecksumCRC32C")
         if ours is not None and isinstance(theirs, str) and not theirs.endswith(f"-{len(ordered)}"):
             # A FULL_OBJECT checksum (no "-N"): not comparable with the composite of the parts,
@@ -721,6 +762,41 @@ class S3Provider:
             raise self._map(exc, "AbortMultipartUpload", name) from exc
 
     # -- helpers ----------------------------------------------------------------------------
+
+    async def _landed(
+        self, name: str, *, size: int | None, checksum: str | None, etag: str | None
+    ) -> PutResult | None:
+        """The result of an earlier send whose answer was lost, if the stored object is it.
+
+        HeadObject, then: the size (when known) must match, and our CRC32C (full-object, or the
+        composite ``-N`` of a multipart upload) where the store reports one, else the MD5 ETag
+        (of the body, or recomputed from the part ETags). None on any mismatch or doubt: the
+        caller then reports the original error.
+        """
+        client = self._live_client()
+        try:
+            head = await client.head_object(
+                Bucket=self.bucket, Key=self.key(name), ChecksumMode="ENABLED"
+            )
+        except Exception as exc:
+            log.debug("could not check whether %r landed: %s", name, type(exc).__name__)
+            return None
+        if size is not None and head.get("ContentLength") != size:
+            return None
+        theirs = head.get("ChecksumCRC32C")
+        stored_etag = _strip_etag(head.get("ETag"))
+        verified = checksum is not None and theirs == checksum
+        # Without a comparable checksum (checksum=None, or a full-object CRC32C for a multipart
+        # upload) the ETag decides: the MD5 (of the parts' MD5s) unless SSE-KMS changed it.
+        if not verified and (etag is None or stored_etag != etag):
+            return None
+        log.info("%s: an earlier attempt had stored it (its answer was lost)", self.uri(name))
+        return PutResult(
+            etag=stored_etag,
+            version=head.get("VersionId"),
+            checksum_algorithm="crc32c" if verified else None,
+            checksum=checksum if verified else None,
+        )
 
     def _checked(
         self, name: str, op: str, ours: str | None, theirs: object
@@ -826,6 +902,32 @@ class S3Provider:
         return ProviderError(
             self._scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"), **kw
         )
+
+
+def _md5_hex(body: bytes | memoryview) -> str:
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
+def _multipart_etag(parts: Sequence[PartResult]) -> str | None:
+    """S3's ETag of a completed multipart upload: MD5 of the parts' binary MD5s, ``-N``
+    (None when a part's ETag is not an MD5, as with SSE-KMS)."""
+    try:
+        raw = b"".join(bytes.fromhex(_strip_etag(p.etag) or "") for p in parts)
+    except ValueError:
+        return None
+    if not parts or len(raw) != 16 * len(parts):
+        return None
+    return f"{hashlib.md5(raw, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+def _resent_by_transport(exc: BaseException) -> bool:
+    """Whether the answer in ``exc`` is to a second send of the request within one call (the
+    fast path reports aiohttp's own resend of a PUT whose connection dropped as botocore's
+    ``RetryAttempts``; botocore's own retries are off)."""
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    attempts = (exc.response.get("ResponseMetadata") or {}).get("RetryAttempts")
+    return isinstance(attempts, int) and attempts > 0
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> str:

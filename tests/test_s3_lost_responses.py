@@ -1,0 +1,204 @@
+"""Answers lost after S3 carried a request out: the retry must not report a stored upload failed.
+
+The fault proxy forwards the request to moto (which stores the object or completes the upload)
+and then resets the connection instead of passing the answer on. The engine's retry of a
+conditional PutObject then meets 412 and the retry of CompleteMultipartUpload meets 412 or
+NoSuchUpload; the provider checks the stored object against what it sent and reports success
+only when it matches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifact_uploader import (
+    AsyncUploader,
+    EventKind,
+    ObjectExistsError,
+    PartPolicy,
+    ProviderError,
+    RetryPolicy,
+    UploadEvent,
+)
+from artifact_uploader._types import FileSlice, PartResult
+from artifact_uploader.providers.s3 import S3Provider
+from tests.servers.fault_proxy import Fault, FaultProxy
+from tests.servers.moto import MotoServer, list_multipart_uploads, read_s3_object
+
+MiB = 1024 * 1024
+SMALL_PARTS = PartPolicy(threshold=5 * MiB + 1, part_size=5 * MiB)
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0)
+
+
+def uploader(
+    moto_server: MotoServer,
+    proxy: FaultProxy,
+    bucket: str,
+    events: list[UploadEvent],
+    **options: object,
+) -> AsyncUploader:
+    return AsyncUploader(
+        f"s3://{bucket}/run",
+        provider_kwargs=moto_server.options(endpoint_url=proxy.endpoint_url, **options),
+        retry=FAST_RETRY,
+        parts=SMALL_PARTS,
+        on_event=events.append,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("checksum", ["crc32c", None])
+async def test_conditional_put_whose_answer_was_lost_succeeds(
+    moto_server: MotoServer,
+    moto_s3: Any,
+    s3_bucket: str,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    checksum: str | None,
+) -> None:
+    data = os.urandom(300 * 1024)
+    path = tmp_path / "lost.bin"
+    path.write_bytes(data)
+    events: list[UploadEvent] = []
+    async with uploader(moto_server, fault_proxy, s3_bucket, events, checksum=checksum) as up:
+        # Twice: aiohttp resends a PUT once by itself when its connection drops.
+        fault_proxy.script(Fault("lost"), Fault("lost"), match="lost.bin", method="PUT")
+        result = await (await up.submit(path, "lost.bin", overwrite=False))
+    assert fault_proxy.counts["lost"] == 2
+    assert read_s3_object(moto_s3, s3_bucket, "run/lost.bin") == data
+    assert any(e.kind is EventKind.RETRY for e in events)
+    assert result.size == len(data)
+    assert result.etag is not None
+    if checksum:
+        assert result.checksum_algorithm == "crc32c" and result.checksum
+
+
+@pytest.mark.asyncio
+async def test_put_whose_one_answer_was_lost_and_resent_by_the_transport_succeeds(
+    moto_server: MotoServer,
+    moto_s3: Any,
+    s3_bucket: str,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    # One loss only: the resend inside the same attempt (aiohttp's) meets the 412.
+    data = os.urandom(64 * 1024)
+    path = tmp_path / "once.bin"
+    path.write_bytes(data)
+    events: list[UploadEvent] = []
+    async with uploader(moto_server, fault_proxy, s3_bucket, events) as up:
+        fault_proxy.script(Fault("lost"), match="once.bin", method="PUT")
+        await (await up.submit(path, "once.bin", overwrite=False))
+    assert fault_proxy.counts["lost"] == 1
+    assert read_s3_object(moto_s3, s3_bucket, "run/once.bin") == data
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("overwrite", [False, True])
+async def test_complete_whose_answer_was_lost_succeeds(
+    moto_server: MotoServer,
+    moto_s3: Any,
+    s3_bucket: str,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    overwrite: bool,
+) -> None:
+    data = os.urandom(5 * MiB + 4096)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    events: list[UploadEvent] = []
+    async with uploader(moto_server, fault_proxy, s3_bucket, events) as up:
+        # "uploadId=" in a POST is CompleteMultipartUpload (Create is "?uploads").
+        fault_proxy.script(Fault("lost"), match="uploadId=", method="POST")
+        result = await (await up.submit(path, "big.bin", overwrite=overwrite))
+    assert fault_proxy.counts["lost"] == 1
+    assert len(fault_proxy.seen("uploadId=")) >= 3  # two parts, two Completes
+    assert read_s3_object(moto_s3, s3_bucket, "run/big.bin") == data
+    assert list_multipart_uploads(moto_s3, s3_bucket) == []
+    assert result.etag is not None and result.etag.endswith("-2")
+    assert not [e for e in events if e.kind is EventKind.FAILED]
+
+
+@pytest.mark.asyncio
+async def test_complete_retried_after_the_upload_is_gone_checks_the_object(
+    moto_server: MotoServer, moto_s3: Any, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # S3 answers a retried Complete of a completed upload with NoSuchUpload (moto would complete
+    # it again, so the proxy gives S3's answer), driven at the provider.
+    data = os.urandom(5 * MiB + 10)
+    path = tmp_path / "gone.bin"
+    path.write_bytes(data)
+    provider = S3Provider.from_uri(
+        f"s3://{s3_bucket}/run", moto_server.options(endpoint_url=fault_proxy.endpoint_url)
+    )
+    await provider.open()
+    try:
+
+        async def two_parts(name: str) -> tuple[str, list[PartResult]]:
+            upload_id = await provider.create_multipart(name, overwrite=True)
+            return upload_id, [
+                await provider.put_part(name, upload_id, 1, FileSlice(path, 0, 5 * MiB)),
+                await provider.put_part(name, upload_id, 2, FileSlice(path, 5 * MiB, 10)),
+            ]
+
+        upload_id, parts = await two_parts("gone.bin")
+        fault_proxy.script(Fault("lost"), Fault("404-upload"), match="uploadId=", method="POST")
+        with pytest.raises(ProviderError) as info:
+            await provider.complete_multipart("gone.bin", upload_id, parts, overwrite=True)
+        assert info.value.transient
+        assert read_s3_object(moto_s3, s3_bucket, "run/gone.bin") == data
+        result = await provider.complete_multipart("gone.bin", upload_id, parts, overwrite=True)
+        assert fault_proxy.counts["404-upload"] == 1
+        assert result.etag is not None and result.etag.endswith("-2")
+
+        # A Complete never sent before gets the plain error: the check is only for resends.
+        other, other_parts = await two_parts("other.bin")
+        fault_proxy.script(Fault("404-upload"), match="uploadId=", method="POST")
+        with pytest.raises(ProviderError, match="NoSuchUpload") as info:
+            await provider.complete_multipart("other.bin", other, other_parts, overwrite=True)
+        assert not info.value.transient
+        # A resent Complete whose upload is gone without an object is still a failure.
+        await provider.abort_multipart("other.bin", other)
+        third, third_parts = await two_parts("third.bin")
+        await provider.abort_multipart("third.bin", third)
+        fault_proxy.script(Fault("reset"), Fault("404-upload"), match="uploadId=", method="POST")
+        with pytest.raises(ProviderError) as info:
+            await provider.complete_multipart("third.bin", third, third_parts, overwrite=True)
+        assert info.value.transient
+        with pytest.raises(ProviderError, match="NoSuchUpload"):
+            await provider.complete_multipart("third.bin", third, third_parts, overwrite=True)
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_lost_answer_does_not_hide_someone_elses_object(
+    moto_server: MotoServer, moto_s3: Any, s3_bucket: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.bin"
+    path.write_bytes(b"mine" * 1000)
+    provider = S3Provider.from_uri(
+        f"s3://{s3_bucket}/run", moto_server.options(endpoint_url=fault_proxy.endpoint_url)
+    )
+    await provider.open()
+    try:
+        data = FileSlice(path, 0, 4000)
+        fault_proxy.script(Fault("lost"), Fault("lost"), match="mine.bin", method="PUT")
+        with pytest.raises(ProviderError) as info:
+            await provider.put("mine.bin", data, overwrite=False)
+        assert info.value.transient
+        # Someone else replaces the object before our retry: the retry's 412 is a conflict.
+        moto_s3.put_object(Bucket=s3_bucket, Key="run/mine.bin", Body=b"theirs" * 666)
+        with pytest.raises(ObjectExistsError):
+            await provider.put("mine.bin", data, overwrite=False)
+        # And a first attempt meeting identical bytes is still "exists" (not a resend).
+        other = tmp_path / "same.bin"
+        other.write_bytes(b"theirs" * 666)
+        with pytest.raises(ObjectExistsError):
+            await provider.put("mine.bin", FileSlice(other, 0, 3996), overwrite=False)
+    finally:
+        await provider.aclose()
