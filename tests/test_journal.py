@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import uuid
 from pathlib import Path
 
 from artifact_uploader import MemoryProvider, Uploader
@@ -105,3 +107,49 @@ def test_staged_files_are_private(tmp_path: Path) -> None:
         assert (staging / "staged").stat().st_mode & 0o777 == 0o700
         store.resume()
         fut.result(timeout=10)
+
+
+def _leave_pending(folder: Path, objects: dict[str, bytes]) -> list[Path]:
+    """Write what a crashed run leaves behind: staged copies and their ``pending`` lines."""
+    (folder / "staged").mkdir(parents=True, mode=0o700, exist_ok=True)
+    paths = []
+    with open(folder / JOURNAL_FILE, "a") as f:
+        for name, data in objects.items():
+            sid = uuid.uuid4().hex
+            path = folder / "staged" / f"{sid}-{name}"
+            path.write_bytes(data)
+            paths.append(path)
+            rec = {
+                "op": "pending",
+                "id": sid,
+                "name": name,
+                "staged": f"staged/{path.name}",
+                "size": len(data),
+                "overwrite": True,
+                "source": "src",
+            }
+            f.write(json.dumps(rec) + "\n")
+    return paths
+
+
+def test_resume_with_a_full_byte_budget_does_not_deadlock(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    objects = {f"obj{i}": bytes([i]) * 1000 for i in range(3)}
+    _leave_pending(staging, objects)
+    store = MemoryProvider("m")
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = Uploader.resume(staging, store, max_staged_bytes=1500)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    # A thread, so a deadlocked resume fails the test instead of hanging the suite.
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "resume deadlocked on the staging byte budget"
+    assert "error" not in outcome, outcome
+    assert store.objects == objects
+    assert load(staging) == ([], [])

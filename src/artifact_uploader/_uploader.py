@@ -681,9 +681,14 @@ class AsyncUploader:
                 path.unlink(missing_ok=True)
                 present.append(entry.name)
                 continue
-            staged = self._stager.adopt(path, entry.size, entry.id, entry.source)
+            staged = await self._adopt(path, entry)
+            try:
+                handle = self._enqueue(_Prepared(entry.name, staged, entry.overwrite))
+            except BaseException:
+                self._stager.forget(staged)  # closed meanwhile: the entry stays journalled
+                raise
             self._count(files_queued=1, bytes_queued=entry.size)
-            handles.append(self._enqueue(_Prepared(entry.name, staged, entry.overwrite)))
+            handles.append(handle)
         await self._drain(None)
         uploaded = [h.result() for h in handles if h.done() and h._future.exception() is None]
         report = ResumeReport(
@@ -691,6 +696,21 @@ class AsyncUploader:
         )
         self._raise_failures("while resuming")
         return report
+
+    async def _adopt(self, path: Path, entry: JournalEntry) -> StagedFile:
+        """Count a resumed staged copy against the byte budget without blocking the loop.
+
+        A full budget is freed only by uploads finishing on this loop, so waiting for it here
+        would deadlock: the wait runs in a worker thread while the loop keeps uploading. The
+        staging folder thus stays within ``max_staged_bytes`` (a copy larger than the whole
+        budget is admitted alone, once the rest has drained).
+        """
+        import anyio.to_thread
+
+        adopt = self._stager.adopt
+        if self._stager.budget.limit is None:
+            return adopt(path, entry.size, entry.id, entry.source)
+        return await anyio.to_thread.run_sync(adopt, path, entry.size, entry.id, entry.source)
 
     def _part_size(self, size: int) -> int | None:
         """The part size this uploader would use for ``size`` bytes (None: a single request)."""
