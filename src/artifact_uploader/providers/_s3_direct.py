@@ -50,6 +50,10 @@ _HEADER_PARAMS: Final = {
     "ChecksumAlgorithm": "x-amz-sdk-checksum-algorithm",
     "IfNoneMatch": "if-none-match",
 }
+# Answers meaning "the bucket is in another region", as botocore's S3RegionRedirectorv2 reads them.
+_REGION_CODES: Final = frozenset(
+    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+)
 # Everything these two calls may carry here; a call with any other parameter goes to botocore.
 _SUPPORTED: Final = frozenset({"Bucket", "Key", "Body", "UploadId", "PartNumber", *_HEADER_PARAMS})
 
@@ -164,6 +168,11 @@ class DirectS3:
 
     def __repr__(self) -> str:
         return f"DirectS3({self._origin!r}, region={self._region!r})"
+
+    @property
+    def region(self) -> str:
+        """The region requests are signed for."""
+        return self._region
 
     @classmethod
     async def create(
@@ -297,6 +306,10 @@ class DirectS3:
                 if region and region != self._region:
                     raise _RegionMismatch(region)
                 error = _client_error(op, status, got, data)
+                if status == 301 or _error_code(error) in _REGION_CODES:
+                    # A wrong-region answer without the header (botocore's redirector reads
+                    # the region from the body or asks HeadBucket): botocore's to follow.
+                    raise _RegionMismatch(None)
                 # botocore's field for the same fact: the answer is to a resent request.
                 error.response["ResponseMetadata"]["RetryAttempts"] = max(0, payload.sends - 1)
                 raise error
@@ -347,6 +360,10 @@ class DirectS3:
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
             f"SignedHeaders={signed}, Signature={signature}"
         )
+
+
+def _error_code(error: botocore.exceptions.ClientError) -> str:
+    return str((error.response.get("Error") or {}).get("Code") or "")
 
 
 def _for_botocore(params: dict[str, Any]) -> dict[str, Any]:

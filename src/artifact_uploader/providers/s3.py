@@ -556,13 +556,25 @@ class S3Provider:
         if not verify:
             return
         try:
-            await client.head_bucket(Bucket=self.bucket)
+            head = await client.head_bucket(Bucket=self.bucket)
         except BaseException as exc:
             # A provider that failed to open holds no client (the engine may never aclose it).
             await self.aclose()
             if isinstance(exc, Exception):
                 raise self._map(exc, "HeadBucket", None) from exc
             raise
+        headers = (head.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        region = headers.get("x-amz-bucket-region")
+        if self._direct is not None and region and region != self._direct.region:
+            # The fast path signs for the region resolved at open; botocore follows the
+            # bucket's real region (and remembers it), so every request goes to botocore.
+            log.info(
+                "S3 bucket %r is in region %r, not %r: not using the direct request path",
+                self.bucket,
+                region,
+                self._direct.region,
+            )
+            self._direct = None
 
     async def aclose(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
