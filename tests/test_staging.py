@@ -15,6 +15,7 @@ from artifact_uploader import (
     StagingTimeoutError,
     Uploader,
 )
+from artifact_uploader._journal import Journal, JournalEntry
 from artifact_uploader._staging import Stager
 
 MakeFile = Callable[..., Path]
@@ -99,3 +100,54 @@ def test_second_uploader_on_same_folder_refused(tmp_path: Path) -> None:
     with Uploader(MemoryProvider("a"), staging_dir=tmp_path / "s"):
         with pytest.raises(StagingError, match="in use"):
             Uploader(MemoryProvider("b"), staging_dir=tmp_path / "s")
+
+
+def _journal_full(self: Journal, entry: JournalEntry) -> None:
+    raise StagingError("could not write the journal: No space left on device", path=self.path)
+
+
+def test_move_refused_after_staging_puts_the_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "ckpt.pt"
+    src.write_bytes(b"the only copy")
+    src.chmod(0o640)
+    monkeypatch.setattr(Journal, "pending", _journal_full)
+    with Uploader(MemoryProvider("m"), staging_dir=tmp_path / "stg", staging="move") as up:
+        with pytest.raises(StagingError, match="No space"):
+            up.submit(src, "ckpt.pt")
+        # Refused after the move: the file is back where it was, as it was.
+        assert src.read_bytes() == b"the only copy"
+        assert src.stat().st_mode & 0o777 == 0o640
+        assert list((tmp_path / "stg" / "staged").iterdir()) == []
+
+
+def test_move_refused_and_source_taken_keeps_the_file_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "ckpt.pt"
+    src.write_bytes(b"the only copy")
+
+    def full_and_source_rewritten(self: Journal, entry: JournalEntry) -> None:
+        src.write_bytes(b"a newer file")  # written at the source meanwhile: never replaced
+        _journal_full(self, entry)
+
+    monkeypatch.setattr(Journal, "pending", full_and_source_rewritten)
+    with Uploader(MemoryProvider("m"), staging_dir=tmp_path / "stg", staging="move") as up:
+        with pytest.raises(StagingError) as info:
+            up.submit(src, "ckpt.pt")
+        kept = list((tmp_path / "stg" / "staged").iterdir())
+        assert len(kept) == 1 and kept[0].read_bytes() == b"the only copy"
+        assert str(kept[0]) in "\n".join(info.value.__notes__)
+        assert src.read_bytes() == b"a newer file"
+
+
+def test_moved_file_is_made_private(tmp_path: Path) -> None:
+    src = tmp_path / "ckpt.pt"
+    src.write_bytes(b"weights")
+    src.chmod(0o644)
+    stager = Stager(tmp_path / "staging", mode="move")
+    staged = stager.stage(src)
+    assert staged.path.stat().st_mode & 0o777 == 0o600
+    stager.release(staged)
+    stager.close()

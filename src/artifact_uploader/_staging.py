@@ -1,12 +1,15 @@
 """Staging: put a private copy (or clone, link, or the file itself) where the uploader owns it.
 
 The caller blocks only here. After staging, changing or deleting the source does not change
-what is uploaded (except in ``link`` mode, whose caveat is documented). A byte budget bounds the
-staging folder: when full, staging waits for uploads to free space.
+what is uploaded (except in ``link`` mode, whose caveat is documented: the staged file is the
+source's inode, so it also keeps the source's permissions, where every other mode's staged file
+is private, 0600). A byte budget bounds the staging folder: when full, staging waits for
+uploads to free space.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -36,6 +39,9 @@ class StagedFile:
     path: Path
     size: int
     source: str
+    # Set in "move" mode only: the source's permission bits, to put the file back intact
+    # when the submission is refused after staging (see Stager.discard).
+    moved_mode: int | None = None
 
 
 class ByteBudget:
@@ -183,8 +189,9 @@ class Stager:
         staged_id = uuid.uuid4().hex
         dest = self.staged_dir / f"{staged_id}-{src.name[:80]}"
         self.budget.acquire(size, timeout)
+        moved_mode: int | None = None
         try:
-            self._place(src, dest, mode)
+            moved_mode = self._place(src, dest, mode)
         except BaseException as exc:
             self.budget.release(size)
             try:
@@ -198,7 +205,7 @@ class Stager:
                     raise SourceFileError(src, exc.strerror or str(exc)) from exc
                 raise self._staging_error(src, exc) from exc
             raise
-        return StagedFile(staged_id, dest, size, str(src))
+        return StagedFile(staged_id, dest, size, str(src), moved_mode)
 
     def _staging_error(self, src: Path, exc: OSError) -> StagingError:
         if exc.errno == errno.ENOSPC:
@@ -211,23 +218,29 @@ class Stager:
             f"could not stage {str(src)!r} into {str(self.staged_dir)!r}: {why}", path=src
         )
 
-    def _place(self, src: Path, dest: Path, mode: str) -> None:
+    def _place(self, src: Path, dest: Path, mode: str) -> int | None:
+        """Put ``src`` at ``dest``; in "move" mode, return the source's permission bits."""
         if mode == "link":
+            # The staged file is the source's inode: its mode cannot change without changing
+            # the source's (a documented caveat of "link").
             os.link(src, dest)
-            return
+            return None
         if mode == "move":
+            src_mode = stat.S_IMODE(os.stat(src).st_mode)
             try:
                 os.rename(src, dest)
-                return
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-            _copy(src, dest)
-            src.unlink()
-            return
+                _copy(src, dest)
+                src.unlink()
+            # The moved file is now the uploader's private copy, like every staged file.
+            os.chmod(dest, 0o600)
+            return src_mode
         if mode in ("reflink", "auto") and _reflink(src, dest):
-            return
+            return None
         _copy(src, dest)
+        return None
 
     def adopt(self, path: Path, size: int, staged_id: str, source: str) -> StagedFile:
         """Account for a file already in the staging folder (resume)."""
@@ -256,6 +269,38 @@ class Stager:
         except FileNotFoundError:
             pass
         self.budget.release(staged.size)
+
+    def discard(self, staged: StagedFile) -> Path | None:
+        """Undo the staging of a submission refused after staging (closed, journal unwritable).
+
+        A copy is deleted. A moved file is the caller's only copy: it is put back at its source
+        (with its permission bits), never deleted; if that fails (a new file took its place, or
+        the folder is gone), it is kept in the staging folder and its path returned so the
+        caller can name it.
+        """
+        if staged.moved_mode is None:
+            self.release(staged)
+            return None
+        self.budget.release(staged.size)
+        src = Path(staged.source)
+        try:
+            # link + unlink, not rename: never replace a file written at the source since.
+            os.link(staged.path, src)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                return staged.path
+            try:
+                _copy(staged.path, src)  # O_EXCL: also never replaces a newer file
+            except OSError as copy_exc:
+                if copy_exc.errno != errno.EEXIST:
+                    with contextlib.suppress(OSError):
+                        src.unlink()  # ours, half-written
+                return staged.path
+        with contextlib.suppress(OSError):
+            os.chmod(src, staged.moved_mode)
+        with contextlib.suppress(OSError):
+            staged.path.unlink()
+        return None
 
     def forget(self, staged: StagedFile) -> None:
         """Keep a failed upload's staged file but stop counting it against the budget."""

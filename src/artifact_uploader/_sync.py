@@ -305,12 +305,12 @@ class Uploader:
     ) -> concurrent.futures.Future[UploadResult]:
         try:
             return self._backend.hand_off(prepared, after)
-        except BaseException:
+        except BaseException as exc:
             # Closed between staging and hand-off: the staged copy must not leak, nor its
-            # journal entry (a resume would report its missing copy).
+            # journal entry (a resume would report its missing copy); a moved file goes back.
             if self._engine._journal is not None:
                 self._engine._journal.done(prepared.staged.id)
-            self._engine._stager.release(prepared.staged)
+            self._engine._discard(prepared.staged, exc)
             raise
 
     def upload(

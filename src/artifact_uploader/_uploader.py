@@ -256,12 +256,27 @@ class AsyncUploader:
                         source=staged.source,
                     )
                 )
-            except BaseException:
-                self._stager.release(staged)
+            except BaseException as exc:
+                self._discard(staged, exc)
                 raise
         self._count(files_queued=1, bytes_queued=staged.size)
         self._emit(EventKind.STAGED, name, staged.size)
         return _Prepared(name, staged, overwrite)
+
+    def _discard(self, staged: StagedFile, exc: BaseException) -> None:
+        """Undo the staging of a submission refused with ``exc`` (any thread).
+
+        In "move" mode the staged file is the caller's only copy: it goes back to its source;
+        if it cannot, it is kept and ``exc`` names where.
+        """
+        kept = self._stager.discard(staged)
+        if kept is not None:
+            note = (
+                f"the moved file could not be put back at {staged.source!r}; "
+                f"it is kept at {str(kept)!r}"
+            )
+            log.error("%s", note)
+            exc.add_note(note)
 
     async def submit(
         self,
@@ -299,8 +314,9 @@ class AsyncUploader:
             self._prepare, path, name, overwrite, timeout, staging
         )
         if self._state != "open":
-            self._stager.release(prepared.staged)
-            raise UploaderClosedError(f"the uploader closed while staging {name!r}")
+            exc = UploaderClosedError(f"the uploader closed while staging {name!r}")
+            self._discard(prepared.staged, exc)
+            raise exc
         return self._enqueue(prepared)
 
     async def upload(
@@ -347,7 +363,7 @@ class AsyncUploader:
         except BaseException as exc:
             if self._journal is not None:
                 self._journal.done(prepared.staged.id)
-            self._stager.release(prepared.staged)
+            self._discard(prepared.staged, exc)
             if not target.done():
                 target.set_exception(exc)
             if not isinstance(exc, Exception):
