@@ -6,13 +6,18 @@ region on HeadBucket) and the scripted fault server (to see which path sent a re
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import pytest_asyncio
 
+from artifact_uploader._errors import ProviderError
 from artifact_uploader._types import FileSlice
 from artifact_uploader.providers.s3 import S3Provider
 from tests.servers.moto import MotoServer, read_s3_object
@@ -98,3 +103,149 @@ async def test_wrong_region_answer_without_the_header_hands_over_to_botocore(
     direct, again = s3_faults.requests()
     assert not sent_by_botocore(direct)
     assert sent_by_botocore(again) and again["path"] == "/bkt/pre/a.bin"
+
+
+# -- TLS trust -----------------------------------------------------------------------------
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 / localhost (its own CA) and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest_asyncio.fixture
+async def tls_moto(moto_server: MotoServer, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """``(https endpoint, CA bundle)``: a TLS front (on this loop) relaying to moto."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    upstream = urlsplit(moto_server.endpoint_url)
+    assert upstream.hostname is not None and upstream.port is not None
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(1 << 16):
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            up_r, up_w = await asyncio.open_connection(upstream.hostname, upstream.port)
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        finally:
+            handlers.discard(task)
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"https://127.0.0.1:{port}", cert
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_aws_ca_bundle_is_honoured_on_both_paths(
+    tls_moto: tuple[str, Path],
+    moto_server: MotoServer,
+    moto_s3: Any,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint, bundle = tls_moto
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"trusted")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    provider = S3Provider.from_uri(
+        f"s3://{s3_bucket}/p", moto_server.options(endpoint_url=endpoint)
+    )
+    await provider.open()  # HeadBucket: botocore over TLS
+    try:
+        assert provider._direct is not None
+        await provider.put("f.bin", FileSlice(src, 0, 7), overwrite=True)  # the direct path
+        upload_id = await provider.create_multipart("m.bin", overwrite=True)  # botocore
+        await provider.abort_multipart("m.bin", upload_id)
+    finally:
+        await provider.aclose()
+    assert read_s3_object(moto_s3, s3_bucket, "p/f.bin") == b"trusted"
+
+
+@pytest.mark.asyncio
+async def test_untrusted_certificate_is_refused_by_default(
+    tls_moto: tuple[str, Path],
+    moto_server: MotoServer,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint, _ = tls_moto
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"refused")
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    provider = S3Provider.from_uri(
+        f"s3://{s3_bucket}/p", moto_server.options(endpoint_url=endpoint)
+    )
+    with pytest.raises(ProviderError, match=r"(?i)certificate"):
+        await provider.open()
+    await provider.open(verify=False)  # no HeadBucket; the direct path must refuse as well
+    try:
+        assert provider._direct is not None
+        with pytest.raises(ProviderError, match=r"(?i)certificate"):
+            await provider.put("f.bin", FileSlice(src, 0, 7), overwrite=True)
+    finally:
+        await provider.aclose()

@@ -180,7 +180,7 @@ class DirectS3:
         client: Any,
         bucket: str,
         *,
-        verify: bool | str,
+        verify: bool | str | None,
         connect_timeout: float,
         read_timeout: float,
         max_pool_connections: int,
@@ -203,8 +203,13 @@ class DirectS3:
             endpoint, extra_headers, _ = await client._resolve_endpoint_ruleset(
                 model, {"Bucket": bucket, "Key": "k"}, context
             )
+            http_session = client._endpoint.http_session
             # The proxy botocore would use (its config, else HTTP(S)_PROXY / NO_PROXY).
-            proxy = client._endpoint.http_session._proxy_config.proxy_url_for(endpoint)
+            proxy = http_session._proxy_config.proxy_url_for(endpoint)
+            # The TLS trust botocore resolved: the given value, else AWS_CA_BUNDLE, the
+            # profile's ca_bundle, REQUESTS_CA_BUNDLE, else its default bundle.
+            resolved_verify = http_session._verify
+            client_cert = getattr(http_session, "_cert_file", None)
         except Exception:
             # Private botocore surface: if it ever changes shape, stay on the public path.
             return None
@@ -214,6 +219,10 @@ class DirectS3:
             extra_headers
             # Proxies (and their TLS settings) stay with botocore.
             or proxy
+            # Client certificates stay with botocore too.
+            or client_cert
+            or not isinstance(resolved_verify, bool | str)
+            or (verify is not None and resolved_verify != verify)
             or context.get("auth_type") not in _SIGV4_AUTH_TYPES
             or signing.get("signing_name", "s3") != "s3"
             or not isinstance(region, str)
@@ -223,11 +232,11 @@ class DirectS3:
         ):
             return None
         ssl_arg: ssl.SSLContext | bool = False
-        if verify is not False:
+        if resolved_verify is not False:
             from botocore.httpsession import get_cert_path
 
-            # The same CA bundle botocore would use (certifi's, or the given path).
-            ssl_arg = ssl.create_default_context(cafile=get_cert_path(verify))
+            # The same CA bundle botocore uses (the resolved path, or its default).
+            ssl_arg = ssl.create_default_context(cafile=get_cert_path(resolved_verify))
         connector = aiohttp.TCPConnector(
             limit=max_pool_connections, ssl=ssl_arg, enable_cleanup_closed=True
         )

@@ -253,8 +253,10 @@ class S3Provider:
         checksum_mode: ``"when_supported"`` (default) lets botocore add its default checksum
             where an operation supports one; ``"when_required"`` only where the operation
             requires it, for S3-compatible servers that reject the SDK's default checksum headers.
-        verify: TLS certificate verification: True (default), a CA bundle path, or False, which is
-            only accepted for loopback endpoints.
+        verify: TLS certificate verification: None (default) verifies with the CA bundle
+            botocore's configuration names (``AWS_CA_BUNDLE``, the profile's ``ca_bundle``),
+            else its default bundle; True the same; a CA bundle path; or False, which is only
+            accepted for loopback endpoints.
         max_pool_connections: Connection pool size. Large by default so that the engine's
             concurrency limit, not the pool, bounds the requests in flight.
         connect_timeout: Seconds to wait for a connection.
@@ -276,7 +278,7 @@ class S3Provider:
         token: str | None = None,
         checksum: str | None = "crc32c",
         checksum_mode: str = "when_supported",
-        verify: bool | str = True,
+        verify: bool | str | None = None,
         max_pool_connections: int = 64,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
