@@ -9,11 +9,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from pathlib import Path
 
 from artifact_uploader import MemoryProvider, Uploader
 from artifact_uploader._journal import JOURNAL_FILE, load
+from tests._pending import leave_pending
 from tests.conftest import wait_until
 
 
@@ -109,33 +109,10 @@ def test_staged_files_are_private(tmp_path: Path) -> None:
         fut.result(timeout=10)
 
 
-def _leave_pending(folder: Path, objects: dict[str, bytes]) -> list[Path]:
-    """Write what a crashed run leaves behind: staged copies and their ``pending`` lines."""
-    (folder / "staged").mkdir(parents=True, mode=0o700, exist_ok=True)
-    paths = []
-    with open(folder / JOURNAL_FILE, "a") as f:
-        for name, data in objects.items():
-            sid = uuid.uuid4().hex
-            path = folder / "staged" / f"{sid}-{name}"
-            path.write_bytes(data)
-            paths.append(path)
-            rec = {
-                "op": "pending",
-                "id": sid,
-                "name": name,
-                "staged": f"staged/{path.name}",
-                "size": len(data),
-                "overwrite": True,
-                "source": "src",
-            }
-            f.write(json.dumps(rec) + "\n")
-    return paths
-
-
 def test_resume_with_a_full_byte_budget_does_not_deadlock(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     objects = {f"obj{i}": bytes([i]) * 1000 for i in range(3)}
-    _leave_pending(staging, objects)
+    leave_pending(staging, objects)
     store = MemoryProvider("m")
     outcome: dict[str, object] = {}
 

@@ -21,7 +21,11 @@ from artifact_uploader import (
     UploaderClosedError,
     UploadEvent,
     UploadFailedError,
+    _uploader,
 )
+from artifact_uploader._journal import load
+from artifact_uploader._types import FileSlice, PartResult
+from tests._pending import leave_pending
 from tests.conftest import FAST_RETRY
 
 pytestmark = pytest.mark.asyncio
@@ -228,7 +232,7 @@ async def test_close_at_once_reports_an_upload_that_never_started(
     assert failure.name == "early.bin"
     assert failure.staged_path and Path(failure.staged_path).read_bytes() == b"early"
     assert handle.done()
-    with pytest.raises(TimeoutError, match="early.bin"):
+    with pytest.raises(TimeoutError, match=r"early\.bin"):
         handle.result()
     assert memory.count("put") == 0
 
@@ -251,3 +255,62 @@ async def test_events_and_totals(memory: MemoryProvider, make_file: MakeFile) ->
 
 async def _collect(up: AsyncUploader) -> list[UploadEvent]:
     return [e async for e in up.events()]
+
+
+async def test_resume_does_not_let_a_stale_entry_replace_a_newer_submission(
+    memory: MemoryProvider, make_file: MakeFile, tmp_path: Path
+) -> None:
+    staging = tmp_path / "staging"
+    (stale,) = leave_pending(staging, {"latest.pt": b"OLD checkpoint of the crashed run"})
+    async with AsyncUploader(memory, staging_dir=staging) as up:
+        await up.submit(make_file(b"NEW checkpoint"), "latest.pt")
+        report = await up.resume()
+    assert memory.objects["latest.pt"] == b"NEW checkpoint"
+    assert report.superseded == ["latest.pt"] and report.uploaded == []
+    assert not stale.exists()
+    assert load(staging) == ([], [])
+
+
+class _HeldParts(MemoryProvider):
+    """Holds every part until the test lets go."""
+
+    def __init__(self) -> None:
+        super().__init__("held")
+        self.parts_gate = asyncio.Event()
+
+    async def put_part(
+        self, name: str, upload_id: str, part_number: int, data: FileSlice
+    ) -> PartResult:
+        await self.parts_gate.wait()
+        return await super().put_part(name, upload_id, part_number, data)
+
+
+async def test_resume_never_aborts_a_multipart_upload_of_this_run(
+    make_file: MakeFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = tmp_path / "staging"
+    leave_pending(staging, {"big": b"o" * 400})
+    store = _HeldParts()
+    listing_reached, listing_gate = asyncio.Event(), asyncio.Event()
+    real_listing = _uploader.unrecorded_uploads
+
+    async def slow_listing(provider: object, name: str) -> list[str]:
+        # A listing that takes a round trip (as on S3): this run's upload starts meanwhile.
+        listing_reached.set()
+        await listing_gate.wait()
+        return await real_listing(provider, name)
+
+    monkeypatch.setattr(_uploader, "unrecorded_uploads", slow_listing)
+    parts = PartPolicy(threshold=100, part_size=50)
+    async with AsyncUploader(store, staging_dir=staging, parts=parts) as up:
+        resuming = asyncio.ensure_future(up.resume())
+        await listing_reached.wait()
+        handle = await up.submit(make_file(b"n" * 400), "big")
+        await poll(lambda: len(store.multipart_uploads) == 1)
+        listing_gate.set()
+        store.parts_gate.set()
+        report = await resuming
+        result = await handle
+    assert store.objects["big"] == b"n" * 400 and result.size == 400
+    assert report.superseded == ["big"] and report.uploaded == []
+    assert store.count("abort_multipart") == 0

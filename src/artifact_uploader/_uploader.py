@@ -60,11 +60,14 @@ class ResumeReport:
         already_present: Names of ``overwrite=False`` entries whose object was already in the
             store with exactly the staged bytes (it landed before the crash, but the journal
             did not record it); they were not uploaded again.
+        superseded: Names of entries not uploaded because this run had already submitted the
+            same name (newer content); their staged copies were deleted.
     """
 
     uploaded: list[UploadResult]
     skipped_lines: list[str]
     already_present: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
 
 
 class UploadHandle:
@@ -167,6 +170,10 @@ class AsyncUploader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._chains: dict[str, asyncio.Future[UploadResult]] = {}
         self._failures: list[FailedUpload] = []
+        # Names submitted in this run, and multipart upload ids this engine has in flight:
+        # resume() must not let a stale journal entry replace the one, nor abort the other.
+        self._submitted: set[str] = set()
+        self._live_ids: set[str] = set()
         self._queues: list[asyncio.Queue[UploadEvent | None]] = []
 
     def __repr__(self) -> str:
@@ -325,9 +332,14 @@ class AsyncUploader:
         """Upload ``path`` as ``name`` and return once it is durable."""
         return await (await self.submit(path, name, overwrite=overwrite))
 
-    def _enqueue(self, prepared: _Prepared, after: Awaitable[Any] | None = None) -> UploadHandle:
+    def _enqueue(
+        self, prepared: _Prepared, after: Awaitable[Any] | None = None, *, resumed: bool = False
+    ) -> UploadHandle:
         """Start the upload task (on the loop thread). Ordering per name is fixed here."""
         self._check_open()
+        if not resumed:
+            # A later resume() must not let an older journalled copy of this name win.
+            self._submitted.add(prepared.name)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[UploadResult] = loop.create_future()
         # Failures are reported by flush()/close(); don't let asyncio log them as unretrieved.
@@ -495,6 +507,7 @@ class AsyncUploader:
             name,
             size,
         )
+        self._live_ids.add(upload_id)
         if self._journal is not None:
             self._journal.multipart(staged.id, upload_id)
         results: list[PartResult | None] = [None] * count
@@ -532,6 +545,8 @@ class AsyncUploader:
         except BaseException:
             await self._abort(provider, name, upload_id)
             raise
+        finally:
+            self._live_ids.discard(upload_id)
 
     async def _abort(self, provider: MultipartProvider, name: str, upload_id: str) -> None:
         # Shielded so a cancelled upload (close timeout) still leaves no orphaned parts.
@@ -665,15 +680,21 @@ class AsyncUploader:
         entries, self._inherited = self._inherited, []
         handles: list[UploadHandle] = []
         present: list[str] = []
+        superseded: list[str] = []
         for entry in entries:
-            if isinstance(self.provider, MultipartProvider):
-                upload_ids = list(entry.multipart_ids)
-                for upload_id in await unrecorded_uploads(self.provider, entry.name):
-                    if upload_id not in upload_ids:
-                        upload_ids.append(upload_id)
-                for upload_id in upload_ids:
-                    await self._abort(self.provider, entry.name, upload_id)
             path = self._stager.folder / entry.staged
+            if isinstance(self.provider, MultipartProvider):
+                # The crashed run's own uploads: always safe to abort.
+                for upload_id in entry.multipart_ids:
+                    await self._abort(self.provider, entry.name, upload_id)
+            if entry.name in self._submitted:
+                self._supersede(entry, path, superseded)
+                continue
+            if isinstance(self.provider, MultipartProvider):
+                for upload_id in await unrecorded_uploads(self.provider, entry.name):
+                    # Never an upload of this run (a newer submission of the same name).
+                    if upload_id not in entry.multipart_ids and upload_id not in self._live_ids:
+                        await self._abort(self.provider, entry.name, upload_id)
             try:
                 actual = path.stat().st_size
             except FileNotFoundError:
@@ -698,8 +719,13 @@ class AsyncUploader:
                 present.append(entry.name)
                 continue
             staged = await self._adopt(path, entry)
+            if entry.name in self._submitted:
+                # Submitted again while this resume waited: the newer content wins.
+                self._stager.forget(staged)
+                self._supersede(entry, path, superseded)
+                continue
             try:
-                handle = self._enqueue(_Prepared(entry.name, staged, entry.overwrite))
+                handle = self._enqueue(_Prepared(entry.name, staged, entry.overwrite), resumed=True)
             except BaseException:
                 self._stager.forget(staged)  # closed meanwhile: the entry stays journalled
                 raise
@@ -708,10 +734,20 @@ class AsyncUploader:
         await self._drain(None)
         uploaded = [h.result() for h in handles if h.done() and h._future.exception() is None]
         report = ResumeReport(
-            uploaded=uploaded, skipped_lines=list(self.journal_problems), already_present=present
+            uploaded=uploaded,
+            skipped_lines=list(self.journal_problems),
+            already_present=present,
+            superseded=superseded,
         )
         self._raise_failures("while resuming")
         return report
+
+    def _supersede(self, entry: JournalEntry, path: Path, superseded: list[str]) -> None:
+        """Drop an inherited entry whose name this run already submitted (newer content)."""
+        assert self._journal is not None
+        self._journal.done(entry.id)
+        path.unlink(missing_ok=True)
+        superseded.append(entry.name)
 
     async def _adopt(self, path: Path, entry: JournalEntry) -> StagedFile:
         """Count a resumed staged copy against the byte budget without blocking the loop.
