@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from artifact_uploader import (
     _uploader,
 )
 from artifact_uploader._journal import load
+from artifact_uploader._staging import Stager
 from artifact_uploader._types import FileSlice, PartResult
 from tests._pending import leave_pending
 from tests.conftest import FAST_RETRY
@@ -314,3 +316,35 @@ async def test_resume_never_aborts_a_multipart_upload_of_this_run(
     assert store.objects["big"] == b"n" * 400 and result.size == 400
     assert report.superseded == ["big"] and report.uploaded == []
     assert store.count("abort_multipart") == 0
+
+
+async def test_submit_losing_the_race_with_close_leaves_no_journal_entry(
+    memory: MemoryProvider, make_file: MakeFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = tmp_path / "staging"
+    in_place, let_go = threading.Event(), threading.Event()
+    real_place = Stager._place
+
+    def held_place(self: Stager, src: Path, dest: Path, mode: str) -> int | None:
+        if src.name == "late.bin":
+            in_place.set()
+            let_go.wait()
+        return real_place(self, src, dest, mode)
+
+    monkeypatch.setattr(Stager, "_place", held_place)
+    memory.pause()
+    up = AsyncUploader(memory, staging_dir=staging)
+    await up.open()
+    await up.submit(make_file(b"a"), "a")
+    late = asyncio.ensure_future(up.submit(make_file(b"b", name="late.bin"), "late"))
+    await poll(in_place.is_set)
+    closing = asyncio.ensure_future(up.aclose())
+    await poll(lambda: up._state == "closing")
+    let_go.set()  # staging finishes after close began: the submit is refused
+    with pytest.raises(UploaderClosedError, match="late"):
+        await late
+    memory.resume()
+    await closing
+    assert memory.objects == {"a": b"a"}
+    assert load(staging) == ([], [])
+    assert list((staging / "staged").iterdir()) == []

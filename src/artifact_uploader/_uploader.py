@@ -322,6 +322,10 @@ class AsyncUploader:
         )
         if self._state != "open":
             exc = UploaderClosedError(f"the uploader closed while staging {name!r}")
+            # Its pending line is already journalled: end it, or every later resume would
+            # report a missing staged copy.
+            if self._journal is not None:
+                self._journal.done(prepared.staged.id)
             self._discard(prepared.staged, exc)
             raise exc
         return self._enqueue(prepared)
