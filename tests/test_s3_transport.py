@@ -7,6 +7,7 @@ region on HeadBucket) and the scripted fault server (to see which path sent a re
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -249,3 +250,52 @@ async def test_untrusted_certificate_is_refused_by_default(
             await provider.put("f.bin", FileSlice(src, 0, 7), overwrite=True)
     finally:
         await provider.aclose()
+
+
+# -- payload signing -----------------------------------------------------------------------
+
+CREDS = {"key": "AKIAEXAMPLEKEY", "secret": "transport-secret-0123456789", "region": "us-east-1"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("endpoint", "direct"),
+    [
+        ("http://s3.example.test:9000", False),
+        ("https://s3.example.test:9000", True),
+        ("http://127.0.0.1:9000", True),
+    ],
+)
+async def test_direct_path_only_over_tls_or_loopback(endpoint: str, direct: bool) -> None:
+    provider = S3Provider.from_uri("s3://bkt", {**CREDS, "endpoint_url": endpoint})
+    await provider.open(verify=False)  # no request is sent
+    try:
+        assert (provider._direct is not None) is direct
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.asyncio
+async def test_payload_is_signed_over_plain_http_to_a_remote_host(
+    s3_faults: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fault server stands in for the remote host as an HTTP proxy, and records headers.
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", s3_faults.endpoint_url)
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"signed body")
+    provider = S3Provider.from_uri(
+        "s3://bkt/pre", {**CREDS, "endpoint_url": "http://s3.example.test:9000"}
+    )
+    await provider.open(verify=False)
+    try:
+        s3_faults.script()
+        await provider.put("a.bin", FileSlice(src, 0, 11), overwrite=True)
+    finally:
+        await provider.aclose()
+    (put,) = s3_faults.requests()
+    headers = {k.lower(): v for k, v in put["headers"].items()}
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(b"signed body").hexdigest()
+    assert "x-amz-content-sha256" in headers["authorization"]
+    assert headers["x-amz-checksum-crc32c"]  # our CRC32C still goes along

@@ -7,8 +7,10 @@ retries, so the client is built with a single attempt and without parameter vali
 Integrity: with ``checksum="crc32c"`` (the default) the provider computes CRC32C itself (awscrt,
 native code) and sends it as the ``x-amz-checksum-crc32c`` header, so the server verifies the body
 and botocore neither hashes the body again nor switches to aws-chunked trailer encoding. Because a
-checksum protects the body, SigV4 payload hashing (SHA-256 over the whole body) is switched off;
-with ``checksum=None`` the default payload signing stays on.
+checksum protects the body, SigV4 payload hashing (SHA-256 over the whole body) is switched off
+over TLS and to loopback hosts; with ``checksum=None``, or over plain HTTP to any other host (where
+a man in the middle could rewrite body and checksum together), the default payload signing stays
+on and the direct request path (``_s3_direct``) is not used.
 """
 
 from __future__ import annotations
@@ -505,9 +507,11 @@ class S3Provider:
             s3={
                 # Custom endpoints (MinIO, moto, Ceph...) rarely have wildcard DNS for buckets.
                 "addressing_style": "path" if self.endpoint_url else "auto",
-                # Our CRC32C header already protects the body: skip the SHA-256 of every payload.
-                # Without it, leave botocore's default (signed payloads over plain HTTP).
-                **({"payload_signing_enabled": False} if self.checksum else {}),
+                # Our CRC32C header already protects the body against corruption: skip the
+                # SHA-256 of every payload. Not against tampering, though: without TLS (to a
+                # non-loopback host) or without our checksum, leave botocore's default, which
+                # signs payloads over plain HTTP.
+                **({"payload_signing_enabled": False} if self._unsigned_payload_ok() else {}),
             },
         )
         creds = self._credentials
@@ -534,9 +538,9 @@ class S3Provider:
         scrub_creds = creds or _chain_credentials(client)
         if scrub_creds is not None:
             stack.callback(_install_log_scrubber(scrub_creds))
-        if self.checksum:
-            # Only with our own CRC32C: the fast path sends UNSIGNED-PAYLOAD like botocore does
-            # here, and leaves payload signing (checksum=None) to botocore.
+        if self._unsigned_payload_ok():
+            # Only with our own CRC32C, over TLS or loopback: the fast path sends
+            # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to botocore.
             try:
                 direct = await DirectS3.create(
                     client,
@@ -583,6 +587,16 @@ class S3Provider:
         self._direct = None
         if stack is not None:
             await stack.aclose()
+
+    def _unsigned_payload_ok(self) -> bool:
+        """Whether bodies may go out with UNSIGNED-PAYLOAD: with our CRC32C, and over TLS or to a
+        loopback host (on plain HTTP anyone on the path could rewrite body and CRC together)."""
+        if not self.checksum:
+            return False
+        if self.endpoint_url is None:
+            return self.use_ssl
+        parts = urlsplit(self.endpoint_url)
+        return parts.scheme == "https" or _is_loopback(parts.hostname)
 
     def _live_client(self) -> Any:
         if self._client is None:
