@@ -25,6 +25,8 @@ from artifact_uploader import (
     UploaderClosedError,
     UploadFailedError,
 )
+from artifact_uploader._journal import load
+from tests._pending import leave_pending
 from tests.conftest import wait_until
 
 MakeFile = Callable[..., Path]
@@ -303,3 +305,21 @@ def test_malformed_uri_and_missing_scheme() -> None:
         Uploader("bucket-without-scheme")
     with pytest.raises(ConfigError, match="ftp"):
         Uploader("ftp://host/x")
+
+
+def test_logger_resume_with_a_lost_staged_copy_reports_it_once(tmp_path: Path) -> None:
+    folder = tmp_path / "staging"
+    (lost,) = leave_pending(folder, {"gone": b"12345"})
+    lost.unlink()  # e.g. a staging folder on /dev/shm after a reboot
+    store = tmp_path / "store"
+    with pytest.raises(UploadFailedError, match="is missing") as info:
+        ObjectStoreLogger("file", str(store), upload_staging_folder=str(folder), resume=True)
+    assert [f.name for f in info.value.failures] == ["gone"]
+    # The failed constructor let go of the folder (a leaked lock would say "in use"), and the
+    # entry that can never be resumed is not reported again.
+    logger = ObjectStoreLogger("file", str(store), upload_staging_folder=str(folder), resume=True)
+    try:
+        assert logger.resume_report is not None and logger.resume_report.uploaded == []
+    finally:
+        logger.close()
+    assert load(folder) == ([], [])

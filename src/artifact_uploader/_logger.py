@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from enum import IntEnum
@@ -105,7 +106,13 @@ class ObjectStoreLogger:
         self._latest: dict[str, concurrent.futures.Future[UploadResult]] = {}
         self.resume_report: ResumeReport | None = None
         if resume:
-            self.resume_report = self._uploader.resume_pending()
+            try:
+                self.resume_report = self._uploader.resume_pending()
+            except BaseException:
+                # No logger to close later: let go of the loop thread and the folder lock now.
+                with contextlib.suppress(Exception):
+                    self._uploader.close()
+                raise
 
     def __repr__(self) -> str:
         return f"<ObjectStoreLogger {self._uploader.provider!r} run_name={self.run_name!r}>"

@@ -383,7 +383,8 @@ class Uploader:
             **options: Other constructor options (max_concurrency, retry...).
 
         Raises:
-            UploadFailedError: Some entries could not be uploaded (they stay journalled).
+            UploadFailedError: Some entries could not be uploaded (they stay journalled, except
+                one whose staged copy is missing or short: reported once, then dropped).
         """
         with cls(
             store, staging_dir=staging_folder, provider_kwargs=provider_kwargs, **options

@@ -676,7 +676,9 @@ class AsyncUploader:
 
         Raises:
             ConfigError: The uploader has no persistent staging folder.
-            UploadFailedError: Some pending uploads failed again (they stay journalled).
+            UploadFailedError: Some pending uploads failed again (they stay journalled). An
+                entry whose staged copy is missing or short can never be resumed: it is
+                reported once and leaves the journal (a short copy is kept and named).
         """
         self._check_open()
         if self._journal is None:
@@ -711,9 +713,14 @@ class AsyncUploader:
                     FailedUpload(
                         entry.name,
                         str(path) if actual >= 0 else None,
-                        UploadError(f"staged copy {str(path)!r} {why}; cannot resume it"),
+                        UploadError(
+                            f"staged copy {str(path)!r} {why}; cannot resume it (reported "
+                            "once: the entry leaves the journal, a short copy is kept)"
+                        ),
                     )
                 )
+                # No later resume can do better: drop the entry, or it would fail every one.
+                self._journal.done(entry.id)
                 continue
             if not entry.overwrite and await already_stored(
                 self.provider, entry.name, path, entry.size, self._part_size(entry.size)
