@@ -19,12 +19,13 @@ from artifact_uploader import (
     ProviderError,
     RetryPolicy,
     SourceFileError,
+    StagingError,
     UploaderClosedError,
     UploadEvent,
     UploadFailedError,
     _uploader,
 )
-from artifact_uploader._journal import load
+from artifact_uploader._journal import Journal, load
 from artifact_uploader._staging import Stager
 from artifact_uploader._types import FileSlice, PartResult
 from tests._pending import leave_pending
@@ -348,3 +349,20 @@ async def test_submit_losing_the_race_with_close_leaves_no_journal_entry(
     assert memory.objects == {"a": b"a"}
     assert load(staging) == ([], [])
     assert list((staging / "staged").iterdir()) == []
+
+
+async def test_multipart_upload_is_aborted_when_its_id_cannot_be_journalled(
+    memory: MemoryProvider, make_file: MakeFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def journal_full(self: Journal, entry_id: str, upload_id: str) -> None:
+        raise StagingError("could not write the journal: No space left on device", path=self.path)
+
+    monkeypatch.setattr(Journal, "multipart", journal_full)
+    parts = PartPolicy(threshold=100, part_size=50)
+    async with AsyncUploader(memory, staging_dir=tmp_path / "staging", parts=parts) as up:
+        handle = await up.submit(make_file(os.urandom(400)), "big")
+        with pytest.raises(StagingError, match="No space"):
+            await handle
+        up._take_failures()
+    assert memory.multipart_uploads == {}
+    assert memory.count("abort_multipart") == 1

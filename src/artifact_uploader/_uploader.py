@@ -512,8 +512,6 @@ class AsyncUploader:
             size,
         )
         self._live_ids.add(upload_id)
-        if self._journal is not None:
-            self._journal.multipart(staged.id, upload_id)
         results: list[PartResult | None] = [None] * count
         numbers = iter(range(1, count + 1))
 
@@ -533,6 +531,10 @@ class AsyncUploader:
                 self._sent(name, size, data.length)
 
         try:
+            if self._journal is not None:
+                # Inside the try: an upload whose id could not be journalled is aborted now,
+                # never left for no resume to find.
+                self._journal.multipart(staged.id, upload_id)
             try:
                 async with asyncio.TaskGroup() as tg:
                     for _ in range(min(self.max_concurrency, count)):
@@ -618,7 +620,11 @@ class AsyncUploader:
 
         Uploads still running at the timeout are cancelled (multipart uploads are aborted) and
         reported; their staged copies are kept (and, in a persistent staging folder, stay
-        journalled for :meth:`Uploader.resume`).
+        journalled for :meth:`Uploader.resume`). An upload cancelled while its
+        CreateMultipartUpload was in flight never learned its upload id, so it cannot be
+        aborted here: with a persistent staging folder, :meth:`resume` aborts it (on stores
+        that list unfinished uploads, S3); otherwise the store's lifecycle rule for incomplete
+        multipart uploads removes it.
 
         Raises:
             UploadFailedError: Listing every upload that failed or did not finish.
