@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -299,3 +301,53 @@ async def test_payload_is_signed_over_plain_http_to_a_remote_host(
     assert headers["x-amz-content-sha256"] == hashlib.sha256(b"signed body").hexdigest()
     assert "x-amz-content-sha256" in headers["authorization"]
     assert headers["x-amz-checksum-crc32c"]  # our CRC32C still goes along
+
+
+# -- log scrubbing -------------------------------------------------------------------------
+
+LIVE_SECRET = "refreshable-secret-value-0123456789abcdef"
+LIVE_TOKEN = "refreshable-session-token-abcdefghijklmnop"
+
+
+@pytest.mark.asyncio
+async def test_refreshable_chain_credentials_are_scrubbed_from_sdk_logs(
+    moto_server: MotoServer,
+    moto_s3: Any,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A profile whose credential_process returns expiring (so refreshable) credentials.
+    script = tmp_path / "creds.py"
+    script.write_text(
+        "import json\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': 'AKIAREFRESHABLE00001', "
+        f"'SecretAccessKey': {LIVE_SECRET!r}, 'SessionToken': {LIVE_TOKEN!r}, "
+        "'Expiration': '2999-01-01T00:00:00Z'}))\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(f"[profile live]\ncredential_process = {sys.executable} {script}\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_PROFILE", "live")
+    caplog.set_level(logging.DEBUG)
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"scrubbed")
+    options = {k: v for k, v in moto_server.options().items() if k not in ("key", "secret")}
+    provider = S3Provider.from_uri(f"s3://{s3_bucket}/p", options)
+    await provider.open()
+    try:
+        found = provider._live_client()._request_signer._credentials
+        assert "Refresh" in type(found).__name__
+        await provider.put("f.bin", FileSlice(src, 0, 8), overwrite=True)
+        upload_id = await provider.create_multipart("m.bin", overwrite=True)
+        await provider.abort_multipart("m.bin", upload_id)
+    finally:
+        await provider.aclose()
+    assert read_s3_object(moto_s3, s3_bucket, "p/f.bin") == b"scrubbed"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "<redacted>" in text  # botocore logged the token header, scrubbed
+    assert LIVE_SECRET not in text and LIVE_TOKEN not in text

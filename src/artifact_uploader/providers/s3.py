@@ -150,6 +150,28 @@ class _Credentials:
         return text
 
 
+class _LiveCredentials:
+    """Refreshable credentials from botocore's chain (instance role, STS, credential_process):
+    scrubs the values they hold at the moment a record is logged, so refreshed ones too."""
+
+    __slots__ = ("_found",)
+
+    def __init__(self, found: Any) -> None:
+        self._found = found
+
+    def __repr__(self) -> str:
+        return "_LiveCredentials(<redacted>)"
+
+    def scrub(self, text: str) -> str:
+        # The private fields hold the current values; the public ones would refresh (or warn).
+        for attr in ("_secret_key", "_token", "_access_key"):
+            value = getattr(self._found, attr, None)
+            # Short values (test dummies) would mangle ordinary words; real ones are 16+ chars.
+            if isinstance(value, str) and len(value) >= 8:
+                text = text.replace(value, "<redacted>")
+        return text
+
+
 class _ScrubLogs(logging.Filter):
     """Redacts explicit credentials from the SDKs' log records.
 
@@ -158,7 +180,7 @@ class _ScrubLogs(logging.Filter):
     credentials in their logs. Installed on the SDK loggers while a provider is open.
     """
 
-    def __init__(self, credentials: _Credentials) -> None:
+    def __init__(self, credentials: _Credentials | _LiveCredentials) -> None:
         super().__init__()
         self._credentials = credentials
 
@@ -185,19 +207,21 @@ def _sdk_loggers() -> list[logging.Logger]:
     return [logging.getLogger(n) for n in sorted(names.union(roots))]
 
 
-def _chain_credentials(client: Any) -> _Credentials | None:
-    """Static credentials botocore found in its default chain (environment, profile), to scrub
-    from its logs as well; None for refreshable ones (instance roles), or on any doubt."""
+def _chain_credentials(client: Any) -> _Credentials | _LiveCredentials | None:
+    """Credentials botocore found in its default chain (environment, profile, instance role,
+    STS...), to scrub from its logs as well; None when there are none, or on any doubt."""
     found = getattr(getattr(client, "_request_signer", None), "_credentials", None)
-    if found is None or "Refresh" in type(found).__name__:
+    if found is None:
         return None
+    if "Refresh" in type(found).__name__:
+        return _LiveCredentials(found)
     key, secret, token = (getattr(found, a, None) for a in ("access_key", "secret_key", "token"))
     if isinstance(key, str) and isinstance(secret, str):
         return _Credentials(key, secret, token if isinstance(token, str) else None)
     return None
 
 
-def _install_log_scrubber(credentials: _Credentials) -> Callable[[], None]:
+def _install_log_scrubber(credentials: _Credentials | _LiveCredentials) -> Callable[[], None]:
     scrubber = _ScrubLogs(credentials)
     loggers = _sdk_loggers()
     for logger in loggers:
