@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from artifact_uploader import (
+    AsyncUploader,
     ConfigError,
+    FailedUpload,
     LogLevel,
     MemoryProvider,
     ObjectStoreLogger,
@@ -24,8 +26,10 @@ from artifact_uploader import (
     Uploader,
     UploaderClosedError,
     UploadFailedError,
+    UploadResult,
 )
 from artifact_uploader._journal import load
+from artifact_uploader._uploader import _Prepared
 from tests._pending import leave_pending
 from tests.conftest import wait_until
 
@@ -323,3 +327,56 @@ def test_logger_resume_with_a_lost_staged_copy_reports_it_once(tmp_path: Path) -
     finally:
         logger.close()
     assert load(folder) == ([], [])
+
+
+class _HeldList(list[FailedUpload]):
+    """A failure list whose append pauses midway, as a thread switch can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_append, self.go = threading.Event(), threading.Event()
+
+    def append(self, item: FailedUpload) -> None:
+        self.in_append.set()
+        self.go.wait()
+        super().append(item)
+
+
+def test_a_failure_recorded_while_the_caller_takes_failures_is_not_lost(
+    memory: MemoryProvider, tmp_path: Path
+) -> None:
+    engine = AsyncUploader(memory)
+    held = _HeldList()
+    engine._failures = held
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    staged = engine._stager.stage(src)
+    loop = asyncio.new_event_loop()
+    future: asyncio.Future[UploadResult] = loop.create_future()
+    # The loop's side: an upload fails (its report paused inside the append).
+    recorder = threading.Thread(
+        target=engine._record_failure,
+        args=(_Prepared("f", staged, True), future, ProviderError("boom")),
+    )
+    recorder.start()
+    held.in_append.wait()
+    # The caller's side (the logger's next call) takes the failures meanwhile.
+    taken: list[list[FailedUpload]] = []
+    taker = threading.Thread(target=lambda: taken.append(list(engine._take_failures())))
+    taker.start()
+    frames = sys._current_frames
+
+    def taker_done_or_waiting() -> bool:
+        frame = frames().get(taker.ident or 0)
+        return not taker.is_alive() or (
+            frame is not None and frame.f_code.co_name == "_take_failures"
+        )
+
+    wait_until(taker_done_or_waiting, what="the taker to finish or wait")
+    held.go.set()
+    recorder.join()
+    taker.join()
+    loop.close()
+    reported = taken[0] + list(engine._take_failures())
+    assert [f.name for f in reported] == ["f"]
+    engine._stager.close()

@@ -170,6 +170,9 @@ class AsyncUploader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._chains: dict[str, asyncio.Future[UploadResult]] = {}
         self._failures: list[FailedUpload] = []
+        # The loop appends failures while a caller's thread takes them (the logger, at its next
+        # call): without a lock, one appended during the swap would be lost.
+        self._failures_lock = threading.Lock()
         # Names submitted in this run, and multipart upload ids this engine has in flight:
         # resume() must not let a stale journal entry replace the one, nor abort the other.
         self._submitted: set[str] = set()
@@ -448,7 +451,7 @@ class AsyncUploader:
             )
         else:
             cause = exc
-        self._failures.append(FailedUpload(name, str(staged.path), cause))
+        self._add_failure(FailedUpload(name, str(staged.path), cause))
         self._count(files_failed=1)
         self._emit(EventKind.FAILED, name, staged.size, error=cause)
         log.warning("upload of %r failed: %s", name, cause)
@@ -576,8 +579,13 @@ class AsyncUploader:
 
     # -- waiting and closing ----------------------------------------------------------------
 
+    def _add_failure(self, failure: FailedUpload) -> None:
+        with self._failures_lock:
+            self._failures.append(failure)
+
     def _take_failures(self) -> list[FailedUpload]:
-        failures, self._failures = self._failures, []
+        with self._failures_lock:
+            failures, self._failures = self._failures, []
         return failures
 
     async def _drain(self, timeout: float | None) -> bool:
@@ -613,7 +621,8 @@ class AsyncUploader:
 
     def failures(self) -> list[FailedUpload]:
         """Failures not yet reported, without clearing them."""
-        return list(self._failures)
+        with self._failures_lock:
+            return list(self._failures)
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Wait for pending uploads (up to ``timeout``), then close. Idempotent.
@@ -715,7 +724,7 @@ class AsyncUploader:
                 why = (
                     "is missing" if actual < 0 else f"has {actual} bytes, journal says {entry.size}"
                 )
-                self._failures.append(
+                self._add_failure(
                     FailedUpload(
                         entry.name,
                         str(path) if actual >= 0 else None,
