@@ -11,8 +11,10 @@ import textwrap
 import threading
 from pathlib import Path
 
-from artifact_uploader import MemoryProvider, Uploader
-from artifact_uploader._journal import JOURNAL_FILE, load
+import pytest
+
+from artifact_uploader import MemoryProvider, Uploader, UploaderClosedError
+from artifact_uploader._journal import JOURNAL_FILE, Journal, JournalEntry, load
 from tests._pending import leave_pending
 from tests.conftest import wait_until
 
@@ -130,3 +132,13 @@ def test_resume_with_a_full_byte_budget_does_not_deadlock(tmp_path: Path) -> Non
     assert "error" not in outcome, outcome
     assert store.objects == objects
     assert load(staging) == ([], [])
+
+
+def test_a_closed_journal_refuses_a_pending_record(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.close()
+    entry = JournalEntry(id="x", name="n", staged="staged/x-n", size=1, overwrite=True)
+    with pytest.raises(UploaderClosedError, match="closed"):
+        journal.pending(entry)
+    journal.done("x")  # only logged: the object is durable whatever the journal says
+    assert load(tmp_path) == ([], [])

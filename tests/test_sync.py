@@ -29,6 +29,7 @@ from artifact_uploader import (
     UploadResult,
 )
 from artifact_uploader._journal import load
+from artifact_uploader._staging import Stager
 from artifact_uploader._uploader import _Prepared
 from tests._pending import leave_pending
 from tests.conftest import wait_until
@@ -380,3 +381,59 @@ def test_a_failure_recorded_while_the_caller_takes_failures_is_not_lost(
     reported = taken[0] + list(engine._take_failures())
     assert [f.name for f in reported] == ["f"]
     engine._stager.close()
+
+
+@pytest.mark.parametrize(
+    ("persistent", "use_procs"),
+    [(True, False), (False, False), (True, True)],
+    ids=["persistent", "temporary", "procs"],
+)
+def test_submit_racing_close_fails_cleanly(
+    make_file: MakeFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    persistent: bool,
+    use_procs: bool,
+) -> None:
+    in_place, let_go = threading.Event(), threading.Event()
+    real_place = Stager._place
+
+    def held_place(self: Stager, src: Path, dest: Path, mode: str) -> int | None:
+        in_place.set()
+        let_go.wait()
+        return real_place(self, src, dest, mode)
+
+    monkeypatch.setattr(Stager, "_place", held_place)
+    src = make_file(b"late")
+    store = tmp_path / "store"
+    up = Uploader(
+        f"file://{store}",
+        staging_dir=tmp_path / "stg" if persistent else None,
+        use_procs=use_procs,
+    )
+    folder = Path(up.staging_folder)
+    outcome: dict[str, object] = {}
+
+    def submit() -> None:
+        try:
+            outcome["error"] = up.submit(src, "late").exception(timeout=30)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    in_place.wait()
+    closer = threading.Thread(target=up.close)
+    closer.start()
+    # close() gets as far as it can (it waits for the submission still staging).
+    wait_until(lambda: not closer.is_alive() or getattr(up._engine, "_submits_stopped", False))
+    let_go.set()
+    submitter.join()
+    closer.join()
+    assert isinstance(outcome["error"], UploaderClosedError), outcome
+    assert not (store / "late").exists()
+    if persistent:
+        assert load(folder) == ([], [])
+        assert list((folder / "staged").iterdir()) == []
+    else:
+        assert not folder.exists()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import StagingError
+from ._errors import StagingError, UploaderClosedError
 
 JOURNAL_FILE = "journal.jsonl"
 log = logging.getLogger("artifact_uploader")
@@ -65,12 +65,16 @@ class Journal:
 
         Raises:
             StagingError: The line could not be written (and synced); the journal is unchanged.
+            UploaderClosedError: The journal is closed (its uploader closed): nothing written.
         """
         data = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         with self._lock:
             fd = self._fd
             if fd is None:
-                return
+                # Never silently: a pending record the caller was promised must not go missing.
+                raise UploaderClosedError(
+                    f"the journal {str(self.path)!r} is closed; its uploader was closed"
+                )
             size = os.fstat(fd).st_size
             try:
                 view = memoryview(data)
@@ -101,7 +105,7 @@ class Journal:
         # (see AsyncUploader.resume). A failed write is only logged: the object is durable.
         try:
             self._append({"op": "done", "id": entry_id}, sync=False)
-        except StagingError as exc:
+        except (StagingError, UploaderClosedError) as exc:
             log.warning("%s; a later resume will find the object already uploaded", exc)
 
     def compact(self, keep: list[JournalEntry]) -> None:

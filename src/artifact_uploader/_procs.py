@@ -476,6 +476,7 @@ def _child_main(fd: int) -> None:
 
 def close_unopened(engine: AsyncUploader) -> None:
     """Close an engine that never opened (or whose loop is gone): journal and staging folder."""
+    engine._stop_submits()  # a submission still staging must hand off first
     if engine._state == "new":
         engine._state = "closed"
         engine._close_files()

@@ -78,7 +78,12 @@ class _ThreadBackend:
         # Scheduled, not awaited: a blocking round trip to a busy loop thread would cost the
         # caller more than staging a small file. Callbacks run in order, so per-name ordering
         # holds; a refused hand-off fails the future (AsyncUploader._enqueue_threadsafe).
-        loop.call_soon_threadsafe(self._engine._enqueue_threadsafe, prepared, future, after)
+        try:
+            loop.call_soon_threadsafe(self._engine._enqueue_threadsafe, prepared, future, after)
+        except RuntimeError:  # the loop is closed: so is the uploader
+            raise UploaderClosedError(
+                "the uploader is closed; submit() is no longer accepted"
+            ) from None
         return future
 
     def flush(self, timeout: float | None) -> None:
@@ -286,8 +291,9 @@ class Uploader:
         """
         self._check_usable(f"submit {name!r}")
         self._backend.check_alive()  # before staging: a dead child would only refuse it
-        prepared = self._engine._prepare(path, name, overwrite, timeout, staging)
-        return self._hand_off(prepared)
+        with self._engine._submitting(name):  # close() waits for it to hand off
+            prepared = self._engine._prepare(path, name, overwrite, timeout, staging)
+            return self._hand_off(prepared)
 
     def _submit_bytes(
         self,
@@ -298,7 +304,8 @@ class Uploader:
         after: concurrent.futures.Future[Any] | None = None,
     ) -> concurrent.futures.Future[UploadResult]:
         self._check_usable(f"submit {name!r}")
-        return self._hand_off(self._engine._prepare_bytes(data, name, overwrite), after)
+        with self._engine._submitting(name):
+            return self._hand_off(self._engine._prepare_bytes(data, name, overwrite), after)
 
     def _hand_off(
         self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None = None

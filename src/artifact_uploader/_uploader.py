@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,6 +166,11 @@ class AsyncUploader:
         self._counters = _Counters()
         self._counter_lock = threading.Lock()
         self._state = "new"  # new -> open -> closing -> closed
+        # Submissions between their start and their hand-off (staging, journalling): close
+        # waits for them before it closes the journal and the staging folder under them.
+        self._submits = 0
+        self._submits_stopped = False
+        self._submits_cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -230,6 +236,30 @@ class AsyncUploader:
             raise UploaderClosedError("the uploader is closed; submit() is no longer accepted")
 
     # -- submitting -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _submitting(self, name: str) -> Iterator[None]:
+        """Count one submission from its start to its hand-off (any thread)."""
+        with self._submits_cond:
+            if self._submits_stopped or self._state not in ("new", "open"):
+                raise UploaderClosedError(f"the uploader is closed; cannot submit {name!r}")
+            self._submits += 1
+        try:
+            yield
+        finally:
+            with self._submits_cond:
+                self._submits -= 1
+                if not self._submits:
+                    self._submits_cond.notify_all()
+
+    def _stop_submits(self) -> None:
+        """Refuse new submissions and wait for those in progress to hand off (blocking).
+
+        Called once uploads have drained, so a staging waiting for budget gets it.
+        """
+        with self._submits_cond:
+            self._submits_stopped = True
+            self._submits_cond.wait_for(lambda: not self._submits)
 
     def _prepare(
         self,
@@ -316,9 +346,20 @@ class AsyncUploader:
             StagingError, StagingTimeoutError: Staging failed; nothing half-staged remains.
             UploaderClosedError: The uploader is closed.
         """
+        self._check_open()
+        with self._submitting(name):
+            return await self._submit(path, name, overwrite, timeout, staging)
+
+    async def _submit(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        overwrite: bool,
+        timeout: float | None,
+        staging: str | None,
+    ) -> UploadHandle:
         import anyio.to_thread
 
-        self._check_open()
         self._emit(EventKind.QUEUED, name, 0)
         prepared = await anyio.to_thread.run_sync(
             self._prepare, path, name, overwrite, timeout, staging
@@ -638,6 +679,8 @@ class AsyncUploader:
         Raises:
             UploadFailedError: Listing every upload that failed or did not finish.
         """
+        import anyio.to_thread
+
         if self._state in ("closing", "closed"):
             return
         if self._state == "new":
@@ -650,6 +693,9 @@ class AsyncUploader:
                 for task in list(self._tasks):
                     task.cancel()
                 await asyncio.wait(set(self._tasks), timeout=_CLEANUP_TIMEOUT + 5)
+            # A submission still staging would otherwise find its journal closed and its
+            # temporary folder removed under it; once handed off, it is refused cleanly.
+            await anyio.to_thread.run_sync(self._stop_submits)
         finally:
             self._state = "closed"
             try:
