@@ -1,7 +1,8 @@
 """use_procs=True: the uploads run in a child process and behave exactly like thread mode.
 
 Shared behaviour is parametrized over both modes; what only a child process can do (be killed,
-outlive its parent) is tested in procs mode alone. Nothing here is timed.
+outlive its parent) is tested in procs mode alone. Nothing here is timed but the close(timeout)
+bound, which is the feature.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from artifact_uploader import (
     UploadFailedError,
 )
 from artifact_uploader._journal import load
+from tests._hanging import SilentAfterCreate
 from tests.conftest import wait_until
 from tests.servers.moto import (
     MOTO_OPTIONS,
@@ -453,3 +456,26 @@ def test_errors_cross_the_process_boundary_with_type_and_attributes(tmp_path: Pa
     unpicklable.response = threading.Lock()  # type: ignore[attr-defined]
     plain = across(unpicklable)
     assert type(plain) is ProviderError and str(plain) == "with a lock" and plain.name == "x"
+
+
+@MODES
+def test_close_timeout_is_bounded_when_the_store_never_answers_aborts(
+    tmp_path: Path, make_file: MakeFile, use_procs: bool
+) -> None:
+    marker = tmp_path / "part-started"
+    up = Uploader(
+        SilentAfterCreate(str(marker)),
+        parts=PartPolicy(threshold=100, part_size=50),
+        retry=RetryPolicy(attempts=1),
+        use_procs=use_procs,
+    )
+    up.submit(make_file(b"x" * 400), "big")
+    wait_until(marker.exists, what="the multipart upload to start")
+    start = time.monotonic()
+    with pytest.raises(UploadFailedError, match="big"):
+        up.close(timeout=1)
+    elapsed = time.monotonic() - start
+    # The documented bound: timeout + 2 * min(10, max(1, timeout)), plus the child's reply and
+    # exit margins with use_procs (2 s each). A hung abort used to hold close for 10 s more.
+    bound = 1 + 2 * 1 + (4 if use_procs else 0)
+    assert elapsed < bound + 1, f"close(timeout=1) took {elapsed:.1f}s"

@@ -69,7 +69,7 @@ from ._events import EventKind
 from ._journal import Journal, JournalEntry
 from ._staging import STAGED_DIR, StagedFile
 from ._types import UploadResult
-from ._uploader import _CLEANUP_TIMEOUT, AsyncUploader, ResumeReport, _Prepared
+from ._uploader import AsyncUploader, ResumeReport, _Prepared, cleanup_budget
 from .providers._protocol import Provider
 
 log = logging.getLogger("artifact_uploader")
@@ -83,6 +83,8 @@ _BOOT = (
 _PARENT_CHECK = 1.0
 # How long close() waits for the child to exit after it answered, before killing it.
 _EXIT_TIMEOUT = 30.0
+# Past the child's own close bound, how long its reply to close() may take to arrive.
+_REPLY_MARGIN = 2.0
 
 Message = tuple[Any, ...]
 _Pending = tuple[concurrent.futures.Future[UploadResult], StagedFile, str]
@@ -665,9 +667,14 @@ class ProcessBackend:
         """Drain (up to ``timeout``), stop the child, close the staging folder, raise failures."""
         with self._lock:
             self._closing = True
-        # The child bounds its own drain by ``timeout`` (plus its cleanup); past a margin on top
-        # of that it is stuck, and is killed: its unfinished uploads stay journalled.
-        patience = None if timeout is None else timeout + _CLEANUP_TIMEOUT + _EXIT_TIMEOUT
+        # The child bounds its own close by ``timeout`` plus its cleanup budget; past a small
+        # margin on top of that it is stuck, and is killed: its unfinished uploads stay
+        # journalled. Its exit after answering gets the same short margin.
+        patience = None
+        exit_wait = _EXIT_TIMEOUT
+        if timeout is not None:
+            patience = timeout + 2 * cleanup_budget(timeout) + _REPLY_MARGIN
+            exit_wait = _REPLY_MARGIN
         interrupted = True
         try:
             with contextlib.suppress(UploaderClosedError):  # already gone: losses are recorded
@@ -675,7 +682,7 @@ class ProcessBackend:
             interrupted = False
         finally:
             # Interrupted (a second Ctrl-C): stop now; what did not finish stays journalled.
-            self._stop_child(kill=interrupted)
+            self._stop_child(kill=interrupted, wait=exit_wait)
             self._reader.join()
             self._conn.close()
             close_unopened(self._engine)
@@ -711,12 +718,12 @@ class ProcessBackend:
                 self._proc.kill()
         return call.result()
 
-    def _stop_child(self, *, kill: bool = False) -> int | None:
+    def _stop_child(self, *, kill: bool = False, wait: float = _EXIT_TIMEOUT) -> int | None:
         if kill:
             with contextlib.suppress(OSError):
                 self._proc.kill()
         try:
-            return self._proc.wait(_EXIT_TIMEOUT)
+            return self._proc.wait(wait)
         except subprocess.TimeoutExpired:
             log.error("upload process %d did not exit; killing it", self._proc.pid)
             self._proc.kill()

@@ -34,8 +34,20 @@ log = logging.getLogger("artifact_uploader")
 
 # Most events an events() consumer may fall behind before the oldest are dropped.
 _EVENT_BUFFER = 10_000
-# How long a shielded cleanup (aborting a multipart upload) may hold up close().
+# How long a shielded cleanup (aborting a multipart upload) may hold up close(); a close with a
+# shorter timeout shortens it too (see cleanup_budget).
 _CLEANUP_TIMEOUT = 10.0
+
+
+def cleanup_budget(timeout: float | None) -> float:
+    """Seconds close(timeout) may spend on each cleanup step past ``timeout``.
+
+    The steps: waiting for cancelled uploads (their multipart aborts), then closing the
+    provider. So close(timeout) returns within ``timeout + 2 * cleanup_budget(timeout)``.
+    """
+    if timeout is None:
+        return _CLEANUP_TIMEOUT
+    return min(_CLEANUP_TIMEOUT, max(1.0, timeout))
 
 
 class DependencyFailedError(UploadError):
@@ -166,6 +178,7 @@ class AsyncUploader:
         self._counters = _Counters()
         self._counter_lock = threading.Lock()
         self._state = "new"  # new -> open -> closing -> closed
+        self._cleanup_timeout = _CLEANUP_TIMEOUT  # shortened by aclose(timeout)
         # Submissions between their start and their hand-off (staging, journalling): close
         # waits for them before it closes the journal and the staging folder under them.
         self._submits = 0
@@ -600,9 +613,13 @@ class AsyncUploader:
 
     async def _abort(self, provider: MultipartProvider, name: str, upload_id: str) -> None:
         # Shielded so a cancelled upload (close timeout) still leaves no orphaned parts.
+        # Not under the semaphore: a cancelled upload holds no permit, and while other uploads
+        # hang in their requests (the reason close timed out) an abort queueing for a permit
+        # could spend its whole cleanup budget waiting. Aborts are small and rare, so exceeding
+        # max_concurrency by the uploads being aborted is the lesser cost.
         async def abort() -> None:
             try:
-                async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                async with asyncio.timeout(self._cleanup_timeout):
                     await retrying(
                         self.retry,
                         lambda: provider.abort_multipart(name, upload_id),
@@ -676,6 +693,10 @@ class AsyncUploader:
         that list unfinished uploads, S3); otherwise the store's lifecycle rule for incomplete
         multipart uploads removes it.
 
+        Returns within ``timeout + 2 * min(10, max(1, timeout))`` seconds whatever the store
+        does (aborts, then closing the provider, each get that cleanup budget), except that a
+        ``submit`` still staging when the close began is let finish (then refused).
+
         Raises:
             UploadFailedError: Listing every upload that failed or did not finish.
         """
@@ -688,18 +709,24 @@ class AsyncUploader:
             self._close_files()
             return
         self._state = "closing"
+        cleanup = self._cleanup_timeout = cleanup_budget(timeout)
         try:
             if not await self._drain(timeout):
                 for task in list(self._tasks):
                     task.cancel()
-                await asyncio.wait(set(self._tasks), timeout=_CLEANUP_TIMEOUT + 5)
+                # Each abort is bounded by the same budget, so this wait ends with them.
+                await asyncio.wait(set(self._tasks), timeout=cleanup)
             # A submission still staging would otherwise find its journal closed and its
             # temporary folder removed under it; once handed off, it is refused cleanly.
             await anyio.to_thread.run_sync(self._stop_submits)
         finally:
             self._state = "closed"
             try:
-                await self.provider.aclose()
+                try:
+                    async with asyncio.timeout(cleanup):
+                        await self.provider.aclose()
+                except TimeoutError:
+                    log.warning("the provider did not close within %.1f s; left behind", cleanup)
             finally:
                 for q in self._queues:
                     _offer(q, None)
