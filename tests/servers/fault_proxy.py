@@ -8,6 +8,8 @@ Requests reach moto for real, except those the proxy chooses to fail. It can ans
 - ``"stall"``: read part (or all) of the body, then hold the request without answering until
   :meth:`FaultProxy.release_stalls` / :meth:`FaultProxy.reset`,
 - ``"403"``: 403 AccessDenied, for every request on a key given to :meth:`FaultProxy.deny`,
+- ``"trickle"``: read the first ``body_fraction`` of the request body slowly (``rate`` bytes
+  per second), the rest at full speed, then forward it: a slow but healthy upload,
 - ``"404-upload"``: 404 NoSuchUpload, as S3 answers for a completed or aborted upload,
 - ``"lost"``: forward the request to moto (which carries it out), then reset the connection
   instead of passing the answer on: a response lost on the way back.
@@ -45,7 +47,7 @@ import pytest
 from tests.servers.moto import MotoServer
 
 TRANSIENT_KINDS: tuple[str, ...] = ("500", "503", "429", "reset")
-_KINDS = frozenset({*TRANSIENT_KINDS, "stall", "403", "404-upload", "lost"})
+_KINDS = frozenset({*TRANSIENT_KINDS, "stall", "403", "404-upload", "lost", "trickle"})
 _ERRORS = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
@@ -66,14 +68,17 @@ class Fault:
     """One fault to inject.
 
     Attributes:
-        kind: "500", "503", "429", "reset", "stall", "403", "404-upload" or "lost".
+        kind: "500", "503", "429", "reset", "stall", "403", "404-upload", "lost" or "trickle".
         retry_after: The ``Retry-After`` value of a 429 (seconds, as text).
-        body_fraction: For "reset" and "stall": how much of the request body to read first.
+        body_fraction: For "reset" and "stall": how much of the request body to read first;
+            for "trickle": how much of it to read slowly.
+        rate: For "trickle": request body bytes read per second.
     """
 
     kind: str
     retry_after: str = "0"
     body_fraction: float = 0.5
+    rate: float = 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -314,7 +319,12 @@ class FaultProxy:
             assert release is not None
             await release.wait()
             return False
-        body = await reader.readexactly(length)
+        if fault is not None and fault.kind == "trickle":
+            body = await _trickle(reader, int(length * fault.body_fraction), fault.rate)
+            body += await reader.readexactly(length - len(body))
+            fault = None
+        else:
+            body = await reader.readexactly(length)
         if fault is not None and fault.kind == "lost":
             await self._forward(req, body, None)
             _reset(writer)
@@ -404,6 +414,17 @@ async def _send_error(writer: asyncio.StreamWriter, req: _Request, fault: Fault)
     headers.append(f"Content-Length: {len(body)}")
     writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + body)
     await writer.drain()
+
+
+async def _trickle(reader: asyncio.StreamReader, length: int, rate: float) -> bytes:
+    """Read ``length`` body bytes at about ``rate`` bytes per second (simulating a slow link:
+    the pauses pace the network, they synchronise nothing)."""
+    chunk = 32 * 1024
+    out = bytearray()
+    while len(out) < length:
+        out += await reader.readexactly(min(chunk, length - len(out)))
+        await asyncio.sleep(chunk / rate)
+    return bytes(out)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -34,6 +34,7 @@ import aiohttp.payload
 import botocore.exceptions
 import yarl
 
+from .._retry import note_progress
 from .._types import FileSlice
 
 _UNSIGNED: Final = "UNSIGNED-PAYLOAD"
@@ -83,13 +84,18 @@ class _Body(aiohttp.payload.BytesPayload):
             view = view[:content_length]
         if len(view) <= _WHOLE_WRITE:
             await writer.write(view)
+            note_progress()
             return
         # aiohttp joins the buffered headers with the first chunk into a new buffer (on Python
         # before 3.12.9), and the transport copies whatever the socket does not take at once:
         # a small first piece and 1 MiB slices after it keep a part from being copied whole.
         await writer.write(view[:_FIRST_WRITE])
+        note_progress()
         for start in range(_FIRST_WRITE, len(view), _SLICE):
+            # write() returns once the socket has taken most of the slice (flow control), so
+            # each tick tells the stall watchdog that bytes are still leaving.
             await writer.write(view[start : start + _SLICE])
+            note_progress()
 
 
 async def read_body(data: FileSlice) -> bytes | memoryview:

@@ -11,6 +11,12 @@ checksum protects the body, SigV4 payload hashing (SHA-256 over the whole body) 
 over TLS and to loopback hosts; with ``checksum=None``, or over plain HTTP to any other host (where
 a man in the middle could rewrite body and checksum together), the default payload signing stays
 on and the direct request path (``_s3_direct``) is not used.
+
+Stall watchdog: the direct path reports progress after every slice (1 MiB at most) the socket
+takes, so a slow body that keeps moving is never cut off. botocore's path (used behind proxies,
+with SigV4a, without our checksum or over plain HTTP to a remote host) reports it only once the
+body is read, so there a body that takes longer than ``RetryPolicy.stall_timeout`` to send is
+aborted and retried: keep ``stall_timeout`` above part size / slowest expected upload rate.
 """
 
 from __future__ import annotations
