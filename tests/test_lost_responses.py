@@ -1,4 +1,5 @@
-"""Answers lost after S3 carried a request out: the retry must not report a stored upload failed.
+"""Answers lost after the store carried a request out: the retry must not report a stored
+upload failed. S3 (moto) and GCS (fake-gcs-server), each behind the fault proxy.
 
 The fault proxy forwards the request to moto (which stores the object or completes the upload)
 and then resets the connection instead of passing the answer on. The engine's retry of a
@@ -10,6 +11,7 @@ only when it matches.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ from artifact_uploader import (
     UploadEvent,
 )
 from artifact_uploader._types import FileSlice, PartResult
+from artifact_uploader.providers.gcs import GCSProvider
 from artifact_uploader.providers.s3 import S3Provider
+from tests.servers.fake_gcs import FakeGCSServer
 from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.moto import MotoServer, list_multipart_uploads, read_s3_object
 
@@ -200,5 +204,82 @@ async def test_a_lost_answer_does_not_hide_someone_elses_object(
         other.write_bytes(b"theirs" * 666)
         with pytest.raises(ObjectExistsError):
             await provider.put("mine.bin", FileSlice(other, 0, 3996), overwrite=False)
+    finally:
+        await provider.aclose()
+
+
+# -- GCS -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcs_proxy(fake_gcs_server: FakeGCSServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of fake-gcs-server (which keeps the proxy's host in the
+    resumable session URLs it hands out, so those requests pass the proxy too)."""
+    proxy = FaultProxy(fake_gcs_server.api_root)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.reset()
+        proxy.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("size", "method"), [(200 * 1024, "POST"), (3 * MiB, "PUT")])
+async def test_gcs_conditional_upload_whose_answer_was_lost_succeeds(
+    fake_gcs_server: FakeGCSServer,
+    gcs_bucket: str,
+    gcs_proxy: FaultProxy,
+    tmp_path: Path,
+    size: int,
+    method: str,
+) -> None:
+    # POST: one multipart upload (412 on the retry); PUT: the body of a resumable session
+    # (the retry's existence check finds the object).
+    data = os.urandom(size)
+    path = tmp_path / "lost.bin"
+    path.write_bytes(data)
+    events: list[UploadEvent] = []
+    async with AsyncUploader(
+        f"gs://{gcs_bucket}/run",
+        provider_kwargs={"api_root": gcs_proxy.endpoint_url, "resumable_threshold": MiB},
+        retry=FAST_RETRY,
+        on_event=events.append,
+    ) as up:
+        # The multipart upload names the object in its body, not its URL.
+        match = "uploadType=multipart" if method == "POST" else "upload_id="
+        gcs_proxy.script(Fault("lost"), match=match, method=method)
+        result = await (await up.submit(path, "lost.bin", overwrite=False))
+    assert gcs_proxy.counts["lost"] == 1
+    assert fake_gcs_server.read_object(gcs_bucket, "run/lost.bin") == data
+    assert any(e.kind is EventKind.RETRY for e in events)
+    assert result.checksum_algorithm == "crc32c" and result.version
+
+
+@pytest.mark.asyncio
+async def test_gcs_lost_answer_does_not_hide_someone_elses_object(
+    fake_gcs_server: FakeGCSServer, gcs_bucket: str, gcs_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.bin"
+    path.write_bytes(b"mine" * 1000)
+    provider = GCSProvider(gcs_bucket, "run", api_root=gcs_proxy.endpoint_url)
+    await provider.open()
+    try:
+        data = FileSlice(path, 0, 4000)
+        gcs_proxy.script(Fault("lost"), match="uploadType=multipart", method="POST")
+        with pytest.raises(ProviderError) as info:
+            await provider.put("mine.bin", data, overwrite=False)
+        assert info.value.transient
+        # Someone else replaces the object before our retry: the retry's 412 is a conflict.
+        other = tmp_path / "theirs.bin"
+        other.write_bytes(b"theirs" * 666)
+        direct = GCSProvider(gcs_bucket, "run", api_root=fake_gcs_server.api_root)
+        await direct.open()
+        try:
+            await direct.put("mine.bin", FileSlice(other, 0, 3996), overwrite=True)
+        finally:
+            await direct.aclose()
+        with pytest.raises(ObjectExistsError):
+            await provider.put("mine.bin", data, overwrite=False)
     finally:
         await provider.aclose()

@@ -42,6 +42,7 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import math
 import mimetypes
 import os
@@ -76,6 +77,8 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
+
+log = logging.getLogger("artifact_uploader")
 
 _DEFAULT_API_ROOT: Final = "https://storage.googleapis.com"
 _DEFAULT_RESUMABLE_THRESHOLD: Final = 8 * MiB
@@ -229,6 +232,9 @@ class GCSProvider:
         self.min_throughput = float(min_throughput)
         self._session: aiohttp.ClientSession | None = None
         self._storage: Storage | None = None
+        # Uploads sent whose outcome is unknown (no answer, or a transient error): if the
+        # engine's retry of one meets "already exists", the first send may have landed.
+        self._in_doubt: set[tuple[object, ...]] = set()
         self._root = ""
         self._anonymous = False
 
@@ -410,6 +416,28 @@ class GCSProvider:
                 "GCS provider used before open() or after aclose()", name=name, uri=self.uri(name)
             )
         key = join_key(self.prefix, name)
+        token = (key, str(data.path), data.offset, data.length)
+        resent = token in self._in_doubt
+        self._in_doubt.add(token)
+        try:
+            result = await self._put_once(name, key, data, overwrite=overwrite)
+        except ProviderError as exc:
+            if resent and isinstance(exc, ObjectExistsError):
+                # Our earlier send of this very upload may have been stored with its answer
+                # lost: then the object is ours, not a conflict.
+                landed = await self._landed(name, key, data)
+                if landed is not None:
+                    self._in_doubt.discard(token)
+                    return landed
+            if not exc.transient:
+                self._in_doubt.discard(token)
+            raise
+        self._in_doubt.discard(token)
+        return result
+
+    async def _put_once(
+        self, name: str, key: str, data: FileSlice, *, overwrite: bool
+    ) -> PutResult:
         try:
             # Fetch (and cache) the token first, so a credential failure maps to
             # PermissionDeniedError here rather than surfacing from inside the library.
@@ -431,6 +459,35 @@ class GCSProvider:
         except Exception as exc:
             raise self._map(exc, name, overwrite=overwrite) from exc
         return self._result(name, data, resp, crc, md5, overwrite=overwrite)
+
+    async def _landed(self, name: str, key: str, data: FileSlice) -> PutResult | None:
+        """The result of an earlier send whose answer was lost, if the stored object is it:
+        same size, CRC32C and MD5 as ``data``. None on any mismatch or doubt."""
+        assert self._storage is not None
+        try:
+            meta = await self._storage.download_metadata(
+                self.bucket,
+                key,
+                timeout=self.timeout,  # type: ignore[arg-type]  # passed on to aiohttp as is
+            )
+            crc, md5 = await anyio.to_thread.run_sync(_hash_slice, data)
+        except Exception as exc:
+            log.debug("could not check whether %r landed: %s", name, type(exc).__name__)
+            return None
+        if (str(meta.get("size")), meta.get("crc32c"), meta.get("md5Hash")) != (
+            str(data.length),
+            crc,
+            md5,
+        ):
+            return None
+        log.info("%s: an earlier attempt had stored it (its answer was lost)", self.uri(name))
+        generation, etag = meta.get("generation"), meta.get("etag")
+        return PutResult(
+            etag=etag if isinstance(etag, str) else None,
+            version=None if generation is None else str(generation),
+            checksum_algorithm="crc32c",
+            checksum=crc,
+        )
 
     # -- the two upload paths (seams a test subclass may wrap) -------------------------------
 
