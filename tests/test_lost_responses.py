@@ -1,5 +1,6 @@
 """Answers lost after the store carried a request out: the retry must not report a stored
-upload failed. S3 (moto) and GCS (fake-gcs-server), each behind the fault proxy.
+upload failed. S3 (moto), GCS (fake-gcs-server) and Azure (Azurite), each behind the fault
+proxy.
 
 The fault proxy forwards the request to moto (which stores the object or completes the upload)
 and then resets the connection instead of passing the answer on. The engine's retry of a
@@ -27,8 +28,10 @@ from artifact_uploader import (
     UploadEvent,
 )
 from artifact_uploader._types import FileSlice, PartResult
+from artifact_uploader.providers.azure import AzureProvider
 from artifact_uploader.providers.gcs import GCSProvider
 from artifact_uploader.providers.s3 import S3Provider
+from tests.servers.azurite import AzureContainer, AzuriteServer
 from tests.servers.fake_gcs import FakeGCSServer
 from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.moto import MotoServer, list_multipart_uploads, read_s3_object
@@ -283,3 +286,85 @@ async def test_gcs_lost_answer_does_not_hide_someone_elses_object(
             await provider.put("mine.bin", data, overwrite=False)
     finally:
         await provider.aclose()
+
+
+# -- Azure ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def azure_proxy(azurite_server: AzuriteServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of Azurite."""
+    proxy = FaultProxy(f"http://{azurite_server.host}:{azurite_server.port}")
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.reset()
+        proxy.stop()
+
+
+def _azure(server: AzuriteServer, proxy: FaultProxy, container: str) -> AzureProvider:
+    return AzureProvider(
+        container,
+        "run",
+        account_name=server.account_name,
+        account_key=server.account_key,
+        account_url=f"{proxy.endpoint_url}/{server.account_name}",
+    )
+
+
+@pytest.mark.asyncio
+async def test_azure_conditional_put_whose_answer_was_lost_succeeds(
+    azurite_server: AzuriteServer,
+    azure_container: AzureContainer,
+    azure_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(300 * 1024)
+    path = tmp_path / "lost.bin"
+    path.write_bytes(data)
+    provider = _azure(azurite_server, azure_proxy, azure_container.name)
+    events: list[UploadEvent] = []
+    async with AsyncUploader(provider, retry=FAST_RETRY, on_event=events.append) as up:
+        # Twice: aiohttp resends a PUT once by itself when its connection drops.
+        azure_proxy.script(Fault("lost"), Fault("lost"), match="lost.bin", method="PUT")
+        result = await (await up.submit(path, "lost.bin", overwrite=False))
+    assert azure_proxy.counts["lost"] == 2
+    assert await azure_container.read("run/lost.bin") == data
+    assert any(e.kind is EventKind.RETRY for e in events)
+    assert result.checksum_algorithm == "md5" and result.etag
+
+
+@pytest.mark.asyncio
+async def test_azure_conditional_commit_whose_answer_was_lost_succeeds(
+    azurite_server: AzuriteServer,
+    azure_container: AzureContainer,
+    azure_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    # Parts of 1 MiB at most: aiohttp warns about larger raw-bytes bodies.
+    data = os.urandom(1 * MiB + 10)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    provider = _azure(azurite_server, azure_proxy, azure_container.name)
+    await provider.open()
+    try:
+        upload_id = await provider.create_multipart("big.bin", overwrite=False)
+        parts = [
+            await provider.put_part("big.bin", upload_id, 1, FileSlice(path, 0, MiB)),
+            await provider.put_part("big.bin", upload_id, 2, FileSlice(path, MiB, 10)),
+        ]
+        azure_proxy.script(Fault("lost"), Fault("lost"), match="comp=blocklist", method="PUT")
+        with pytest.raises(ProviderError) as info:
+            await provider.complete_multipart("big.bin", upload_id, parts, overwrite=False)
+        assert info.value.transient
+        result = await provider.complete_multipart("big.bin", upload_id, parts, overwrite=False)
+        assert result.etag
+        # Another upload's commit of the same name is still a conflict.
+        other = await provider.create_multipart("other.bin", overwrite=False)
+        other_parts = [await provider.put_part("big.bin", other, 1, FileSlice(path, 0, 10))]
+        with pytest.raises(ObjectExistsError):
+            await provider.complete_multipart("big.bin", other, other_parts, overwrite=False)
+    finally:
+        await provider.aclose()
+    assert await azure_container.read("run/big.bin") == data

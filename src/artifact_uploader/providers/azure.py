@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import secrets
@@ -81,6 +82,7 @@ _SPECIAL_CONTAINERS = frozenset({"$root", "$web", "$logs"})
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_CODES = frozenset({"ServerBusy", "OperationTimedOut", "InternalError"})
 _EXISTS_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
+log = logging.getLogger("artifact_uploader")
 _SECRET_PATTERNS = (
     re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE),
     re.compile(r"(AccountKey=)[^;\s'\"]+", re.IGNORECASE),
@@ -222,6 +224,9 @@ class AzureProvider:
         }
         self._service: Any = None
         self._container: Any = None
+        # Uploads sent whose outcome is unknown (no answer, or a transient error): if the
+        # engine's retry of one meets "already exists", the first send may have landed.
+        self._in_doubt: set[tuple[object, ...]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -408,6 +413,63 @@ class AzureProvider:
             IntegrityError: The MD5 the service computed differs from ours.
             ProviderError: Any other failure, ``transient`` set when a retry may help.
         """
+        token = ("put", name, str(data.path), data.offset, data.length)
+        resent = token in self._in_doubt
+        self._in_doubt.add(token)
+        try:
+            result = await self._put_once(name, data, overwrite=overwrite)
+        except ProviderError as exc:
+            if resent and isinstance(exc, ObjectExistsError):
+                # Our earlier send of this very upload may have been stored with its answer
+                # lost: then the blob is ours (same size and Content-MD5), not a conflict.
+                landed = await self._landed(name, data=data)
+                if landed is not None:
+                    self._in_doubt.discard(token)
+                    return landed
+            if not exc.transient:
+                self._in_doubt.discard(token)
+            raise
+        self._in_doubt.discard(token)
+        return result
+
+    async def _landed(
+        self,
+        name: str,
+        *,
+        data: FileSlice | None = None,
+        block_ids: list[str] | None = None,
+    ) -> PutResult | None:
+        """The result of an earlier send whose answer was lost, if the stored blob is it: the
+        size and Content-MD5 of ``data``, or exactly our committed ``block_ids`` (their ids
+        carry this upload's random prefix). None on any mismatch or doubt."""
+        blob = self._blob(name)
+        md5: bytes | None = None
+        try:
+            props = await blob.get_blob_properties()
+            if data is not None and props.size != data.length:
+                return None
+            if block_ids is not None:
+                committed, _ = await blob.get_block_list("committed")
+                if [b.id for b in committed] != block_ids:
+                    return None
+            elif data is not None:
+                stored = props.content_settings.content_md5
+                ours = await anyio.to_thread.run_sync(_md5_of, data)
+                if not stored or bytes(stored) != ours:
+                    return None
+                md5 = ours
+        except Exception as exc:
+            log.debug("could not check whether %r landed: %s", name, type(exc).__name__)
+            return None
+        log.info("%s: an earlier attempt had stored it (its answer was lost)", self.uri(name))
+        return PutResult(
+            etag=props.etag,
+            version=getattr(props, "version_id", None),
+            checksum_algorithm=None if md5 is None else "md5",
+            checksum=None if md5 is None else _b64(md5),
+        )
+
+    async def _put_once(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
         blob = self._blob(name)
         if data.length > _SINGLE_PUT_MAX:
             return await self._put_blocks(name, blob, data, overwrite=overwrite)
@@ -530,7 +592,23 @@ class AzureProvider:
                     uri=self.uri(name),
                 )
             block_ids.append(p.etag)
-        return await self._commit(name, blob, block_ids, overwrite=overwrite, md5=None)
+        token = ("complete", upload_id)
+        resent = token in self._in_doubt
+        self._in_doubt.add(token)
+        try:
+            result = await self._commit(name, blob, block_ids, overwrite=overwrite, md5=None)
+        except ProviderError as exc:
+            if resent and isinstance(exc, ObjectExistsError):
+                # An earlier commit of this upload may have succeeded with its answer lost.
+                landed = await self._landed(name, block_ids=block_ids)
+                if landed is not None:
+                    self._in_doubt.discard(token)
+                    return landed
+            if not exc.transient:
+                self._in_doubt.discard(token)
+            raise
+        self._in_doubt.discard(token)
+        return result
 
     async def _commit(
         self, name: str, blob: Any, block_ids: list[str], *, overwrite: bool, md5: bytes | None
@@ -749,6 +827,18 @@ def _new_upload_id() -> str:
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
+
+
+def _md5_of(data: FileSlice) -> bytes:
+    """MD5 of a slice, read in 1 MiB chunks (blocking: run it in a worker thread)."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(data.path, "rb") as f:
+        f.seek(data.offset)
+        left = data.length
+        while left and (chunk := f.read(min(1 << 20, left))):
+            h.update(chunk)
+            left -= len(chunk)
+    return h.digest()
 
 
 async def _read_and_hash(data: FileSlice, running: Any = None) -> tuple[bytes, bytes]:
