@@ -285,17 +285,24 @@ def main() -> None:
                             server = h.start_moto(scratch)
                             server.client("s3").create_bucket(Bucket=bucket)
                             endpoint = server.endpoint_url
-                        runs = run_cell(
-                            tool,
-                            wl,
-                            conc,
-                            server,
-                            bucket,
-                            proxy_url if wl.get("latency") else endpoint,
-                            interference=not huge and not wl.get("latency"),
-                            spin_seconds=spin_seconds,
-                            repeat=1 if huge or wl.get("latency") else repeat,
-                        )
+                        try:
+                            runs = run_cell(
+                                tool,
+                                wl,
+                                conc,
+                                server,
+                                bucket,
+                                proxy_url if wl.get("latency") else endpoint,
+                                interference=not huge and not wl.get("latency"),
+                                spin_seconds=spin_seconds,
+                                repeat=1 if huge or wl.get("latency") else repeat,
+                            )
+                        except RuntimeError as exc:
+                            # One failed cell must not cost the whole run: record it, go on.
+                            label = f"{tool} / {wl['name']} / concurrency {conc}"
+                            notes[label] = f"failed: {str(exc).splitlines()[0]}"
+                            print(f"  {label}: {exc}", file=sys.stderr)
+                            continue
                         r = _median_run(runs)
                         results.append(r)
                         print(
