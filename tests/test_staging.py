@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ from artifact_uploader import (
     StagingTimeoutError,
     Uploader,
 )
-from artifact_uploader._journal import Journal, JournalEntry
+from artifact_uploader._journal import JOURNAL_FILE, Journal, JournalEntry
 from artifact_uploader._staging import Stager
 
 MakeFile = Callable[..., Path]
@@ -151,3 +153,27 @@ def test_moved_file_is_made_private(tmp_path: Path) -> None:
     assert staged.path.stat().st_mode & 0o777 == 0o600
     stager.release(staged)
     stager.close()
+
+
+def test_a_source_that_grows_while_staged_uploads_what_was_staged(
+    memory: MemoryProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "log.txt"
+    src.write_bytes(b"first part;")
+    real_check = Stager.check_source
+
+    def check_then_grow(path: str | os.PathLike[str]) -> tuple[Path, int]:
+        checked = real_check(path)
+        with open(src, "ab") as f:  # the writer appends between stat() and the copy
+            f.write(b" second part")
+        return checked
+
+    monkeypatch.setattr(Stager, "check_source", staticmethod(check_then_grow))
+    staging = tmp_path / "staging"
+    with Uploader(memory, staging_dir=staging) as up:
+        result = up.submit(src, "log.txt").result(timeout=10)
+        # The journalled size is what was staged, so a resume would find the staged copy whole.
+        pending = json.loads((staging / JOURNAL_FILE).read_text().splitlines()[0])
+    assert pending["size"] == len(b"first part; second part")
+    assert memory.objects["log.txt"] == b"first part; second part"
+    assert result.size == len(b"first part; second part")

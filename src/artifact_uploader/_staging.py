@@ -79,6 +79,15 @@ class ByteBudget:
             self.used = max(0, self.used - n)
             self._cond.notify_all()
 
+    def adjust(self, delta: int) -> None:
+        """Correct an acquisition by ``delta`` bytes without waiting (a source that grew or
+        shrank while it was staged)."""
+        if delta < 0:
+            self.release(-delta)
+        else:
+            with self._cond:
+                self.used += delta
+
 
 class Stager:
     """Owns the staging folder.
@@ -192,6 +201,9 @@ class Stager:
         moved_mode: int | None = None
         try:
             moved_mode = self._place(src, dest, mode)
+            # What was staged, not what stat() said before: a source still being written
+            # would otherwise upload a truncated prefix and never match on resume.
+            staged_size = os.stat(dest).st_size
         except BaseException as exc:
             self.budget.release(size)
             try:
@@ -205,7 +217,9 @@ class Stager:
                     raise SourceFileError(src, exc.strerror or str(exc)) from exc
                 raise self._staging_error(src, exc) from exc
             raise
-        return StagedFile(staged_id, dest, size, str(src), moved_mode)
+        if staged_size != size:
+            self.budget.adjust(staged_size - size)
+        return StagedFile(staged_id, dest, staged_size, str(src), moved_mode)
 
     def _staging_error(self, src: Path, exc: OSError) -> StagingError:
         if exc.errno == errno.ENOSPC:
