@@ -177,3 +177,15 @@ def test_a_source_that_grows_while_staged_uploads_what_was_staged(
     assert pending["size"] == len(b"first part; second part")
     assert memory.objects["log.txt"] == b"first part; second part"
     assert result.size == len(b"first part; second part")
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_long_non_ascii_file_name_stages(tmp_path: Path, mode: str) -> None:
+    # 80 characters of 3 bytes each: within the 255-byte limit for the source's own name, but
+    # not with the staged file's 33-byte id prefix, unless the label is cut by bytes.
+    src = tmp_path / ("字" * 80 + ".bin")
+    src.write_bytes(b"weights")
+    store = MemoryProvider("m")
+    with Uploader(store, staging=mode) as up:
+        up.submit(src, "model.bin").result(timeout=10)
+    assert store.objects["model.bin"] == b"weights"

@@ -196,7 +196,7 @@ class Stager:
         src, size = self.check_source(path)
         mode = mode or self.mode
         staged_id = uuid.uuid4().hex
-        dest = self.staged_dir / f"{staged_id}-{src.name[:80]}"
+        dest = self.staged_dir / f"{staged_id}-{_label(src.name)}"
         self.budget.acquire(size, timeout)
         moved_mode: int | None = None
         try:
@@ -206,10 +206,8 @@ class Stager:
             staged_size = os.stat(dest).st_size
         except BaseException as exc:
             self.budget.release(size)
-            try:
-                dest.unlink()
-            except FileNotFoundError:
-                pass
+            with contextlib.suppress(OSError):  # never hide the real error behind this one
+                dest.unlink(missing_ok=True)
             if isinstance(exc, OSError) and not isinstance(exc, StagingError | SourceFileError):
                 if exc.filename is not None and os.fspath(exc.filename) == str(src):
                     # The source refused to open although os.access said yes (root, ACLs,
@@ -264,7 +262,7 @@ class Stager:
     def write_bytes(self, data: bytes, label: str) -> StagedFile:
         """Stage generated content (e.g. a symlink object's text)."""
         staged_id = uuid.uuid4().hex
-        dest = self.staged_dir / f"{staged_id}-{label[:80]}"
+        dest = self.staged_dir / f"{staged_id}-{_label(label)}"
         self.budget.acquire(len(data), None)
         try:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -272,7 +270,8 @@ class Stager:
                 f.write(data)
         except OSError as exc:
             self.budget.release(len(data))
-            dest.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                dest.unlink(missing_ok=True)
             raise self._staging_error(Path(label), exc) from exc
         return StagedFile(staged_id, dest, len(data), label)
 
@@ -331,6 +330,16 @@ class Stager:
                     shutil.rmtree(self.folder, ignore_errors=True)
             except FileNotFoundError:
                 pass
+
+
+def _label(name: str, limit: int = 150) -> str:
+    """``name`` cut to at most ``limit`` bytes on a character boundary, for a staged file's
+    name (uuid + "-" + label): filesystems cap a name at 255 bytes, not characters."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    # "ignore" drops the partial character the cut may leave at the end.
+    return raw[:limit].decode("utf-8", errors="ignore")
 
 
 def _copy(src: Path, dest: Path) -> None:
