@@ -42,6 +42,7 @@ from artifact_uploader import (
 )
 from artifact_uploader._journal import load
 from tests._hanging import SilentAfterCreate
+from tests._pending import leave_pending
 from tests.conftest import wait_until
 from tests.servers.moto import (
     MOTO_OPTIONS,
@@ -479,3 +480,17 @@ def test_close_timeout_is_bounded_when_the_store_never_answers_aborts(
     # exit margins with use_procs (2 s each). A hung abort used to hold close for 10 s more.
     bound = 1 + 2 * 1 + (4 if use_procs else 0)
     assert elapsed < bound + 1, f"close(timeout=1) took {elapsed:.1f}s"
+
+
+@MODES
+def test_resume_keeps_a_newer_submission_of_the_same_name(
+    tmp_path: Path, make_file: MakeFile, use_procs: bool
+) -> None:
+    staging, store = tmp_path / "staging", tmp_path / "store"
+    leave_pending(staging, {"latest.pt": b"OLD checkpoint of the crashed run"})
+    with Uploader(f"file://{store}", staging_dir=staging, use_procs=use_procs) as up:
+        up.submit(make_file(b"NEW checkpoint"), "latest.pt")
+        report = up.resume_pending()
+    assert report.superseded == ["latest.pt"]
+    assert (store / "latest.pt").read_bytes() == b"NEW checkpoint"
+    assert load(staging) == ([], [])

@@ -312,17 +312,24 @@ def test_malformed_uri_and_missing_scheme() -> None:
         Uploader("ftp://host/x")
 
 
-def test_logger_resume_with_a_lost_staged_copy_reports_it_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "procs"])
+def test_logger_resume_with_a_lost_staged_copy_reports_it_once(
+    tmp_path: Path, use_procs: bool
+) -> None:
     folder = tmp_path / "staging"
     (lost,) = leave_pending(folder, {"gone": b"12345"})
     lost.unlink()  # e.g. a staging folder on /dev/shm after a reboot
     store = tmp_path / "store"
     with pytest.raises(UploadFailedError, match="is missing") as info:
-        ObjectStoreLogger("file", str(store), upload_staging_folder=str(folder), resume=True)
+        ObjectStoreLogger(
+            "file", str(store), upload_staging_folder=str(folder), resume=True, use_procs=use_procs
+        )
     assert [f.name for f in info.value.failures] == ["gone"]
     # The failed constructor let go of the folder (a leaked lock would say "in use"), and the
     # entry that can never be resumed is not reported again.
-    logger = ObjectStoreLogger("file", str(store), upload_staging_folder=str(folder), resume=True)
+    logger = ObjectStoreLogger(
+        "file", str(store), upload_staging_folder=str(folder), resume=True, use_procs=use_procs
+    )
     try:
         assert logger.resume_report is not None and logger.resume_report.uploaded == []
     finally:
