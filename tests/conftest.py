@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,49 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.005)
+
+
+@pytest.fixture(autouse=True)
+def _private_tempdir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Point ``tempfile`` and ``$TMPDIR`` at a folder of this test's own.
+
+    Default staging folders (``tempfile.mkdtemp``) left behind by a failing upload then land in
+    pytest's temporary tree, which pytest prunes, instead of piling up in /tmp; child processes
+    inherit ``$TMPDIR``. ``monkeypatch`` restores both afterwards. The name is short because
+    multiprocessing puts AF_UNIX socket paths (108 bytes at most) under the temp folder.
+    """
+    folder = tmp_path_factory.mktemp("t")
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@contextlib.contextmanager
+def resumed(provider: MemoryProvider) -> Iterator[MemoryProvider]:
+    """Resume a paused ``provider`` on exit, also when the block fails.
+
+    A failed assertion while requests are held would otherwise leave the uploader waiting on
+    them until its close timeout.
+    """
+    try:
+        yield provider
+    finally:
+        provider.resume()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test.
+
+    The socket stays bound (so no other process can take the port) but never listens, so a
+    connection attempt gets ECONNREFUSED at once.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
 
 
 @pytest.fixture

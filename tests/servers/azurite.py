@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.servers._common import log_tail, start_logged
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT_NAME = "devstoreaccount1"
@@ -87,11 +89,14 @@ def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path) -> int:
             break
         if proc.poll() is not None:
             pytest.fail(
-                f"azurite-blob exited with {proc.returncode} before listening; see {log_path}:\n"
-                + log_path.read_text(errors="replace")[-2000:]
+                f"azurite-blob exited with {proc.returncode} before listening; log tail:\n"
+                + log_tail(log_path)
             )
         if time.monotonic() > deadline:
-            pytest.fail(f"azurite-blob did not listen within {START_DEADLINE}s; see {log_path}")
+            pytest.fail(
+                f"azurite-blob did not listen within {START_DEADLINE}s; log tail:\n"
+                + log_tail(log_path)
+            )
         time.sleep(0.05)
     # It printed its port; also wait until an HTTP request gets an answer (any status will do).
     while True:
@@ -103,8 +108,11 @@ def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path) -> int:
         except urllib.error.HTTPError:
             return port
         except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"azurite-blob on port {port} does not answer; see {log_path}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"azurite-blob on port {port} does not answer (exit code {proc.returncode});"
+                    " log tail:\n" + log_tail(log_path)
+                )
             time.sleep(0.05)
 
 
@@ -129,25 +137,22 @@ def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite
         )
     workdir = tmp_path_factory.mktemp("azurite")
     log_path = workdir / "azurite.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(AZURITE_BIN),
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--disableTelemetry",
-                "--silent",
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                "0",
-            ],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # Own process group, log file, and killed with pytest if pytest is killed.
+    proc = start_logged(
+        [
+            str(AZURITE_BIN),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--silent",
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            "0",
+        ],
+        log_path,
+        cwd=workdir,
+    )
     try:
         port = _wait_listening(proc, log_path)
         yield AzuriteServer(host="127.0.0.1", port=port, log_path=log_path)

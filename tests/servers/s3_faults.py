@@ -3,7 +3,8 @@
 moto cannot be made to throttle, fail with 5xx or report a wrong checksum, so the S3 provider's
 error mapping is exercised against this real HTTP server instead (no mocks in-process).
 
-Run as a script (``python s3_faults.py PORT``); the ``s3_faults`` fixture does so. Control API:
+Run as a script (``python s3_faults.py [PORT]``, default 0: the kernel picks and the server prints
+``listening on http://127.0.0.1:N``); the ``s3_faults`` fixture does so. Control API:
 
 - ``GET /__faults__``: readiness probe.
 - ``POST /__faults__`` with a JSON list of ``{"status", "headers", "body"}``: the next requests
@@ -125,15 +126,16 @@ class FaultServer:
 
 
 @pytest.fixture(scope="session")
-def s3_faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultServer]:
-    """The fault server for the whole session."""
+def s3_faults_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultServer]:
+    """The fault server for the whole session (use ``s3_faults`` in tests)."""
     from .moto import kill_group, start_server
 
     endpoint, log_path, proc = start_server(
-        lambda port: [sys.executable, str(Path(__file__).resolve()), str(port)],
+        [sys.executable, str(Path(__file__).resolve()), "0"],
         _CONTROL,
         tmp_path_factory.mktemp("s3_faults"),
         "s3_faults",
+        rb"listening on http://127\.0\.0\.1:(\d+)",
     )
     try:
         yield FaultServer(endpoint, log_path, proc)
@@ -141,10 +143,21 @@ def s3_faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultServer]
         kill_group(proc)
 
 
+@pytest.fixture
+def s3_faults(s3_faults_server: FaultServer) -> Iterator[FaultServer]:
+    """The session's fault server, with no scripted responses left over before or after a test."""
+    s3_faults_server.script()
+    try:
+        yield s3_faults_server
+    finally:
+        s3_faults_server.script()
+
+
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), _Handler)
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     server.daemon_threads = True
-    print(f"s3_faults listening on {server.server_address}", flush=True)
+    print(f"s3_faults listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
 
 
