@@ -177,6 +177,8 @@ class _Spec:
     forward_events: bool
     parent_pid: int
     log_level: int
+    # The folder holds entries awaiting a resume: the child tracks submitted names for it.
+    track_names: bool = False
 
 
 class _Outbox:
@@ -270,6 +272,7 @@ class _ChildEngine(AsyncUploader):
         stager.persistent = True
         if spec.persistent:
             self._journal = Journal(stager.folder)
+        self._track_names = spec.track_names
         self._running: dict[str, Awaitable[Any]] = {}
         self._failed: dict[str, BaseException] = {}
 
@@ -554,6 +557,7 @@ class ProcessBackend:
             forward_events=forward_events,
             parent_pid=os.getpid(),
             log_level=log.getEffectiveLevel(),
+            track_names=bool(engine._inherited),
         )
         conn, child_conn = Pipe()
         fds = [child_conn.fileno()]

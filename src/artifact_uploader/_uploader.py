@@ -194,6 +194,8 @@ class AsyncUploader:
         self._failures_lock = threading.Lock()
         # Names submitted in this run, and multipart upload ids this engine has in flight:
         # resume() must not let a stale journal entry replace the one, nor abort the other.
+        # Names are tracked only while inherited entries await a resume (memory stays flat).
+        self._track_names = bool(self._inherited)
         self._submitted: set[str] = set()
         self._live_ids: set[str] = set()
         self._queues: list[asyncio.Queue[UploadEvent | None]] = []
@@ -398,7 +400,7 @@ class AsyncUploader:
     ) -> UploadHandle:
         """Start the upload task (on the loop thread). Ordering per name is fixed here."""
         self._check_open()
-        if not resumed:
+        if self._track_names and not resumed:
             # A later resume() must not let an older journalled copy of this name win.
             self._submitted.add(prepared.name)
         loop = asyncio.get_running_loop()
@@ -775,6 +777,32 @@ class AsyncUploader:
         handles: list[UploadHandle] = []
         present: list[str] = []
         superseded: list[str] = []
+        try:
+            await self._resume_entries(entries, handles, present, superseded)
+        finally:
+            # Every inherited entry is handed over: nothing left for a newer name to beat.
+            self._track_names = False
+            self._submitted.clear()
+        await self._drain(None)
+        uploaded = [h.result() for h in handles if h.done() and h._future.exception() is None]
+        report = ResumeReport(
+            uploaded=uploaded,
+            skipped_lines=list(self.journal_problems),
+            already_present=present,
+            superseded=superseded,
+        )
+        self._raise_failures("while resuming")
+        return report
+
+    async def _resume_entries(
+        self,
+        entries: list[JournalEntry],
+        handles: list[UploadHandle],
+        present: list[str],
+        superseded: list[str],
+    ) -> None:
+        """Hand each inherited entry over: superseded, already present, failed or enqueued."""
+        assert self._journal is not None
         for entry in entries:
             path = self._stager.folder / entry.staged
             if isinstance(self.provider, MultipartProvider):
@@ -830,16 +858,6 @@ class AsyncUploader:
                 raise
             self._count(files_queued=1, bytes_queued=entry.size)
             handles.append(handle)
-        await self._drain(None)
-        uploaded = [h.result() for h in handles if h.done() and h._future.exception() is None]
-        report = ResumeReport(
-            uploaded=uploaded,
-            skipped_lines=list(self.journal_problems),
-            already_present=present,
-            superseded=superseded,
-        )
-        self._raise_failures("while resuming")
-        return report
 
     def _supersede(self, entry: JournalEntry, path: Path, superseded: list[str]) -> None:
         """Drop an inherited entry whose name this run already submitted (newer content)."""
