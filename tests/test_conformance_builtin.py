@@ -24,6 +24,8 @@ class TestMemoryConformance(MultipartConformance):
     @pytest.fixture
     def read_object(self, provider: MemoryProvider) -> ReadObject:
         async def read(name: str) -> bytes:
+            if name not in provider.objects:
+                raise FileNotFoundError(name)
             return provider.objects[name]
 
         return read

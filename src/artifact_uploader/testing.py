@@ -15,6 +15,10 @@ Subclass :class:`ProviderConformance` in a pytest module and define two fixtures
             async def read(name: str) -> bytes: ...   # straight from the server, not via p
             return read
 
+``read_object`` must raise :class:`FileNotFoundError` for an object that does not exist (the
+multipart tests check that an aborted upload leaves none): translate the SDK's own not-found
+error, and let every other error through.
+
 Also define ``missing_store``: an unopened provider whose bucket / container / root does not
 exist. Set ``multipart_size`` / ``part_size`` for the store's limits. Stores that implement
 :class:`MultipartProvider` subclass :class:`MultipartConformance` instead, which adds the
@@ -33,7 +37,7 @@ import pytest
 
 from ._config import PartPolicy
 from ._errors import InvalidObjectNameError, ObjectExistsError, StoreNotFoundError
-from ._types import FileSlice
+from ._types import FileSlice, PutResult
 from ._uploader import AsyncUploader
 from .providers._protocol import MultipartProvider, Provider
 
@@ -65,8 +69,14 @@ class ProviderConformance:
     ) -> None:
         path = _write(tmp_path, b"")
         result = await provider.put("empty.bin", FileSlice.whole(path), overwrite=True)
+        assert isinstance(result, PutResult)
         assert await read_object("empty.bin") == b""
-        assert result is not None
+        # Through the engine too: an empty file is an object of size 0, not a skipped upload.
+        async with self._engine(provider) as up:
+            uploaded = await up.upload(path, "empty-engine.bin")
+        assert uploaded.size == 0
+        assert uploaded.uri == provider.uri("empty-engine.bin")
+        assert await read_object("empty-engine.bin") == b""
 
     @pytest.mark.asyncio
     async def test_round_trip_small(
@@ -164,5 +174,5 @@ class MultipartConformance(ProviderConformance):
         await provider.put_part("aborted.bin", upload_id, 1, FileSlice.whole(path))
         await provider.abort_multipart("aborted.bin", upload_id)
         await provider.abort_multipart("aborted.bin", upload_id)  # idempotent
-        with pytest.raises(Exception):  # noqa: B017 - any "not found" is fine; it must not exist
+        with pytest.raises(FileNotFoundError):
             await read_object("aborted.bin")

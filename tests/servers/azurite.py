@@ -174,8 +174,18 @@ class AzureContainer:
     _client: Any
 
     async def read(self, blob: str) -> bytes:
-        """The blob's bytes."""
-        downloader = await self._client.get_blob_client(blob).download_blob()
+        """The blob's bytes.
+
+        Raises:
+            FileNotFoundError: There is no such (committed) blob: the conformance suite's
+                not-found error.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            downloader = await self._client.get_blob_client(blob).download_blob()
+        except ResourceNotFoundError as exc:
+            raise FileNotFoundError(f"blob {blob!r} does not exist in {self.name}") from exc
         data: bytes = await downloader.readall()
         return data
 

@@ -99,10 +99,18 @@ class FakeGCSServer:
         return [item["name"] for item in listing.get("items", [])]
 
     def read_object(self, bucket: str, key: str) -> bytes:
-        """The bytes of ``bucket/key`` read straight from the server (fails on 404)."""
-        return self.request(
-            "GET", f"/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
-        )
+        """The bytes of ``bucket/key`` read straight from the server.
+
+        Raises:
+            FileNotFoundError: There is no such object (the conformance suite's not-found error).
+        """
+        path = f"/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
+        try:
+            return self.request("GET", path)
+        except AssertionError as exc:
+            if " answered 404" in str(exc):
+                raise FileNotFoundError(f"gs://{bucket}/{key} does not exist") from exc
+            raise
 
     def object_metadata(self, bucket: str, key: str) -> dict[str, Any]:
         """The object resource (generation, crc32c, md5Hash, size...) of ``bucket/key``."""

@@ -178,8 +178,15 @@ def list_multipart_uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
 
 
 def read_s3_object(client: Any, bucket: str, key: str) -> bytes:
-    """The bytes of ``bucket/key`` read straight from the server."""
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    """The bytes of ``bucket/key`` read straight from the server.
+
+    Raises:
+        FileNotFoundError: There is no such object (the conformance suite's not-found error).
+    """
+    try:
+        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey as exc:
+        raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from exc
     return body
 
 
