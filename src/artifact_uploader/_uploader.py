@@ -628,7 +628,12 @@ class AsyncUploader:
                         what=f"abort multipart {name!r}",
                     )
             except Exception as exc:
-                log.warning("could not abort multipart upload of %r: %s", name, exc)
+                why = (
+                    f"no answer within {self._cleanup_timeout:g}s"
+                    if isinstance(exc, TimeoutError) and not str(exc)
+                    else exc
+                )
+                log.warning("could not abort multipart upload of %r: %s", name, why)
 
         task = asyncio.get_running_loop().create_task(abort())
         try:
