@@ -382,6 +382,7 @@ class AzureProvider:
     async def aclose(self) -> None:
         """Close the clients (and a credential this provider created). Idempotent."""
         service, self._service, self._container = self._service, None, None
+        self._in_doubt.clear()
         if service is not None:
             await service.close()
         await self._close_credential()

@@ -392,6 +392,7 @@ class GCSProvider:
     async def aclose(self) -> None:
         storage, session = self._storage, self._session
         self._storage = self._session = None
+        self._in_doubt.clear()
         if storage is not None:
             # A background token refresh the library may have started would outlive the session.
             acquiring = getattr(storage.token, "acquiring", None)

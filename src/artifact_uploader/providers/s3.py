@@ -615,6 +615,7 @@ class S3Provider:
     async def aclose(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
         self._direct = None
+        self._in_doubt.clear()
         if stack is not None:
             await stack.aclose()
 
