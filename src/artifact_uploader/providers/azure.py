@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import importlib.util
 import logging
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import aiohttp
 import anyio.to_thread
 from azure.core import exceptions as azure_exc
 from azure.storage.blob import BlobBlock
@@ -83,6 +85,20 @@ _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_CODES = frozenset({"ServerBusy", "OperationTimedOut", "InternalError"})
 _EXISTS_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
 log = logging.getLogger("artifact_uploader")
+# Conditional (If-None-Match) sends of the request in flight in this task. aiohttp resends an
+# idempotent request (PUT) once by itself when its connection drops, invisibly to the SDK; a
+# count of 2 means the answer is to a resend, so "already exists" may be our own first send.
+_CONDITIONAL_SENDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "artifact_uploader_azure_conditional_sends", default=None
+)
+
+
+async def _count_conditional_send(session: Any, context: Any, params: Any) -> None:
+    sends = _CONDITIONAL_SENDS.get()
+    if sends is not None and "If-None-Match" in params.headers:
+        sends[0] += 1
+
+
 _SECRET_PATTERNS = (
     re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE),
     re.compile(r"(AccountKey=)[^;\s'\"]+", re.IGNORECASE),
@@ -340,6 +356,18 @@ class AzureProvider:
         }
         if self.api_version is not None:
             kwargs["api_version"] = self.api_version
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        # The SDK's own session settings, plus a trace that counts conditional sends.
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_count_conditional_send)
+        session = aiohttp.ClientSession(
+            trust_env=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trace_configs=[trace],
+        )
+        kwargs["transport"] = AioHttpTransport(session=session, **self._timeouts)
         try:
             if self._connection_string is not None:
                 service = BlobServiceClient.from_connection_string(
@@ -352,6 +380,7 @@ class AzureProvider:
                     self.account_url, credential=self._make_credential(), **kwargs
                 )
         except (ValueError, TypeError) as exc:
+            await session.close()
             await self._close_credential()
             # The SDK's message may quote the connection string; say only what was wrong.
             raise ConfigError(f"Azure: {self._scrub(str(exc)).splitlines()[0]}") from None
@@ -417,10 +446,12 @@ class AzureProvider:
         token = ("put", name, str(data.path), data.offset, data.length)
         resent = token in self._in_doubt
         self._in_doubt.add(token)
+        sends = [0]
+        counting = _CONDITIONAL_SENDS.set(sends)
         try:
             result = await self._put_once(name, data, overwrite=overwrite)
         except ProviderError as exc:
-            if resent and isinstance(exc, ObjectExistsError):
+            if (resent or sends[0] > 1) and isinstance(exc, ObjectExistsError):
                 # Our earlier send of this very upload may have been stored with its answer
                 # lost: then the blob is ours (same size and Content-MD5), not a conflict.
                 landed = await self._landed(name, data=data)
@@ -430,6 +461,8 @@ class AzureProvider:
             if not exc.transient:
                 self._in_doubt.discard(token)
             raise
+        finally:
+            _CONDITIONAL_SENDS.reset(counting)
         self._in_doubt.discard(token)
         return result
 
@@ -596,10 +629,12 @@ class AzureProvider:
         token = ("complete", upload_id)
         resent = token in self._in_doubt
         self._in_doubt.add(token)
+        sends = [0]
+        counting = _CONDITIONAL_SENDS.set(sends)
         try:
             result = await self._commit(name, blob, block_ids, overwrite=overwrite, md5=None)
         except ProviderError as exc:
-            if resent and isinstance(exc, ObjectExistsError):
+            if (resent or sends[0] > 1) and isinstance(exc, ObjectExistsError):
                 # An earlier commit of this upload may have succeeded with its answer lost.
                 landed = await self._landed(name, block_ids=block_ids)
                 if landed is not None:
@@ -608,6 +643,8 @@ class AzureProvider:
             if not exc.transient:
                 self._in_doubt.discard(token)
             raise
+        finally:
+            _CONDITIONAL_SENDS.reset(counting)
         self._in_doubt.discard(token)
         return result
 
