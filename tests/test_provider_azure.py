@@ -727,3 +727,23 @@ async def test_seed_api_version_is_spoken(
     async with _opened(p):
         await p.put("v.txt", _write(tmp_path, b"old dialect"), overwrite=False)
     assert await azure_container.read("v.txt") == b"old dialect"
+
+
+@pytest.mark.asyncio
+async def test_default_part_sizes_send_without_warnings(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    # The defaults (16 MiB threshold, 8 MiB blocks) and a single put above aiohttp's 1 MiB
+    # raw-bytes limit: the bodies must go out without aiohttp's "large body" ResourceWarning,
+    # which the test configuration turns into an error.
+    single = os.urandom(3 * MiB + 1)
+    big = os.urandom(17 * MiB + 5)
+    async with AsyncUploader(
+        f"az://{azure_container.name}/defaults",
+        provider_kwargs=azurite_server.seed_kwargs(),
+        max_concurrency=2,
+    ) as up:
+        await up.upload(_write(tmp_path, single, "one").path, "single.bin")
+        await up.upload(_write(tmp_path, big, "big").path, "big.bin")
+    assert await azure_container.read("defaults/single.bin") == single
+    assert await azure_container.read("defaults/big.bin") == big
