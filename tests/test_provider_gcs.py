@@ -810,3 +810,21 @@ class TestGCSConformance(ProviderConformance):
     @pytest.fixture
     def missing_store(self, fake_gcs_server: FakeGCSServer) -> GCSProvider:
         return GCSProvider(f"missing-{uuid.uuid4().hex[:8]}", api_root=fake_gcs_server.api_root)
+
+
+@pytest.mark.asyncio
+async def test_default_threshold_sends_a_few_mib_without_warnings(
+    fake_gcs_server: FakeGCSServer, gcs_bucket: str, tmp_path: Path
+) -> None:
+    # With the default resumable threshold (8 MiB), bodies of a few MiB go in one request: they
+    # must go out without aiohttp's "large body" ResourceWarning (an error in these tests).
+    data = os.urandom(3 * MiB + 5)
+    path = tmp_path / "mid.bin"
+    path.write_bytes(data)
+    p = GCSProvider(gcs_bucket, "defaults", api_root=fake_gcs_server.api_root)
+    await p.open()
+    try:
+        await p.put("mid.bin", FileSlice.whole(path), overwrite=True)
+    finally:
+        await p.aclose()
+    assert fake_gcs_server.read_object(gcs_bucket, "defaults/mid.bin") == data
