@@ -567,7 +567,8 @@ def _why(doc: dict[str, Any]) -> list[str]:
     if big:
         lines.append(
             "- **Large files.** Each part is read from the staged file in a worker thread into "
-            "its own memory mapping (freed the moment the part is sent), CRC32C'd in native code "
+            "a buffer allocated on the loop thread (so freed parts are reused, not left in "
+            "per-thread malloc arenas), CRC32C'd in native code "
             "(awscrt) and written to the socket in 1 MiB slices without further copies; boto3 "
             "streams each part through Python file wrappers and a checksum. The staging copy "
             "(kernel `copy_file_range`) is in artifact_uploader's CPU and wall time. Throughput "
@@ -608,9 +609,9 @@ def _why(doc: dict[str, Any]) -> list[str]:
         )
     if ("ours", "1 GiB", 1) in by:
         lines.append(
-            "- **Memory.** At most `max_concurrency` parts are read at once, each into its own "
-            "mapping returned to the kernel as soon as the part is sent, so peak RSS follows "
-            "part size x concurrency, not file size."
+            "- **Memory.** At most `max_concurrency` parts are read at once, all from one malloc "
+            "arena whose freed parts the next reads reuse, so peak RSS follows part size x "
+            "concurrency, not file size."
         )
     rows = st.get("rows") or []
     if rows:
