@@ -29,7 +29,7 @@ from artifact_uploader._journal import Journal, load
 from artifact_uploader._staging import Stager
 from artifact_uploader._types import FileSlice, PartResult
 from tests._pending import leave_pending
-from tests.conftest import FAST_RETRY
+from tests.conftest import FAST_RETRY, resumed
 
 pytestmark = pytest.mark.asyncio
 MakeFile = Callable[..., Path]
@@ -47,13 +47,14 @@ async def test_submit_returns_after_staging_and_source_changes_do_not_leak(
     src = make_file(b"original bytes")
     memory.pause()
     async with AsyncUploader(memory) as up:
-        handle = await up.submit(src, "a.bin")
-        # Staged, not yet uploaded: the provider is holding every request.
-        assert not handle.done()
-        assert handle.staged_path.read_bytes() == b"original bytes"
-        src.write_bytes(b"changed after submit")
-        src.unlink()
-        memory.resume()
+        # resumed(): a failing assertion must not leave close() waiting on held requests.
+        with resumed(memory):
+            handle = await up.submit(src, "a.bin")
+            # Staged, not yet uploaded: the provider is holding every request.
+            assert not handle.done()
+            assert handle.staged_path.read_bytes() == b"original bytes"
+            src.write_bytes(b"changed after submit")
+            src.unlink()
         result = await handle
         assert not handle.staged_path.exists(), "staged copy must be deleted after upload"
     assert memory.objects["a.bin"] == b"original bytes"
@@ -64,9 +65,9 @@ async def test_submit_returns_after_staging_and_source_changes_do_not_leak(
 async def test_one_semaphore_caps_requests(memory: MemoryProvider, make_file: MakeFile) -> None:
     memory.pause()
     async with AsyncUploader(memory, max_concurrency=3) as up:
-        handles = [await up.submit(make_file(b"x" * i), f"f{i}") for i in range(10)]
-        await poll(lambda: memory.in_flight == 3)
-        memory.resume()
+        with resumed(memory):
+            handles = [await up.submit(make_file(b"x" * i), f"f{i}") for i in range(10)]
+            await poll(lambda: memory.in_flight == 3)
         await asyncio.gather(*handles)
     assert memory.max_in_flight == 3
     assert len(memory.objects) == 10
@@ -76,11 +77,21 @@ async def test_semaphore_caps_parts_of_multipart_uploads_too(
     memory: MemoryProvider, make_file: MakeFile
 ) -> None:
     parts = PartPolicy(threshold=1000, part_size=100)
+
+    def hold_after_create(op: str, name: str) -> None:
+        # Once the last upload exists, hold every later request: the engine fills all its
+        # slots with parts. (Not earlier: the next submit may wait for its create.)
+        if name == "b":
+            memory.pause()
+
+    memory.inject(hold_after_create, times=None, ops=["create_multipart"])
     async with AsyncUploader(memory, max_concurrency=4, parts=parts) as up:
-        a = await up.submit(make_file(os.urandom(1500)), "a")
-        b = await up.submit(make_file(os.urandom(1500)), "b")
+        with resumed(memory):
+            a = await up.submit(make_file(os.urandom(1500)), "a")
+            b = await up.submit(make_file(os.urandom(1500)), "b")
+            await poll(lambda: memory.in_flight == 4)
         await asyncio.gather(a, b)
-    assert 1 <= memory.max_in_flight <= 4
+    assert memory.max_in_flight == 4
     assert memory.count("put_part") == 30
 
 
@@ -212,10 +223,9 @@ async def test_close_timeout_cancels_and_lists_unfinished(
     await poll(lambda: memory.in_flight == 1)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    with pytest.raises(UploadFailedError) as info:
+    with resumed(memory), pytest.raises(UploadFailedError) as info:
         await up.aclose(timeout=0.2)
     assert loop.time() - start < 5
-    memory.resume()
     (failure,) = info.value.failures
     assert failure.name == "stuck.bin"
     assert failure.staged_path and Path(failure.staged_path).read_bytes() == b"stuck"
@@ -244,7 +254,7 @@ async def test_events_and_totals(memory: MemoryProvider, make_file: MakeFile) ->
     seen: list[UploadEvent] = []
     async with AsyncUploader(memory) as up:
         collector = asyncio.ensure_future(_collect(up))
-        await asyncio.sleep(0)  # let the iterator subscribe
+        await poll(lambda: len(up._queues) == 1)  # the iterator has subscribed
         for i in range(3):
             await up.submit(make_file(b"abc"), f"e{i}")
         await up.flush()
@@ -329,22 +339,26 @@ async def test_submit_losing_the_race_with_close_leaves_no_journal_entry(
     def held_place(self: Stager, src: Path, dest: Path, mode: str) -> int | None:
         if src.name == "late.bin":
             in_place.set()
-            let_go.wait()
+            assert let_go.wait(timeout=30), "never let go"
         return real_place(self, src, dest, mode)
 
     monkeypatch.setattr(Stager, "_place", held_place)
     memory.pause()
     up = AsyncUploader(memory, staging_dir=staging)
     await up.open()
-    await up.submit(make_file(b"a"), "a")
-    late = asyncio.ensure_future(up.submit(make_file(b"b", name="late.bin"), "late"))
-    await poll(in_place.is_set)
-    closing = asyncio.ensure_future(up.aclose())
-    await poll(lambda: up._state == "closing")
-    let_go.set()  # staging finishes after close began: the submit is refused
-    with pytest.raises(UploaderClosedError, match="late"):
-        await late
-    memory.resume()
+    try:
+        with resumed(memory):
+            await up.submit(make_file(b"a"), "a")
+            late = asyncio.ensure_future(up.submit(make_file(b"b", name="late.bin"), "late"))
+            await poll(in_place.is_set)
+            closing = asyncio.ensure_future(up.aclose())
+            await poll(lambda: up._state == "closing")
+            let_go.set()  # staging finishes after close began: the submit is refused
+            with pytest.raises(UploaderClosedError, match="late"):
+                await late
+    finally:
+        # Also on failure: the held staging thread must not outlive the test.
+        let_go.set()
     await closing
     assert memory.objects == {"a": b"a"}
     assert load(staging) == ([], [])
