@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -64,6 +65,24 @@ def _private_tempdir(
     monkeypatch.setenv("TMPDIR", str(folder))
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
+
+
+def wait_child(pid: int, timeout: float = 30.0) -> int:
+    """``waitpid`` a forked child with a deadline; SIGKILL it (and fail) when it overruns.
+
+    Returns:
+        The child's exit code (as ``os.waitstatus_to_exitcode``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"forked child {pid} did not exit within {timeout}s: killed")
+        time.sleep(0.005)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from artifact_uploader._journal import load
 from artifact_uploader._staging import Stager
 from artifact_uploader._uploader import _Prepared
 from tests._pending import leave_pending
-from tests.conftest import wait_until
+from tests.conftest import resumed, wait_child, wait_until
 
 MakeFile = Callable[..., Path]
 
@@ -41,11 +41,12 @@ def test_submit_returns_future_after_staging(memory: MemoryProvider, make_file: 
     src = make_file(b"v1")
     memory.pause()
     with Uploader(memory) as up:
-        fut = up.submit(src, "a")
-        assert isinstance(fut, concurrent.futures.Future)
-        assert not fut.done()
-        src.write_bytes(b"v2 changed")
-        memory.resume()
+        # resumed(): a failing assertion must not leave close() waiting on held requests.
+        with resumed(memory):
+            fut = up.submit(src, "a")
+            assert isinstance(fut, concurrent.futures.Future)
+            assert not fut.done()
+            src.write_bytes(b"v2 changed")
         assert fut.result(timeout=10).size == 2
     assert memory.objects["a"] == b"v1"
 
@@ -74,17 +75,18 @@ def test_close_from_loop_thread_raises_instead_of_deadlocking(
     done = threading.Event()
     memory.pause()
     with Uploader(memory) as up:
-        fut = up.submit(make_file(), "x")
+        with resumed(memory):
+            fut = up.submit(make_file(), "x")
 
-        def callback(_: object) -> None:
-            try:
-                up.close()
-            except BaseException as exc:
-                errors.append(exc)
-            done.set()
+            def callback(_: object) -> None:
+                try:
+                    up.close()
+                except BaseException as exc:
+                    errors.append(exc)
+                done.set()
 
-        fut.add_done_callback(callback)  # the future is pending: it will run on the loop thread
-        memory.resume()
+            # The future is pending: the callback will run on the loop thread.
+            fut.add_done_callback(callback)
         assert done.wait(10)
     assert errors and isinstance(errors[0], RuntimeError)
     assert "loop thread" in str(errors[0])
@@ -150,9 +152,11 @@ def test_forked_child_gets_clear_error(
                 code = 0
             os._exit(code)
         os.close(w)
-        _, status = os.waitpid(pid, 0)
+        # Polled with a deadline: a child stuck in the fork-inherited state is killed, not
+        # waited on forever.
+        exit_code = wait_child(pid)
         os.close(r)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert exit_code == 0
         assert up.upload(src, "parent").size == 1  # parent unaffected
     assert (store_dir / "parent").read_bytes() == b"f" and not (store_dir / "child").exists()
 
