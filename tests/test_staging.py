@@ -19,6 +19,7 @@ from artifact_uploader import (
 )
 from artifact_uploader._journal import JOURNAL_FILE, Journal, JournalEntry
 from artifact_uploader._staging import Stager
+from tests.conftest import resumed
 
 MakeFile = Callable[..., Path]
 
@@ -28,10 +29,11 @@ def test_budget_full_waits_then_times_out_with_clear_error(
 ) -> None:
     memory.pause()
     with Uploader(memory, max_staged_bytes=10) as up:
-        first = up.submit(make_file(b"x" * 8), "a")
-        with pytest.raises(StagingTimeoutError, match="10 bytes"):
-            up.submit(make_file(b"y" * 8), "b", timeout=0.05)
-        memory.resume()
+        # resumed(): a failing assertion must not leave close() waiting on held requests.
+        with resumed(memory):
+            first = up.submit(make_file(b"x" * 8), "a")
+            with pytest.raises(StagingTimeoutError, match="10 bytes"):
+                up.submit(make_file(b"y" * 8), "b", timeout=0.05)
         first.result(timeout=10)
         # Space is back: the same submit now goes through.
         up.submit(make_file(b"y" * 8), "b").result(timeout=10)
@@ -43,17 +45,17 @@ def test_waiting_submit_proceeds_when_space_frees(
 ) -> None:
     memory.pause()
     with Uploader(memory, max_staged_bytes=10) as up:
-        up.submit(make_file(b"x" * 8), "a")
         done = threading.Event()
+        with resumed(memory):
+            up.submit(make_file(b"x" * 8), "a")
 
-        def second() -> None:
-            up.submit(make_file(b"z" * 8), "c")
-            done.set()
+            def second() -> None:
+                up.submit(make_file(b"z" * 8), "c")
+                done.set()
 
-        t = threading.Thread(target=second)
-        t.start()
-        assert not done.wait(0.1), "second submit must wait while the budget is full"
-        memory.resume()
+            t = threading.Thread(target=second, daemon=True)
+            t.start()
+            assert not done.wait(0.1), "second submit must wait while the budget is full"
         t.join(10)
         assert done.is_set()
         up.flush()
