@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import socket
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, AnyStr, NoReturn
 
 import pytest
 
@@ -83,6 +86,31 @@ def wait_child(pid: int, timeout: float = 30.0) -> int:
             os.waitpid(pid, 0)
             raise AssertionError(f"forked child {pid} did not exit within {timeout}s: killed")
         time.sleep(0.005)
+
+
+def read_line(stream: IO[AnyStr], timeout: float = 30.0) -> AnyStr:
+    """The next line of a child's pipe, failing after ``timeout`` instead of blocking forever.
+
+    The read runs on a daemon thread; once the child is killed its pipe closes and it ends.
+    """
+    lines: queue.Queue[AnyStr] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no line from the child within {timeout}s") from None
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[AnyStr]) -> Iterator[subprocess.Popen[AnyStr]]:
+    """Kill ``proc`` (if still running) and collect it on exit, also when the test fails."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=30)
 
 
 @contextlib.contextmanager

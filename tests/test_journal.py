@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from artifact_uploader import MemoryProvider, Uploader, UploaderClosedError
+from artifact_uploader import MemoryProvider, Uploader, UploaderClosedError, UploadFailedError
 from artifact_uploader._journal import JOURNAL_FILE, Journal, JournalEntry, load
 from tests._pending import leave_pending
-from tests.conftest import wait_until
+from tests.conftest import read_line, reaped, resumed, wait_until
 
 
 def test_sigkill_mid_upload_then_resume(tmp_path: Path) -> None:
@@ -49,13 +49,12 @@ def test_sigkill_mid_upload_then_resume(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "staged"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stdout.close()
-    assert proc.stdin is not None
-    proc.stdin.close()
+    # reaped(): killed and collected even when the child never reports.
+    with reaped(proc):
+        assert proc.stdout is not None
+        assert read_line(proc.stdout).strip() == "staged"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     pending, problems = load(staging)
     assert len(pending) == 50 and problems == []
     # A crash mid-append leaves a truncated line: reported and skipped, never fatal.
@@ -80,13 +79,11 @@ def test_pending_entries_survive_a_run_that_does_not_resume(tmp_path: Path) -> N
     store = MemoryProvider("m")
     store.pause()
     up = Uploader(store, staging_dir=staging)
-    up.submit(src, "a.txt")
-    wait_until(lambda: store.in_flight == 1)
-    try:
-        up.close(timeout=0.1)
-    except Exception as exc:
-        assert "a.txt" in str(exc)
-    store.resume()
+    with resumed(store):
+        up.submit(src, "a.txt")
+        wait_until(lambda: store.in_flight == 1)
+        with pytest.raises(UploadFailedError, match=r"a\.txt"):
+            up.close(timeout=0.1)
     # Another run on the same folder, not resuming, must keep the entry journalled.
     with Uploader(MemoryProvider("other"), staging_dir=staging) as other:
         assert [e.name for e in other._engine.pending_from_previous_run] == ["a.txt"]
