@@ -109,7 +109,8 @@ def reaped(proc: subprocess.Popen[AnyStr]) -> Iterator[subprocess.Popen[AnyStr]]
     finally:
         if proc.poll() is None:
             proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        # Drains and closes the pipes; a second communicate() after a finished one is harmless.
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
             proc.communicate(timeout=30)
 
 

@@ -29,7 +29,7 @@ import pytest
 from artifact_uploader import __version__
 from artifact_uploader._cli import collect, find_bench_script, parse_provider_kwargs
 from artifact_uploader._journal import load
-from tests.conftest import wait_until
+from tests.conftest import reaped, wait_until
 from tests.servers.moto import (
     MOTO_KEY,
     MOTO_REGION,
@@ -492,7 +492,12 @@ def _start_put_that_hangs(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_until(lambda: len(server.puts) == 2, timeout=DEADLINE, what="both PUTs to arrive")
+    try:
+        wait_until(lambda: len(server.puts) == 2, timeout=DEADLINE, what="both PUTs to arrive")
+    except BaseException:
+        # A put that never gets there is killed and collected, not left running.
+        with reaped(proc):
+            raise
     return proc, files
 
 
@@ -501,8 +506,9 @@ def test_ctrl_c_reports_what_was_not_uploaded_then_resume_finishes_it(
 ) -> None:
     staging = tmp_path / "staging"
     proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=DEADLINE)
+    with reaped(proc):  # killed and collected even if it ignores the SIGINT
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 130, err
     assert "uploaded" in out  # the summary table
     assert "interrupted" in err
@@ -527,8 +533,8 @@ def test_resume_a_journal_left_by_a_killed_process_in_a_terminal(
 ) -> None:
     staging = tmp_path / "staging"
     proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
-    proc.kill()
-    proc.communicate(timeout=DEADLINE)
+    with reaped(proc):
+        proc.kill()
     # A truncated line, as a crash mid-append leaves: reported, skipped.
     with open(staging / "journal.jsonl", "a") as f:
         f.write('{"op": "pending", "id": "trunc')
@@ -547,8 +553,8 @@ def test_resume_reports_objects_already_in_the_store(
 ) -> None:
     staging = tmp_path / "staging"
     proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging, "--no-overwrite")
-    proc.kill()
-    proc.communicate(timeout=DEADLINE)
+    with reaped(proc):
+        proc.kill()
     # One object landed before the kill (its "done" line never written).
     store = tmp_path / "store"
     store.mkdir()
