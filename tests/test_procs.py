@@ -43,7 +43,7 @@ from artifact_uploader import (
 from artifact_uploader._journal import load
 from tests._hanging import SilentAfterCreate
 from tests._pending import leave_pending
-from tests.conftest import wait_until
+from tests.conftest import read_line, reaped, wait_until
 from tests.servers.moto import (
     MOTO_OPTIONS,
     MotoServer,
@@ -337,12 +337,12 @@ def test_sigkilled_parent_takes_its_child_down_and_resume_finishes(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdin is not None
-    child_pid = int(proc.stdout.readline())
-    assert _alive(child_pid)
-    proc.kill()
-    proc.wait(timeout=30)
-    proc.stdout.close()
-    proc.stdin.close()
+    # reaped(): killed and collected even when the child never reports its worker.
+    with reaped(proc):
+        child_pid = int(read_line(proc.stdout))
+        assert _alive(child_pid)
+        proc.kill()
+        proc.wait(timeout=30)
     wait_until(lambda: not _alive(child_pid), timeout=30, what="the orphaned child to exit")
     # submit() returned only after each entry was journalled (fsync'd) in the parent.
     pending, problems = load(staging)
