@@ -47,7 +47,7 @@ from artifact_uploader import (
     UploadEvent,
 )
 from artifact_uploader._registry import make_provider
-from tests.servers._common import free_port
+from tests.conftest import resumed
 from tests.servers.azurite import AzuriteServer
 from tests.servers.fake_gcs import FakeGCSServer
 from tests.servers.moto import MotoServer
@@ -249,6 +249,7 @@ def test_gcs_secrets_never_leak(
     fake_gcs_server: FakeGCSServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    refused_port: int,
 ) -> None:
     # gcloud-aio-auth retries a failed token request 5 times with random exponential waits
     # (about 7 s on average); the same requests without the waits keep the test fast.
@@ -261,7 +262,7 @@ def test_gcs_secrets_never_leak(
     _try_upload(sweep, missing, fake_gcs_server.options(token=GCS_TOKEN), src, "token")
     # A service-account file whose token endpoint refuses: its private key, key id and e-mail
     # must never be quoted.
-    dead = f"http://127.0.0.1:{free_port()}/token"
+    dead = f"http://127.0.0.1:{refused_port}/token"
     key_file = tmp_path / "sa.json"
     key_file.write_text(
         json.dumps(
@@ -377,13 +378,14 @@ def test_staged_files_private_in_temporary_folder(tmp_path: Path) -> None:
     memory = MemoryProvider("m")
     memory.pause()
     with Uploader(memory) as up:
-        fut = up.submit(src, "s")
-        folder = Path(up.staging_folder)
-        (staged,) = (folder / "staged").iterdir()
-        assert stat.S_IMODE(staged.stat().st_mode) == 0o600
-        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-        assert stat.S_IMODE((folder / "staged").stat().st_mode) == 0o700
-        memory.resume()
+        # resumed(): a failing assertion must not leave close() waiting on the held request.
+        with resumed(memory):
+            fut = up.submit(src, "s")
+            folder = Path(up.staging_folder)
+            (staged,) = (folder / "staged").iterdir()
+            assert stat.S_IMODE(staged.stat().st_mode) == 0o600
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+            assert stat.S_IMODE((folder / "staged").stat().st_mode) == 0o700
         fut.result(timeout=10)
 
 
