@@ -24,7 +24,7 @@ import anyio.to_thread
 import pytest
 
 from artifact_uploader import EventKind, FileSlice, MemoryProvider, PutResult, Uploader, UploadEvent
-from tests.conftest import wait_until
+from tests.conftest import resumed, wait_until
 
 MiB = 1024 * 1024
 
@@ -152,20 +152,24 @@ def test_burst_of_512_mib_stays_within_a_64_mib_budget(ram_dir: Path) -> None:
             errors.append(exc)
 
     with Sampler(staging) as sampler:
-        submitter = threading.Thread(target=burst, name="burst")
-        submitter.start()
-        # The store holds every request, so the burst must stop once the next file does not
-        # fit: after exactly `fits` files.
-        used = [sum(sizes[:k]) for k in range(len(files) + 1)]
-        fits = max(k for k in range(len(files) + 1) if used[k] <= budget)
-        wait_until(lambda: len(at_staged) >= fits, what="the budget to fill")
-        assert submitter.is_alive() and len(at_staged) == fits
-        # All `fits` files sit in the folder: within one file of the budget, not above it.
-        assert used[fits] == at_staged[-1] > budget - sizes[fits]
-        store.resume()
-        submitter.join(120)
-        assert not submitter.is_alive()
-        up.close()
+        # Daemon, resumed() and close in finally: a failing assertion ends the test at once
+        # instead of leaving the burst waiting on a held store.
+        submitter = threading.Thread(target=burst, name="burst", daemon=True)
+        try:
+            with resumed(store):
+                submitter.start()
+                # The store holds every request, so the burst must stop once the next file
+                # does not fit: after exactly `fits` files.
+                used = [sum(sizes[:k]) for k in range(len(files) + 1)]
+                fits = max(k for k in range(len(files) + 1) if used[k] <= budget)
+                wait_until(lambda: len(at_staged) >= fits, what="the budget to fill")
+                assert submitter.is_alive() and len(at_staged) == fits
+                # All `fits` files sit in the folder: within one file of the budget, not above.
+                assert used[fits] == at_staged[-1] > budget - sizes[fits]
+            submitter.join(120)
+            assert not submitter.is_alive()
+        finally:
+            up.close()
     assert errors == []
     assert len(at_staged) == len(files)
     assert store.digests == expected
@@ -189,7 +193,8 @@ class HoldingStore(MemoryProvider):
     async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
         if name == self.held:
             self.holding.set()
-            await anyio.to_thread.run_sync(self.release.wait, abandon_on_cancel=True)
+            # Bounded: a test that fails before releasing must not hold a thread forever.
+            await anyio.to_thread.run_sync(self.release.wait, 60, abandon_on_cancel=True)
         return await super().put(name, data, overwrite=overwrite)
 
 
@@ -217,31 +222,38 @@ def test_oversize_file_waits_for_the_queue_to_drain_then_is_staged_alone(
             staged_with[event.name] = up._engine._stager.budget.used - event.size
 
     up = Uploader(store, max_staged_bytes=budget, on_event=on_event, max_concurrency=2)
-    for i, p in enumerate(small):
-        up.submit(p, f"small/{i}")
     submitted = {"big": threading.Event(), "later": threading.Event()}
 
     def submit(path: Path, name: str) -> None:
         up.submit(path, name)
         submitted[name].set()
 
-    t_big = threading.Thread(target=submit, args=(big, "big"))
-    t_big.start()
-    wait_until(lambda: store.in_flight == 2, what="two small uploads to be held")
-    assert not submitted["big"].wait(0.05), "the oversize file was staged next to queued files"
-    store.resume()
-    t_big.join(30)
-    assert submitted["big"].is_set()
-    assert staged_with["big"] == 0, "the oversize file must be staged alone"
-    # While it is staged (its upload held), a small file must wait for it: the budget holds.
-    assert store.holding.wait(10)
-    t_later = threading.Thread(target=submit, args=(later, "later"))
-    t_later.start()
-    assert not submitted["later"].wait(0.05)
-    store.release.set()
-    t_later.join(30)
-    assert submitted["later"].is_set()
-    up.close()
+    try:
+        for i, p in enumerate(small):
+            up.submit(p, f"small/{i}")
+        t_big = threading.Thread(target=submit, args=(big, "big"), daemon=True)
+        with resumed(store):
+            t_big.start()
+            wait_until(lambda: store.in_flight == 2, what="two small uploads to be held")
+            assert not submitted["big"].wait(0.05), (
+                "the oversize file was staged next to queued files"
+            )
+        t_big.join(30)
+        assert submitted["big"].is_set()
+        assert staged_with["big"] == 0, "the oversize file must be staged alone"
+        # While it is staged (its upload held), a small file must wait for it: the budget holds.
+        assert store.holding.wait(10)
+        t_later = threading.Thread(target=submit, args=(later, "later"), daemon=True)
+        t_later.start()
+        assert not submitted["later"].wait(0.05)
+        store.release.set()
+        t_later.join(30)
+        assert submitted["later"].is_set()
+    finally:
+        # Whatever failed above: nothing stays held, and close() does not wait on it.
+        store.resume()
+        store.release.set()
+        up.close()
     assert events.index((EventKind.STAGED, "later")) > events.index((EventKind.DONE, "big"))
     for i in range(3):
         assert events.index((EventKind.STAGED, "big")) > events.index(
