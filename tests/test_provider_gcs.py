@@ -14,7 +14,6 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import time
 import uuid
 from collections import deque
@@ -677,8 +676,9 @@ async def test_server_reporting_other_checksum_is_an_integrity_error(
 
 
 @pytest.mark.asyncio
-async def test_connection_refused_is_transient(tmp_path: Path) -> None:
-    p = GCSProvider("bkt", api_root=_dead_url())
+async def test_connection_refused_is_transient(tmp_path: Path, refused_port: int) -> None:
+    # Bound for the whole test, never listening: every connection is refused.
+    p = GCSProvider("bkt", api_root=f"http://127.0.0.1:{refused_port}")
     with pytest.raises(ProviderError) as info:
         await p.open()
     assert info.value.transient
@@ -689,14 +689,6 @@ async def test_connection_refused_is_transient(tmp_path: Path) -> None:
     finally:
         await p.aclose()
     assert info.value.transient and "'gs://bkt/c'" in str(info.value)
-
-
-def _dead_url() -> str:
-    """A loopback URL on which nothing listens."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.asyncio
