@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -70,13 +69,6 @@ async def s3(moto_server: MotoServer, s3_bucket: str) -> AsyncIterator[S3Provide
         yield p
     finally:
         await p.aclose()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -320,14 +312,14 @@ def test_secrets_absent_from_repr_and_errors(s3_bucket: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_secret_scrubbed_from_transport_errors(tmp_path: Path) -> None:
-    # Nothing listens on the port: a connection error, transient, and it names bucket and key.
+async def test_secret_scrubbed_from_transport_errors(tmp_path: Path, refused_port: int) -> None:
+    # The port stays bound but never listens: a connection error, transient, naming bucket/key.
     p = S3Provider.from_uri(
         "s3://bkt/pre",
         {
             "key": "AKIAEXAMPLEKEY",
             "secret": SECRET,
-            "endpoint_url": f"http://127.0.0.1:{_closed_port()}",
+            "endpoint_url": f"http://127.0.0.1:{refused_port}",
         },
     )
     await p.open(verify=False)
@@ -416,8 +408,10 @@ async def test_seed_kwargs_reach_moto(
 
 
 def test_option_values_are_checked() -> None:
-    assert S3Provider.from_uri("s3://bkt", {"endpoint_url": "http://127.0.0.1:9", "verify": False})
-    assert S3Provider.from_uri("s3://bkt", {"endpoint_url": "https://localhost:9", "verify": False})
+    plain = S3Provider.from_uri("s3://bkt/a/b/", {"endpoint_url": "http://127.0.0.1:9/"})
+    assert (plain.bucket, plain.prefix, plain.endpoint_url) == ("bkt", "a/b", "http://127.0.0.1:9")
+    tls = S3Provider.from_uri("s3://bkt", {"endpoint_url": "https://localhost:9", "verify": False})
+    assert (tls.bucket, tls.prefix, tls.endpoint_url) == ("bkt", "", "https://localhost:9")
     with pytest.raises(ConfigError, match="loopback"):
         S3Provider.from_uri("s3://bkt", {"endpoint_url": "https://s3.example.com", "verify": False})
     with pytest.raises(ConfigError, match="loopback"):
