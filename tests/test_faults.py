@@ -302,14 +302,16 @@ async def test_a_silent_complete_is_left_to_the_s3_read_timeout(
     path = tmp_path / "done.bin"
     path.write_bytes(data)
     events: list[UploadEvent] = []
-    policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=0.5)
+    # Margins a loaded machine keeps: parts through the proxy never idle 2 s, and the read
+    # timeout (4 s) is well past the stall timeout the watchdog would have used.
+    policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=2.0)
     async with s3_uploader(
         moto_server,
         fault_proxy,
         s3_bucket,
         policy,
         events,
-        options={"read_timeout": 2.0},
+        options={"read_timeout": 4.0},
         parts=SMALL_PARTS,
     ) as up:
         fault_proxy.script(Fault("stall", body_fraction=1.0), match="uploadId=", method="POST")
@@ -370,10 +372,11 @@ class _SlowButMoving(MemoryProvider):
 
 @pytest.mark.asyncio
 async def test_progress_keeps_a_slow_request_alive(make_file: Callable[..., Path]) -> None:
-    # 1.2 s in all, but never more than 0.05 s without progress: the 0.5 s watchdog never fires.
-    provider = _SlowButMoving(steps=24, interval=0.05)
+    # 1.5 s in all, but never more than 0.05 s without progress: the 1 s watchdog never fires
+    # (a 20x margin for a loaded machine).
+    provider = _SlowButMoving(steps=30, interval=0.05)
     events: list[UploadEvent] = []
-    policy = RetryPolicy(attempts=1, stall_timeout=0.5)
+    policy = RetryPolicy(attempts=1, stall_timeout=1.0)
     async with AsyncUploader(provider, retry=policy, on_event=events.append) as up:
         await (await up.submit(make_file(b"slow"), "slow.bin"))
     assert provider.objects["slow.bin"] == b"slow"
@@ -383,8 +386,8 @@ async def test_progress_keeps_a_slow_request_alive(make_file: Callable[..., Path
 @pytest.mark.asyncio
 async def test_waiting_for_a_slot_is_not_a_stall(make_file: Callable[..., Path]) -> None:
     # One slot: the second upload queues behind the first for longer than stall_timeout.
-    provider = _SlowButMoving(steps=16, interval=0.05)
-    policy = RetryPolicy(attempts=1, stall_timeout=0.5)
+    provider = _SlowButMoving(steps=24, interval=0.05)  # 1.2 s each, 0.05 s between ticks
+    policy = RetryPolicy(attempts=1, stall_timeout=1.0)
     async with AsyncUploader(provider, retry=policy, max_concurrency=1) as up:
         first = await up.submit(make_file(b"1"), "one")
         second = await up.submit(make_file(b"2"), "two")
