@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from artifact_uploader import Uploader
 from tests.servers.moto import MotoServer
 
@@ -55,6 +57,9 @@ def _memory() -> tuple[int, int, int]:
     return sys.getallocatedblocks(), len(gc.get_objects()), rss
 
 
+# `slow` is for selection only (`-m "not slow"` for a quick local run): plain pytest, as CI
+# runs it, still runs it.
+@pytest.mark.slow
 def test_ten_thousand_files_memory_flat(tmp_path: Path) -> None:
     store = tmp_path / "store"
     first = _write_sources(tmp_path / "src", 0, 2_000)
