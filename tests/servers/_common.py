@@ -53,10 +53,13 @@ def _parent_death_preexec() -> Callable[[], None]:
     by the time the child calls prctl, the child kills itself.
     """
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # Resolved here, in the parent: the forked child of a threaded process should do as little
+    # as possible (no dlsym, which takes a loader lock another thread may have held).
+    prctl = libc.prctl
     parent = os.getpid()
 
     def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
