@@ -102,7 +102,7 @@ def test_uploads_land_byte_identical(tmp_path: Path, make_file: MakeFile, use_pr
         assert results[name].size == src.stat().st_size
         assert results[name].uri == (store / name).as_uri()
     kinds = [e.kind for e in events if e.name == f"d/{MiB + 7}.bin"]
-    assert kinds == [EventKind.STAGED, EventKind.BYTES_SENT, EventKind.DONE]
+    assert kinds == [EventKind.QUEUED, EventKind.STAGED, EventKind.BYTES_SENT, EventKind.DONE]
     totals = up.totals
     assert (totals.files_queued, totals.files_done, totals.in_flight) == (4, 4, 0)
     assert totals.bytes_sent == sum(p.stat().st_size for p in sources.values())
@@ -386,8 +386,14 @@ def test_retry_events_cross_the_process(
     ) as up:
         up.upload(make_file(b"x"), "x.bin")
     kinds = [e.kind for e in events]
-    assert kinds == [EventKind.STAGED, EventKind.RETRY, EventKind.BYTES_SENT, EventKind.DONE]
-    retry = events[1]
+    assert kinds == [
+        EventKind.QUEUED,
+        EventKind.STAGED,
+        EventKind.RETRY,
+        EventKind.BYTES_SENT,
+        EventKind.DONE,
+    ]
+    retry = events[2]
     assert retry.attempt == 1 and isinstance(retry.error, ProviderError) and retry.error.transient
     assert retry.error.status == 503
     assert events[-1].totals.files_done == 1

@@ -290,11 +290,15 @@ class AsyncUploader:
         self.provider.check_name(name)
         if not isinstance(overwrite, bool):
             raise ConfigError(f"overwrite must be a bool, got {overwrite!r}")
+        # Here rather than in submit(), so the sync facade (which stages through this method in
+        # the caller's thread) reports it too.
+        self._emit(EventKind.QUEUED, name, 0)
         staged = self._stager.stage(path, timeout=timeout, mode=staging)
         return self._record(name, staged, overwrite)
 
     def _prepare_bytes(self, data: bytes, name: str, overwrite: bool) -> _Prepared:
         self.provider.check_name(name)
+        self._emit(EventKind.QUEUED, name, 0)
         staged = self._stager.write_bytes(data, Path(name).name or "object")
         return self._record(name, staged, overwrite)
 
@@ -375,7 +379,6 @@ class AsyncUploader:
     ) -> UploadHandle:
         import anyio.to_thread
 
-        self._emit(EventKind.QUEUED, name, 0)
         prepared = await anyio.to_thread.run_sync(
             self._prepare, path, name, overwrite, timeout, staging
         )
