@@ -129,11 +129,26 @@ def test_no_credentials_without_azure_identity_is_a_clear_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
-    # azure-identity is not part of the azure extra: make it missing whatever is installed
-    # (a None entry in sys.modules makes the import fail), so one branch is always tested.
+    # azure-identity is in the azure extra; a user may still install azure-storage-blob alone:
+    # make it missing (a None entry in sys.modules makes the import fail).
     monkeypatch.setitem(sys.modules, "azure.identity", None)
     with pytest.raises(ConfigError, match="azure-identity"):
         AzureProvider.from_uri("az://box", {"account_name": "acct"})
+
+
+@pytest.mark.asyncio
+async def test_no_key_uses_the_default_azure_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With neither key, SAS nor connection string, the provider signs with azure-identity's
+    # DefaultAzureCredential (managed identity, workload identity, az login...), which it owns
+    # and closes.
+    from azure.identity.aio import DefaultAzureCredential
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    p = AzureProvider.from_uri("az://box", {"account_name": "acct"})
+    credential = p._make_credential()
+    assert isinstance(credential, DefaultAzureCredential)
+    await p.aclose()
+    assert p._owned_credential is None
 
 
 @pytest.mark.parametrize(
