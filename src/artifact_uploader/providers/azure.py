@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -464,21 +464,37 @@ class AzureProvider:
             IntegrityError: The MD5 the service computed differs from ours.
             ProviderError: Any other failure, ``transient`` set when a retry may help.
         """
-        token = ("put", name, str(data.path), data.offset, data.length)
+        # Our earlier send of this very upload may have been stored with its answer lost: then
+        # the blob is ours (same size and Content-MD5), not a conflict.
+        return await self._guard_lost_answer(
+            ("put", name, str(data.path), data.offset, data.length),
+            lambda: self._put_once(name, data, overwrite=overwrite),
+            lambda: self._landed(name, data=data),
+        )
+
+    async def _guard_lost_answer(
+        self,
+        token: tuple[Any, ...],
+        send: Callable[[], Awaitable[PutResult]],
+        landed: Callable[[], Awaitable[PutResult | None]],
+    ) -> PutResult:
+        """Run a conditional write; an "exists" answer to a resend is checked with ``landed``.
+
+        ``token`` identifies the request across the engine's retries: a request whose outcome
+        was unknown (no answer, a transient error) stays "in doubt" until it is settled.
+        """
         resent = token in self._in_doubt
         self._in_doubt.add(token)
         sends = [0]
         counting = _CONDITIONAL_SENDS.set(sends)
         try:
-            result = await self._put_once(name, data, overwrite=overwrite)
+            result = await send()
         except ProviderError as exc:
             if (resent or sends[0] > 1) and isinstance(exc, ObjectExistsError):
-                # Our earlier send of this very upload may have been stored with its answer
-                # lost: then the blob is ours (same size and Content-MD5), not a conflict.
-                landed = await self._landed(name, data=data)
-                if landed is not None:
+                found = await landed()
+                if found is not None:
                     self._in_doubt.discard(token)
-                    return landed
+                    return found
             if not exc.transient:
                 self._in_doubt.discard(token)
             raise
@@ -647,27 +663,12 @@ class AzureProvider:
                     uri=self.uri(name),
                 )
             block_ids.append(p.etag)
-        token = ("complete", upload_id)
-        resent = token in self._in_doubt
-        self._in_doubt.add(token)
-        sends = [0]
-        counting = _CONDITIONAL_SENDS.set(sends)
-        try:
-            result = await self._commit(name, blob, block_ids, overwrite=overwrite, md5=None)
-        except ProviderError as exc:
-            if (resent or sends[0] > 1) and isinstance(exc, ObjectExistsError):
-                # An earlier commit of this upload may have succeeded with its answer lost.
-                landed = await self._landed(name, block_ids=block_ids)
-                if landed is not None:
-                    self._in_doubt.discard(token)
-                    return landed
-            if not exc.transient:
-                self._in_doubt.discard(token)
-            raise
-        finally:
-            _CONDITIONAL_SENDS.reset(counting)
-        self._in_doubt.discard(token)
-        return result
+        # An earlier commit of this upload may have succeeded with its answer lost.
+        return await self._guard_lost_answer(
+            ("complete", upload_id),
+            lambda: self._commit(name, blob, block_ids, overwrite=overwrite, md5=None),
+            lambda: self._landed(name, block_ids=block_ids),
+        )
 
     async def _commit(
         self, name: str, blob: Any, block_ids: list[str], *, overwrite: bool, md5: bytes | None
