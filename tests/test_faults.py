@@ -23,7 +23,6 @@ from artifact_uploader import (
     ConfigError,
     EventKind,
     MemoryProvider,
-    PartPolicy,
     PermissionDeniedError,
     ProviderError,
     RetryPolicy,
@@ -33,32 +32,16 @@ from artifact_uploader import (
 )
 from artifact_uploader._retry import _ACTIVITY, StallWatchdog, note_progress
 from artifact_uploader._types import FileSlice, PutResult
-from tests.servers.fault_proxy import Fault, FaultProxy
+from tests.servers.fault_proxy import (
+    PREFIX,
+    SMALL_PARTS,
+    Fault,
+    FaultProxy,
+    proxied_s3_uploader,
+)
 from tests.servers.moto import MotoServer, list_multipart_uploads, read_s3_object
 
 MiB = 1024 * 1024
-# S3's smallest non-final part is 5 MiB (moto enforces it): files just over it make two parts.
-SMALL_PARTS = PartPolicy(threshold=5 * MiB + 1, part_size=5 * MiB)
-PREFIX = "run"
-
-
-def s3_uploader(
-    moto_server: MotoServer,
-    proxy: FaultProxy,
-    bucket: str,
-    retry: RetryPolicy,
-    events: list[UploadEvent],
-    options: dict[str, object] | None = None,
-    **kwargs: Any,
-) -> AsyncUploader:
-    """An uploader whose S3 requests all go through the proxy."""
-    return AsyncUploader(
-        f"s3://{bucket}/{PREFIX}",
-        provider_kwargs=moto_server.options(endpoint_url=proxy.endpoint_url, **(options or {})),
-        retry=retry,
-        on_event=events.append,
-        **kwargs,
-    )
 
 
 def retries(events: list[UploadEvent]) -> list[UploadEvent]:
@@ -97,7 +80,7 @@ async def test_20_percent_transient_faults_200_uploads_all_land(
     # Eight attempts: a request fails all of them with probability 0.2**8 (about 3e-6).
     # Retry-After asks for 1 s; max_delay caps it so the test stays fast.
     policy = RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05)
-    async with s3_uploader(
+    async with proxied_s3_uploader(
         moto_server, fault_proxy, s3_bucket, policy, events, max_concurrency=8, parts=SMALL_PARTS
     ) as up:
         # Faults start once the uploader is open: opening checks the bucket and does not retry.
@@ -146,7 +129,7 @@ async def test_retry_after_is_honoured(
     path.write_bytes(b"throttled")
     events: list[UploadEvent] = []
     policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=5.0)
-    async with s3_uploader(moto_server, fault_proxy, s3_bucket, policy, events) as up:
+    async with proxied_s3_uploader(moto_server, fault_proxy, s3_bucket, policy, events) as up:
         fault_proxy.script(Fault("429", retry_after="1"), match="a.bin", method="PUT")
         await (await up.submit(path, "a.bin"))
     (event,) = retries(events)
@@ -168,7 +151,7 @@ async def test_connection_reset_mid_body_is_retried(
     path.write_bytes(data)
     events: list[UploadEvent] = []
     policy = RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0)
-    async with s3_uploader(moto_server, fault_proxy, s3_bucket, policy, events) as up:
+    async with proxied_s3_uploader(moto_server, fault_proxy, s3_bucket, policy, events) as up:
         # Two in a row: aiohttp may resend a PUT once by itself, never twice.
         fault_proxy.script(Fault("reset"), Fault("reset"), match="reset.bin", method="PUT")
         await (await up.submit(path, "reset.bin"))
@@ -200,7 +183,7 @@ async def test_permanent_403_is_reported_once_and_not_retried(
     fault_proxy.deny(f"{PREFIX}/{denied_big}")
     events: list[UploadEvent] = []
     policy = RetryPolicy(attempts=5, base_delay=0.0, max_delay=0.0)
-    async with s3_uploader(
+    async with proxied_s3_uploader(
         moto_server, fault_proxy, s3_bucket, policy, events, parts=SMALL_PARTS
     ) as up:
         handles = {name: await up.submit(tmp_path / "src" / name, name) for name in files}
@@ -243,7 +226,7 @@ async def test_stalled_request_is_aborted_and_retried(
     path.write_bytes(b"x" * 50_000)
     events: list[UploadEvent] = []
     policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=2.0)
-    async with s3_uploader(moto_server, fault_proxy, s3_bucket, policy, events) as up:
+    async with proxied_s3_uploader(moto_server, fault_proxy, s3_bucket, policy, events) as up:
         # The whole body is read, then no answer ever comes.
         fault_proxy.script(Fault("stall", body_fraction=1.0), match="held.bin", method="PUT")
         result = await (await up.submit(path, "held.bin"))
@@ -272,7 +255,7 @@ async def test_part_stalled_mid_body_is_aborted_and_retried(
     path.write_bytes(data)
     events: list[UploadEvent] = []
     policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=2.0)
-    async with s3_uploader(
+    async with proxied_s3_uploader(
         moto_server, fault_proxy, s3_bucket, policy, events, parts=SMALL_PARTS
     ) as up:
         # A fifth of part 1's body is read, then the proxy stops reading.
@@ -305,7 +288,7 @@ async def test_a_silent_complete_is_left_to_the_s3_read_timeout(
     # Margins a loaded machine keeps: parts through the proxy never idle 2 s, and the read
     # timeout (4 s) is well past the stall timeout the watchdog would have used.
     policy = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=2.0)
-    async with s3_uploader(
+    async with proxied_s3_uploader(
         moto_server,
         fault_proxy,
         s3_bucket,

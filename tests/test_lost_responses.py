@@ -22,39 +22,20 @@ from artifact_uploader import (
     AsyncUploader,
     EventKind,
     ObjectExistsError,
-    PartPolicy,
     ProviderError,
-    RetryPolicy,
     UploadEvent,
 )
 from artifact_uploader._types import FileSlice, PartResult
 from artifact_uploader.providers.azure import AzureProvider
 from artifact_uploader.providers.gcs import GCSProvider
 from artifact_uploader.providers.s3 import S3Provider
+from tests.conftest import FAST_RETRY
 from tests.servers.azurite import AzureContainer, AzuriteServer
 from tests.servers.fake_gcs import FakeGCSServer
-from tests.servers.fault_proxy import Fault, FaultProxy
+from tests.servers.fault_proxy import SMALL_PARTS, Fault, FaultProxy, proxied_s3_uploader
 from tests.servers.moto import MotoServer, list_multipart_uploads, read_s3_object
 
 MiB = 1024 * 1024
-SMALL_PARTS = PartPolicy(threshold=5 * MiB + 1, part_size=5 * MiB)
-FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0)
-
-
-def uploader(
-    moto_server: MotoServer,
-    proxy: FaultProxy,
-    bucket: str,
-    events: list[UploadEvent],
-    **options: object,
-) -> AsyncUploader:
-    return AsyncUploader(
-        f"s3://{bucket}/run",
-        provider_kwargs=moto_server.options(endpoint_url=proxy.endpoint_url, **options),
-        retry=FAST_RETRY,
-        parts=SMALL_PARTS,
-        on_event=events.append,
-    )
 
 
 @pytest.mark.asyncio
@@ -71,7 +52,15 @@ async def test_conditional_put_whose_answer_was_lost_succeeds(
     path = tmp_path / "lost.bin"
     path.write_bytes(data)
     events: list[UploadEvent] = []
-    async with uploader(moto_server, fault_proxy, s3_bucket, events, checksum=checksum) as up:
+    async with proxied_s3_uploader(
+        moto_server,
+        fault_proxy,
+        s3_bucket,
+        FAST_RETRY,
+        events,
+        {"checksum": checksum},
+        parts=SMALL_PARTS,
+    ) as up:
         # Twice: aiohttp resends a PUT once by itself when its connection drops.
         fault_proxy.script(Fault("lost"), Fault("lost"), match="lost.bin", method="PUT")
         result = await (await up.submit(path, "lost.bin", overwrite=False))
@@ -97,7 +86,9 @@ async def test_put_whose_one_answer_was_lost_and_resent_by_the_transport_succeed
     path = tmp_path / "once.bin"
     path.write_bytes(data)
     events: list[UploadEvent] = []
-    async with uploader(moto_server, fault_proxy, s3_bucket, events) as up:
+    async with proxied_s3_uploader(
+        moto_server, fault_proxy, s3_bucket, FAST_RETRY, events, parts=SMALL_PARTS
+    ) as up:
         fault_proxy.script(Fault("lost"), match="once.bin", method="PUT")
         await (await up.submit(path, "once.bin", overwrite=False))
     assert fault_proxy.counts["lost"] == 1
@@ -118,7 +109,9 @@ async def test_complete_whose_answer_was_lost_succeeds(
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     events: list[UploadEvent] = []
-    async with uploader(moto_server, fault_proxy, s3_bucket, events) as up:
+    async with proxied_s3_uploader(
+        moto_server, fault_proxy, s3_bucket, FAST_RETRY, events, parts=SMALL_PARTS
+    ) as up:
         # "uploadId=" in a POST is CompleteMultipartUpload (Create is "?uploads").
         fault_proxy.script(Fault("lost"), match="uploadId=", method="POST")
         result = await (await up.submit(path, "big.bin", overwrite=overwrite))

@@ -40,10 +40,12 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy, UploadEvent
 from tests.servers.moto import MotoServer
 
 TRANSIENT_KINDS: tuple[str, ...] = ("500", "503", "429", "reset")
@@ -466,3 +468,28 @@ def fault_proxy(fault_proxy_server: FaultProxy) -> Iterator[FaultProxy]:
         yield fault_proxy_server
     finally:
         fault_proxy_server.reset()
+
+
+# S3's smallest non-final part is 5 MiB (moto enforces it): files just over it make two parts.
+SMALL_PARTS = PartPolicy(threshold=5 * 1024 * 1024 + 1, part_size=5 * 1024 * 1024)
+# The key prefix proxied_s3_uploader writes under.
+PREFIX = "run"
+
+
+def proxied_s3_uploader(
+    moto_server: MotoServer,
+    proxy: FaultProxy,
+    bucket: str,
+    retry: RetryPolicy,
+    events: list[UploadEvent],
+    options: dict[str, object] | None = None,
+    **kwargs: Any,
+) -> AsyncUploader:
+    """An uploader on ``s3://bucket/run`` whose S3 requests all go through ``proxy``."""
+    return AsyncUploader(
+        f"s3://{bucket}/{PREFIX}",
+        provider_kwargs=moto_server.options(endpoint_url=proxy.endpoint_url, **(options or {})),
+        retry=retry,
+        on_event=events.append,
+        **kwargs,
+    )
