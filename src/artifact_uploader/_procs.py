@@ -234,17 +234,6 @@ class _ForwardLogs(logging.Handler):
             self._out.put_threadsafe(msg)
 
 
-class _FailureSink(list[FailedUpload]):
-    """Forwards each failure to the parent instead of keeping it: the parent alone reports."""
-
-    def __init__(self, out: _Outbox) -> None:
-        super().__init__()
-        self._out = out
-
-    def append(self, failure: FailedUpload) -> None:
-        self._out.put(("failure", failure.name, failure.staged_path, _pack(failure.cause)))
-
-
 async def _reraise(exc: BaseException) -> None:
     raise exc
 
@@ -254,7 +243,6 @@ class _ChildEngine(AsyncUploader):
 
     def __init__(self, provider: Provider, spec: _Spec, out: _Outbox) -> None:
         self._out = out
-        self._sink = _FailureSink(out)
         self._forward_events = spec.forward_events
         super().__init__(
             provider,
@@ -276,15 +264,10 @@ class _ChildEngine(AsyncUploader):
         self._running: dict[str, Awaitable[Any]] = {}
         self._failed: dict[str, BaseException] = {}
 
-    # Failures go to the parent as they happen, whichever engine path records them; a property
-    # (not a plain attribute) so the engine resetting its list cannot switch forwarding off.
-    @property
-    def _failures(self) -> list[FailedUpload]:
-        return self._sink
-
-    @_failures.setter
-    def _failures(self, value: list[FailedUpload]) -> None:
-        pass
+    def _add_failure(self, failure: FailedUpload) -> None:
+        # Every engine path records failures here: they go to the parent as they happen, and
+        # the parent alone reports them (nothing is kept in this process).
+        self._out.put(("failure", failure.name, failure.staged_path, _pack(failure.cause)))
 
     def _count(self, **deltas: int) -> None:
         self._out.put(("count", deltas))
@@ -327,7 +310,7 @@ class _ChildEngine(AsyncUploader):
             # Closing: refused, like a hand-off that lost the race with close() in thread mode.
             if asyncio.iscoroutine(after):
                 after.close()
-            self._failures.append(FailedUpload(name, path, exc))
+            self._add_failure(FailedUpload(name, path, exc))
             self._out.put(("end", staged_id, None, _pack(exc)))
 
     async def _run(
@@ -770,7 +753,7 @@ class ProcessBackend:
         elif kind == "failure":
             _, name, staged_path, error = msg
             with self._lock:
-                engine._failures.append(FailedUpload(name, staged_path, error.rebuild()))
+                engine._add_failure(FailedUpload(name, staged_path, error.rebuild()))
         elif kind == "end":
             _, staged_id, result, error = msg
             with self._lock:
@@ -813,7 +796,7 @@ class ProcessBackend:
                 cause = UploaderClosedError(f"{name!r} was not uploaded: {reason}")
             engine._stager.forget(staged)
             with self._lock:
-                engine._failures.append(FailedUpload(name, str(staged.path), cause))
+                engine._add_failure(FailedUpload(name, str(staged.path), cause))
             engine._count(files_failed=1)
             engine._emit(EventKind.FAILED, name, staged.size, error=cause)
             _resolve(future, None, cause)
