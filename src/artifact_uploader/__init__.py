@@ -16,6 +16,7 @@ from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidObjectNameError as InvalidObjectNameError
 from ._errors import MissingDependencyError as MissingDependencyError
 from ._errors import ObjectExistsError as ObjectExistsError
+from ._errors import ObjectNotFoundError as ObjectNotFoundError
 from ._errors import PermissionDeniedError as PermissionDeniedError
 from ._errors import ProviderError as ProviderError
 from ._errors import SourceFileError as SourceFileError
@@ -41,9 +42,12 @@ from ._uploader import AsyncUploader as AsyncUploader
 from ._uploader import DependencyFailedError as DependencyFailedError
 from ._uploader import ResumeReport as ResumeReport
 from ._uploader import UploadHandle as UploadHandle
+from .providers._protocol import Checksum as Checksum
 from .providers._protocol import MultipartProvider as MultipartProvider
+from .providers._protocol import ObjectInfo as ObjectInfo
 from .providers._protocol import PartLimits as PartLimits
 from .providers._protocol import Provider as Provider
+from .providers._protocol import ReadableProvider as ReadableProvider
 from .providers.local import LocalProvider as LocalProvider
 from .providers.memory import MemoryProvider as MemoryProvider
 
@@ -77,6 +81,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncUploader",
+    "Checksum",
     "ConfigError",
     "DependencyFailedError",
     "EventKind",
@@ -90,6 +95,8 @@ __all__ = [
     "MissingDependencyError",
     "MultipartProvider",
     "ObjectExistsError",
+    "ObjectInfo",
+    "ObjectNotFoundError",
     "ObjectStoreLogger",
     "PartLimits",
     "PartPolicy",
@@ -99,6 +106,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "PutResult",
+    "ReadableProvider",
     "ResumeReport",
     "RetryPolicy",
     "SourceFileError",

@@ -139,6 +139,13 @@ class StoreNotFoundError(ProviderError):
     """The bucket, container or root folder does not exist."""
 
 
+class ObjectNotFoundError(ProviderError, FileNotFoundError):
+    """The object asked for (download, head) does not exist in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class IntegrityError(ProviderError):
     """The checksum the store reports differs from the one computed locally."""
 

@@ -7,22 +7,27 @@ or the concurrency limit: the engine calls each method under its one semaphore, 
 failures, and drives multipart uploads part by part. Every coroutine runs on the engine's loop;
 SDK clients are created in :meth:`Provider.open` and closed in :meth:`Provider.aclose` on that loop.
 
-Two capabilities, as small protocols:
+Capabilities, as small protocols:
 
 - :class:`Provider`: ``put`` writes a whole object in one request (any size the backend accepts
   in one request; a provider may stream a large file in that one call, as GCS resumable uploads do).
 - :class:`MultipartProvider`: adds create / put_part / complete / abort. The engine uses it for
   files at or above ``PartPolicy.threshold``, uploading parts concurrently.
+- :class:`ReadableProvider`: the read side -- ``head`` (what the store recorded: size, entity tag,
+  checksums), ``get_range`` (one ranged GET), ``list`` and ``delete``. The engine's ``download``
+  splits large objects into ranges fetched concurrently under the same semaphore and verifies the
+  whole file against :attr:`ObjectInfo.checksums`; resume's store checks use ``head`` and ``list``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import SplitResult, urlsplit
 
 from .._types import FileSlice, PartResult, PutResult
@@ -116,6 +121,83 @@ class MultipartProvider(Provider, Protocol):
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
         """Discard an unfinished upload and its parts. Must not raise if it is already gone."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """One digest the store recorded for an object, to verify a download against.
+
+    Attributes:
+        algorithm: ``"crc32c"`` (big-endian, 4 bytes) or ``"md5"``.
+        value: The digest, base64 of its raw bytes (as S3's ``x-amz-checksum-crc32c``, GCS's
+            ``crc32c`` / ``md5Hash`` and Azure's ``Content-MD5`` report it). For a composite
+            checksum, the digest of the concatenated raw per-part digests.
+        part_size: Set for a composite checksum (S3 multipart ``crc32c`` "...-N" or the multipart
+            ETag "hex-N"): every part but the last is this many bytes.
+        parts: The number of parts of a composite checksum.
+    """
+
+    algorithm: Literal["crc32c", "md5"]
+    value: str
+    part_size: int | None = None
+    parts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a store records about one object (the answer to ``head`` and each ``list`` entry).
+
+    Attributes:
+        name: Object name relative to the store's prefix.
+        size: Size in bytes.
+        etag: The backend's entity tag (for S3 / Azure: quoted as the server sent it), if any.
+        version: Version / generation, if the store keeps one.
+        last_modified: When the object was written, if the store says.
+        checksums: Digests the store recorded. ``list`` may leave this empty; ``head`` fills
+            what the store offers cheaply.
+    """
+
+    name: str
+    size: int
+    etag: str | None = None
+    version: str | None = None
+    last_modified: datetime | None = None
+    checksums: tuple[Checksum, ...] = field(default=())
+
+
+@runtime_checkable
+class ReadableProvider(Provider, Protocol):
+    """A backend that can read back, list and delete what it stored."""
+
+    async def head(self, name: str) -> ObjectInfo:
+        """What the store records about ``name``.
+
+        Raises:
+            ObjectNotFoundError: No such object.
+        """
+        ...
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        """Bytes ``offset .. offset + length - 1`` of ``name`` (``length`` >= 1).
+
+        When ``etag`` is given the read is conditional on it (``If-Match``), so every range of
+        one download comes from the same object; a changed object raises a transient-free
+        :class:`ProviderError` (status 412). Fewer bytes than asked is a transient error.
+
+        Raises:
+            ObjectNotFoundError: No such object.
+        """
+        ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose name starts with ``prefix``, in name order (lexicographic UTF-8)."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Delete ``name``. Deleting a missing object is not an error."""
         ...
 
 
