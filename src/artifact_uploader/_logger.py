@@ -51,7 +51,8 @@ class ObjectStoreLogger:
             temporary directory.
         use_procs: Run the event loop and the uploads in a child process instead of a
             background thread, keeping their Python work off the training process's GIL; same
-            behaviour otherwise (see :class:`Uploader`). Default False.
+            behaviour otherwise (see :class:`Uploader`). Default None: a child process when at
+            least 4 cores are usable, a background thread otherwise.
         run_name: Fills ``{run_name}``; default the ``RUN_NAME`` env var, else a generated name.
         max_staged_bytes: Bound on staged bytes; ``file_artifact`` waits when full.
         resume: Upload what a previous run left pending in ``upload_staging_folder`` first.
@@ -73,7 +74,7 @@ class ObjectStoreLogger:
         object_name: str = "{artifact_name}",
         num_concurrent_uploads: int = 4,
         upload_staging_folder: str | os.PathLike[str] | None = None,
-        use_procs: bool = False,
+        use_procs: bool | None = None,
         run_name: str | None = None,
         *,
         max_staged_bytes: int | None = None,

@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import pickle
 import threading
 import warnings
 import weakref
@@ -25,6 +26,36 @@ from ._uploader import AsyncUploader, ResumeReport, _Prepared
 from .providers._protocol import Provider
 
 log = logging.getLogger("artifact_uploader")
+
+# ``use_procs=None`` picks processes from this many usable cores. Below it the child competes
+# with the training loop for the same cores: on the 2-core benchmark machine the loop kept
+# 0.63-0.80 of its speed with ``use_procs=True`` against 0.73-0.87 in thread mode while
+# uploading small files (docs/benchmarks.md). From 4 cores a spare one is likely.
+PROCS_MIN_CORES = 4
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_use_procs(use_procs: bool | None, provider: Provider) -> bool:
+    """``use_procs`` as given, or for ``None``: processes when :data:`PROCS_MIN_CORES` cores
+    are usable and the provider can be sent to a child process, threads otherwise."""
+    if use_procs is not None:
+        return use_procs
+    if usable_cores() < PROCS_MIN_CORES:
+        return False
+    try:
+        pickle.dumps(provider)
+    except Exception:
+        # A provider that only lives in this process (MemoryProvider, a closure...): the
+        # automatic choice must not turn a working default into a ConfigError.
+        return False
+    return True
 
 
 class _Backend(Protocol):
@@ -138,8 +169,10 @@ class Uploader:
         verify: Check the store is reachable at construction. Default True.
         on_event: Progress callback; runs on the loop thread (the results thread with
             ``use_procs``, the submitting thread for "queued" / "staged"), so keep it short.
-        use_procs: Run the event loop and the uploads in a child process instead of a
-            thread. Default False.
+        use_procs: Run the event loop and the uploads in a child process (True) or in a
+            thread (False). Default None: a child process when at least 4 cores are usable
+            (``os.sched_getaffinity``) and the provider can be sent to it, a thread otherwise;
+            :attr:`use_procs` holds the choice.
 
     Raises:
         ConfigError: Invalid option, URI or provider (with ``use_procs``, a provider that
@@ -162,10 +195,10 @@ class Uploader:
         parts: PartPolicy | None = None,
         verify: bool = True,
         on_event: EventCallback | None = None,
-        use_procs: bool = False,
+        use_procs: bool | None = None,
     ) -> None:
-        if not isinstance(use_procs, bool):
-            raise ConfigError(f"use_procs must be a bool, got {use_procs!r}")
+        if use_procs is not None and not isinstance(use_procs, bool):
+            raise ConfigError(f"use_procs must be a bool or None, got {use_procs!r}")
         self._engine = AsyncUploader(
             store,
             max_concurrency=max_concurrency,
@@ -181,10 +214,11 @@ class Uploader:
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
-        self.use_procs = use_procs
         self._backend: _Backend
         try:
-            if use_procs:
+            # True or False as resolved: what this uploader actually does.
+            self.use_procs = resolve_use_procs(use_procs, self._engine.provider)
+            if self.use_procs:
                 self._backend = ProcessBackend(self._engine, forward_events=on_event is not None)
             else:
                 self._backend = _ThreadBackend(self._engine)
