@@ -12,7 +12,22 @@ Requests reach moto for real, except those the proxy chooses to fail. It can ans
   per second), the rest at full speed, then forward it: a slow but healthy upload,
 - ``"404-upload"``: 404 NoSuchUpload, as S3 answers for a completed or aborted upload,
 - ``"lost"``: forward the request to moto (which carries it out), then reset the connection
-  instead of passing the answer on: a response lost on the way back.
+  instead of passing the answer on: a response lost on the way back,
+- ``"corrupt-request"``: flip one byte (the middle one) of the request body, then forward it: a
+  body damaged in transit that the upstream stores as it arrives (moto checks no checksum),
+- ``"corrupt-response"``: forward the request, then flip one byte (the middle one) of the
+  response body on its way back (a ranged GET read through a damaging link),
+- ``"redirect"``: answer ``Fault.status`` (301, 302, 307 or 308; default 307) with
+  ``Location: Fault.location + <request target>`` without forwarding anything: an endpoint that
+  points the client at another host (tests pass the URL of a :class:`Sink`),
+- ``"echo"``: answer 403 AccessDenied whose message quotes every request header, as some servers
+  and proxies do: secrets the client sent in headers come back in the error body.
+
+The proxy is a generic HTTP/1.1 reverse proxy: GCS and Azure tests may put their own instance
+(``FaultProxy(upstream_url)``, :meth:`FaultProxy.start` / :meth:`FaultProxy.stop`) in front of
+fake-gcs-server or Azurite. :class:`Sink` is a loopback server that records every request it
+gets (method, target, headers, body) and answers 200 with the body's MD5 as ETag: a redirect
+target that would happily take an upload.
 
 Faults are chosen by, in this order: a permanent denial of the key, the next scripted fault
 whose ``match`` occurs in the request line, then a seeded random draw at ``rate``. The proxy
@@ -49,7 +64,26 @@ from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy, UploadEven
 from tests.servers.moto import MotoServer
 
 TRANSIENT_KINDS: tuple[str, ...] = ("500", "503", "429", "reset")
-_KINDS = frozenset({*TRANSIENT_KINDS, "stall", "403", "404-upload", "lost", "trickle"})
+_KINDS = frozenset(
+    {
+        *TRANSIENT_KINDS,
+        "stall",
+        "403",
+        "404-upload",
+        "lost",
+        "trickle",
+        "corrupt-request",
+        "corrupt-response",
+        "redirect",
+        "echo",
+    }
+)
+_REDIRECTS = {
+    301: "Moved Permanently",
+    302: "Found",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+}
 _ERRORS = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
@@ -70,21 +104,29 @@ class Fault:
     """One fault to inject.
 
     Attributes:
-        kind: "500", "503", "429", "reset", "stall", "403", "404-upload", "lost" or "trickle".
+        kind: "500", "503", "429", "reset", "stall", "403", "404-upload", "lost", "trickle",
+            "corrupt-request", "corrupt-response", "redirect" or "echo".
         retry_after: The ``Retry-After`` value of a 429 (seconds, as text).
         body_fraction: For "reset" and "stall": how much of the request body to read first;
             for "trickle": how much of it to read slowly.
         rate: For "trickle": request body bytes read per second.
+        status: For "redirect": 301, 302, 307 or 308.
+        location: For "redirect": the origin (``http://127.0.0.1:N``) the ``Location`` header
+            points at; the request target is appended.
     """
 
     kind: str
     retry_after: str = "0"
     body_fraction: float = 0.5
     rate: float = 1024 * 1024
+    status: int = 307
+    location: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}")
+        if self.kind == "redirect" and (self.status not in _REDIRECTS or not self.location):
+            raise ValueError("a redirect needs status 301/302/307/308 and a location")
 
 
 @dataclass(frozen=True)
@@ -331,16 +373,30 @@ class FaultProxy:
             await self._forward(req, body, None)
             _reset(writer)
             return False
-        if fault is not None:
+        if fault is not None and fault.kind == "corrupt-request":
+            await self._forward(req, _flip(body), writer)
+        elif fault is not None and fault.kind == "corrupt-response":
+            await self._forward(req, body, writer, corrupt=True)
+        elif fault is not None and fault.kind == "redirect":
+            await _send_redirect(writer, req, fault)
+        elif fault is not None and fault.kind == "echo":
+            await _send_echo(writer, req)
+        elif fault is not None:
             await _send_error(writer, req, fault)
         else:
             await self._forward(req, body, writer)
         return (req.header("Connection") or "").lower() != "close"
 
     async def _forward(
-        self, req: _Request, body: bytes, writer: asyncio.StreamWriter | None
+        self,
+        req: _Request,
+        body: bytes,
+        writer: asyncio.StreamWriter | None,
+        *,
+        corrupt: bool = False,
     ) -> None:
-        """Send the request to moto and its answer to ``writer`` (None: drop the answer)."""
+        """Send the request to moto and its answer to ``writer`` (None: drop the answer);
+        ``corrupt`` flips one byte of the answer's body."""
         up_r, up_w = await asyncio.open_connection(self._up_host, self._up_port)
         try:
             lines = [f"{req.method} {req.target} HTTP/1.1"]
@@ -375,6 +431,8 @@ class FaultProxy:
             payload = b""
         else:
             out.append(f"Content-Length: {len(payload)}")
+        if corrupt:
+            payload = _flip(payload)
         writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + payload)
         await writer.drain()
 
@@ -418,6 +476,46 @@ async def _send_error(writer: asyncio.StreamWriter, req: _Request, fault: Fault)
     await writer.drain()
 
 
+async def _send_redirect(writer: asyncio.StreamWriter, req: _Request, fault: Fault) -> None:
+    location = fault.location.rstrip("/") + req.target
+    headers = [
+        f"HTTP/1.1 {fault.status} {_REDIRECTS[fault.status]}",
+        f"Location: {location}",
+        "Content-Length: 0",
+    ]
+    writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+
+
+async def _send_echo(writer: asyncio.StreamWriter, req: _Request) -> None:
+    """403 AccessDenied quoting every request header (XML-escaped) in its message."""
+    from xml.sax.saxutils import escape
+
+    quoted = "; ".join(f"{k}: {v}" for k, v in req.headers)
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>AccessDenied</Code><Message>Access Denied for request with "
+        f"headers {escape(quoted)}</Message><RequestId>{uuid.uuid4().hex}</RequestId></Error>"
+    ).encode()
+    if req.method == "HEAD":
+        body = b""
+    head = [
+        "HTTP/1.1 403 Forbidden",
+        "Content-Type: application/xml",
+        f"Content-Length: {len(body)}",
+    ]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+    await writer.drain()
+
+
+def _flip(data: bytes) -> bytes:
+    """``data`` with its middle byte inverted (unchanged when empty)."""
+    if not data:
+        return data
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+
+
 async def _trickle(reader: asyncio.StreamReader, length: int, rate: float) -> bytes:
     """Read ``length`` body bytes at about ``rate`` bytes per second (simulating a slow link:
     the pauses pace the network, they synchronise nothing)."""
@@ -447,6 +545,99 @@ def _dechunk(raw: bytes) -> bytes:
             return bytes(out)
         out += raw[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request a :class:`Sink` got."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Sink:
+    """A loopback HTTP server that takes anything: records each request and answers 200 with
+    ``ETag: "<md5 of the body>"`` (a redirect target posing as a store)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received: list[Received] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    @property
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.run(self._main(ready))
+
+        self._thread = threading.Thread(target=run, name="sink", daemon=True)
+        self._thread.start()
+        if not ready.wait(_START_TIMEOUT):
+            raise RuntimeError("sink did not start")
+
+    def stop(self) -> None:
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stopped.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        ready.set()
+        async with server:
+            await self._stopped.wait()
+            server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import hashlib
+
+        try:
+            while True:
+                req = await _read_head(reader)
+                if req is None:
+                    return
+                body = await reader.readexactly(int(req.header("Content-Length") or 0))
+                with self._lock:
+                    self._received.append(
+                        Received(
+                            req.method, req.target, {k.lower(): v for k, v in req.headers}, body
+                        )
+                    )
+                etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                writer.write(
+                    f'HTTP/1.1 200 OK\r\nETag: "{etag}"\r\nContent-Length: 0\r\n\r\n'.encode()
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A fresh :class:`Sink` on a free loopback port."""
+    server = Sink()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,7 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
+from ._redact import Redactor, install_log_filter
 from ._s3_direct import DirectS3, read_body
 
 log = logging.getLogger("artifact_uploader")
@@ -148,96 +149,29 @@ class _Credentials:
     def __repr__(self) -> str:
         return "_Credentials(<redacted>)"
 
-    def scrub(self, text: str) -> str:
-        for value in (self.secret, self.token, self.key):
-            # Short values (test dummies) would mangle ordinary words; real ones are 16+ chars.
-            if value and len(value) >= 8:
-                text = text.replace(value, "<redacted>")
-        return text
+
+# The SDK stack under this provider, whose loggers get the redacting filter while it is open.
+_SDK_LOGGERS: Final = ("botocore", "aiobotocore", "aiohttp", "urllib3")
 
 
-class _LiveCredentials:
-    """Refreshable credentials from botocore's chain (instance role, STS, credential_process):
-    scrubs the values they hold at the moment a record is logged, so refreshed ones too."""
-
-    __slots__ = ("_found",)
-
-    def __init__(self, found: Any) -> None:
-        self._found = found
-
-    def __repr__(self) -> str:
-        return "_LiveCredentials(<redacted>)"
-
-    def scrub(self, text: str) -> str:
-        # The private fields hold the current values; the public ones would refresh (or warn).
-        for attr in ("_secret_key", "_token", "_access_key"):
-            value = getattr(self._found, attr, None)
-            # Short values (test dummies) would mangle ordinary words; real ones are 16+ chars.
-            if isinstance(value, str) and len(value) >= 8:
-                text = text.replace(value, "<redacted>")
-        return text
-
-
-class _ScrubLogs(logging.Filter):
-    """Redacts explicit credentials from the SDKs' log records.
-
-    botocore logs request headers (the session token, the access key id in Authorization), the
-    strings it signs and response bodies at DEBUG; a user who turns DEBUG on must not get the
-    credentials in their logs. Installed on the SDK loggers while a provider is open.
-    """
-
-    def __init__(self, credentials: _Credentials | _LiveCredentials) -> None:
-        super().__init__()
-        self._credentials = credentials
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        clean = self._credentials.scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._credentials.scrub(
-                logging.Formatter().formatException(record.exc_info)
-            )
-        return True
-
-
-def _sdk_loggers() -> list[logging.Logger]:
-    """The loggers of the SDK stack under this provider (a filter applies to its own logger
-    only, not to records its children propagate, so every existing child is included)."""
-    roots = ("botocore", "aiobotocore", "aiohttp", "urllib3")
-    names = {n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in roots}
-    return [logging.getLogger(n) for n in sorted(names.union(roots))]
-
-
-def _chain_credentials(client: Any) -> _Credentials | _LiveCredentials | None:
-    """Credentials botocore found in its default chain (environment, profile, instance role,
-    STS...), to scrub from its logs as well; None when there are none, or on any doubt."""
+def _chain_secrets(client: Any) -> Callable[[], list[object]] | None:
+    """A source of the credentials botocore found in its default chain (environment, profile,
+    instance role, STS...), read at every scrub so refreshed values are covered too."""
     found = getattr(getattr(client, "_request_signer", None), "_credentials", None)
     if found is None:
         return None
-    if "Refresh" in type(found).__name__:
-        return _LiveCredentials(found)
-    key, secret, token = (getattr(found, a, None) for a in ("access_key", "secret_key", "token"))
-    if isinstance(key, str) and isinstance(secret, str):
-        return _Credentials(key, secret, token if isinstance(token, str) else None)
-    return None
+    # Refreshable credentials keep their current values in private fields; the public
+    # properties would trigger a refresh (or a warning) from inside a log filter.
+    attrs = (
+        ("_access_key", "_secret_key", "_token")
+        if "Refresh" in type(found).__name__
+        else ("access_key", "secret_key", "token")
+    )
 
+    def current() -> list[object]:
+        return [getattr(found, a, None) for a in attrs]
 
-def _install_log_scrubber(credentials: _Credentials | _LiveCredentials) -> Callable[[], None]:
-    scrubber = _ScrubLogs(credentials)
-    loggers = _sdk_loggers()
-    for logger in loggers:
-        logger.addFilter(scrubber)
-
-    def uninstall() -> None:
-        for logger in loggers:
-            logger.removeFilter(scrubber)
-
-    return uninstall
+    return current
 
 
 def _crc32c_b64(data: bytes | memoryview) -> str:
@@ -334,6 +268,8 @@ class S3Provider:
         self._credentials = (
             None if key is None or secret is None else _Credentials(key, secret, token)
         )
+        # Explicit, environment and (added at open) the default chain's live credentials.
+        self._redactor = Redactor((key, secret, token))
         if checksum is not None:
             checksum = checksum.lower()
             if checksum != "crc32c":
@@ -562,12 +498,15 @@ class S3Provider:
             )
         except botocore.exceptions.BotoCoreError as exc:
             await stack.aclose()
+            self._redactor.scrub_exception(exc)
             raise ProviderError(
                 self._scrub(f"cannot create the S3 client for bucket {self.bucket!r}: {exc}")
             ) from exc
-        scrub_creds = creds or _chain_credentials(client)
-        if scrub_creds is not None:
-            stack.callback(_install_log_scrubber(scrub_creds))
+        if creds is None:
+            source = _chain_secrets(client)
+            if source is not None:
+                self._redactor.add_source(source)
+        stack.callback(install_log_filter(self._redactor, _SDK_LOGGERS))
         if self._unsigned_payload_ok():
             # Only with our own CRC32C, over TLS or loopback: the fast path sends
             # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to botocore.
@@ -889,12 +828,17 @@ class S3Provider:
         return ours
 
     def _scrub(self, text: str) -> str:
-        return self._credentials.scrub(text) if self._credentials else text
+        return self._redactor.scrub(text)
 
     def _map(
         self, exc: BaseException, op: str, name: str | None, *, conditional: bool = False
     ) -> ProviderError:
-        """Turn an SDK / transport exception into the library's error tree."""
+        """Turn an SDK / transport exception into the library's error tree.
+
+        ``exc`` and its whole ``__cause__`` / ``__context__`` chain are scrubbed of secrets in
+        place first: the caller raises the result ``from exc``.
+        """
+        self._redactor.scrub_exception(exc)
         if isinstance(exc, ProviderError):
             return exc
         uri = self.uri(name) if name is not None else f"s3://{self.bucket}"
