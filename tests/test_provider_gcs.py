@@ -666,13 +666,18 @@ async def test_server_reporting_other_checksum_is_an_integrity_error(
     script: Script, tmp_path: Path
 ) -> None:
     script.on("POST", Reply(200, _object("x", b"something else")))
+    script.on("DELETE", Reply(204, b""))
     p = await _scripted_provider(script)
     try:
         with pytest.raises(IntegrityError) as info:
             await p.put("x", FileSlice.whole(_write(tmp_path, b"ours")), overwrite=False)
     finally:
         await p.aclose()
-    assert not info.value.transient  # overwrite=False: a retry would only hit "exists"
+    # Transient even with overwrite=False: the unverified generation was deleted (only that
+    # generation), so the engine's retry writes the object again instead of meeting "exists".
+    assert info.value.transient
+    deletes = [target for method, target, _ in script.seen if method == "DELETE"]
+    assert deletes == ["/storage/v1/b/bkt/o/x?ifGenerationMatch=42"]
 
 
 @pytest.mark.asyncio

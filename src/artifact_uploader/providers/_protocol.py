@@ -21,6 +21,7 @@ Capabilities, as small protocols:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -254,6 +255,40 @@ def parse_retry_after(headers: Mapping[str, Any] | None) -> float | None:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback IPv4/IPv6 address."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plain_http(url: str, *, label: str, allow_http: bool, what: str = "endpoint") -> None:
+    """Refuse a plain ``http://`` URL to a host other than this machine unless ``allow_http``.
+
+    On plain HTTP anyone on the path can read the credentials sent with each request and change
+    a body together with its checksum; a loopback emulator is the one place that is harmless.
+
+    Raises:
+        ConfigError: Naming the URL's host and the option that allows it.
+    """
+    from .._errors import ConfigError
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http" or is_loopback_host(parts.hostname) or allow_http:
+        return
+    raise ConfigError(
+        f"{label} {what} http://{parts.hostname} is plain HTTP to a host that is not "
+        "this machine: credentials and data would travel unencrypted; use https, or pass "
+        "allow_http=True if that network is trusted"
+    )
 
 
 def split_store_uri(uri: str, scheme: str, label: str) -> SplitResult:

@@ -22,7 +22,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -37,6 +38,7 @@ from .._errors import (
     IntegrityError,
     InvalidObjectNameError,
     ObjectExistsError,
+    ObjectNotFoundError,
     PermissionDeniedError,
     ProviderError,
     StoreNotFoundError,
@@ -45,13 +47,17 @@ from .._retry import note_progress
 from .._types import FileSlice, PartResult, PutResult
 from ._body import Body
 from ._protocol import (
+    Checksum,
     MiB,
+    ObjectInfo,
     PartLimits,
     check_common_name,
+    check_plain_http,
     join_key,
     parse_retry_after,
     split_store_uri,
 )
+from ._redact import Redactor
 
 # Azure's limits for block blobs (service versions 2019-12-12 and later).
 _MAX_BLOCK_SIZE = 4000 * MiB
@@ -100,11 +106,21 @@ async def _count_conditional_send(session: Any, context: Any, params: Any) -> No
         sends[0] += 1
 
 
-_SECRET_PATTERNS = (
-    re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE),
-    re.compile(r"(AccountKey=)[^;\s'\"]+", re.IGNORECASE),
-    re.compile(r"(SharedAccessSignature=)[^;\s'\"]+", re.IGNORECASE),
+_REDIRECTS = frozenset({300, 301, 302, 303, 307, 308})
+# 403 codes that mean "authenticated, but not allowed this": every other 401/403 is a refusal of
+# the credentials themselves (a wrong key's signature, an expired or malformed SAS...).
+_PERMISSION_CODES = frozenset(
+    {
+        "AuthorizationPermissionMismatch",
+        "AuthorizationResourceTypeMismatch",
+        "AuthorizationServiceMismatch",
+        "AuthorizationSourceIPMismatch",
+        "AuthorizationProtocolMismatch",
+        "InsufficientAccountPermissions",
+    }
 )
+# Blob metadata holding the composite MD5 of a multipart upload: "<base64>:<part size>:<parts>".
+_COMPOSITE_MD5_KEY = "artifact_uploader_md5_parts"
 
 _OPTION_NAMES = frozenset(
     {
@@ -116,6 +132,7 @@ _OPTION_NAMES = frozenset(
         "credential",
         "connection_timeout",
         "read_timeout",
+        "allow_http",
         # The seed's (libcloud) provider_kwargs.
         "key",
         "secret",
@@ -171,6 +188,12 @@ class AzureProvider:
         api_version: Storage service version to speak. Default: the SDK's newest.
         connection_timeout: Seconds to wait for a connection. Default: the SDK's 20.
         read_timeout: Seconds to wait between bytes of a response. Default: the SDK's 60.
+        allow_http: Allow a plain ``http://`` endpoint on a host other than this machine.
+            Default False: the shared key's signatures, SAS tokens and data would cross the
+            network unencrypted. Loopback (Azurite) needs no flag.
+
+    Redirects are never followed: a 3xx answer is a permanent :class:`ProviderError` naming
+    where it pointed, and nothing is sent there.
     """
 
     scheme = "az"
@@ -189,8 +212,11 @@ class AzureProvider:
         api_version: str | None = None,
         connection_timeout: float | None = None,
         read_timeout: float | None = None,
+        allow_http: bool = False,
     ) -> None:
         _check_container(container)
+        if not isinstance(allow_http, bool):
+            raise ConfigError(f"Azure: option 'allow_http' must be a bool, got {allow_http!r}")
         given = [
             label
             for label, value in (
@@ -244,6 +270,14 @@ class AzureProvider:
                 "or `pip install azure-identity`"
             )
 
+        endpoint = (
+            _connection_string_endpoint(connection_string)
+            if connection_string is not None
+            else account_url
+        )
+        if endpoint is not None:
+            check_plain_http(endpoint, label="Azure", allow_http=allow_http, what="blob endpoint")
+        self.allow_http = allow_http
         self.container = container
         self.prefix = prefix.strip("/")
         self.account_name = account_name
@@ -264,6 +298,12 @@ class AzureProvider:
         # Uploads sent whose outcome is unknown (no answer, or a transient error): if the
         # engine's retry of one meets "already exists", the first send may have landed.
         self._in_doubt: set[tuple[object, ...]] = set()
+        # Block sizes of engine multipart uploads in progress, for the composite MD5 recorded
+        # at commit: {upload id: {part number: (size, md5)}}.
+        self._parts: dict[str, dict[int, tuple[int, bytes]]] = {}
+        # The one redaction path: the key, SAS and connection string, anything shaped like a
+        # SAS signature, an account key or a bearer token.
+        self._redactor = Redactor((account_key, self._sas_token, connection_string))
 
     def __repr__(self) -> str:
         return (
@@ -318,6 +358,7 @@ class AzureProvider:
             api_version=opts.pop("api_version", None),
             connection_timeout=opts.pop("connection_timeout", None),
             read_timeout=opts.pop("read_timeout", None),
+            allow_http=opts.pop("allow_http", False),
         )
 
     @property
@@ -371,6 +412,8 @@ class AzureProvider:
         kwargs: dict[str, Any] = {
             # The engine retries; see the module docstring.
             "retry_total": 0,
+            # A redirect could send the request (and a SAS in its URL) elsewhere: never follow.
+            "permit_redirects": False,
             # upload_blob splits bodies above this into blocks; keep every put one request.
             "max_single_put_size": _SINGLE_PUT_MAX,
             **self._timeouts,
@@ -404,7 +447,8 @@ class AzureProvider:
             await session.close()
             await self._close_credential()
             # The SDK's message may quote the connection string; say only what was wrong.
-            raise ConfigError(f"Azure: {self._scrub(str(exc)).splitlines()[0]}") from None
+            message = self._redactor.scrub(str(exc)).splitlines()[0]
+            raise ConfigError(f"Azure: {message}") from None
         self._service = service
         self._container = service.get_container_client(self.container)
         if verify:
@@ -545,6 +589,8 @@ class AzureProvider:
         if data.length > _SINGLE_PUT_MAX:
             return await self._put_blocks(name, blob, data, overwrite=overwrite)
         body, md5 = await _read_and_hash(data)
+        from azure.storage.blob import ContentSettings
+
         try:
             resp = await blob.upload_blob(
                 body,
@@ -553,15 +599,19 @@ class AzureProvider:
                 max_concurrency=1,
                 # Sent as Content-MD5: the service refuses the body if it arrives different.
                 transactional_content_md5=md5,
+                # And recorded as the blob's Content-MD5, so a download can be verified.
+                content_settings=ContentSettings(content_md5=bytearray(md5)),
             )
         except Exception as exc:
             raise self._map(exc, name, "uploading", conditional=not overwrite) from exc
-        self._check_md5(name, md5, resp.get("content_md5"))
+        confirmed = await self._check_md5(
+            name, md5, resp.get("content_md5"), blob=blob, etag=resp.get("etag")
+        )
         return PutResult(
             etag=resp.get("etag"),
             version=resp.get("version_id"),
-            checksum_algorithm="md5",
-            checksum=_b64(md5),
+            checksum_algorithm="md5" if confirmed else None,
+            checksum=_b64(md5) if confirmed else None,
         )
 
     async def _put_blocks(
@@ -570,15 +620,27 @@ class AzureProvider:
         upload_id = _new_upload_id()
         whole = hashlib.md5(usedforsecurity=False)
         block_ids = []
+        every_block_confirmed = True
         offset, end, part = data.offset, data.offset + data.length, 1
         while offset < end:
             piece = FileSlice(data.path, offset, min(_PUT_BLOCK_SIZE, end - offset))
             body, md5 = await _read_and_hash(piece, whole)
-            block_ids.append(await self._stage(name, blob, upload_id, part, body, md5))
+            block_id, confirmed = await self._stage(name, blob, upload_id, part, body, md5)
+            block_ids.append(block_id)
+            every_block_confirmed &= confirmed
             note_progress()
             offset += piece.length
             part += 1
-        return await self._commit(name, blob, block_ids, overwrite=overwrite, md5=whole.digest())
+        # The whole MD5 is recorded either way (downloads verify against it); the result
+        # claims it only when the service confirmed every block's MD5.
+        return await self._commit(
+            name,
+            blob,
+            block_ids,
+            overwrite=overwrite,
+            md5=whole.digest(),
+            claim=every_block_confirmed,
+        )
 
     async def create_multipart(self, name: str, *, overwrite: bool) -> str:
         """Choose the block-id prefix of a new upload.
@@ -621,12 +683,16 @@ class AzureProvider:
                 f"part number {part_number} outside 1..{_MAX_BLOCKS}", name=name, uri=self.uri(name)
             )
         body, md5 = await _read_and_hash(data)
-        block_id = await self._stage(name, blob, upload_id, part_number, body, md5)
+        block_id, _ = await self._stage(name, blob, upload_id, part_number, body, md5)
+        # Sizes and digests for the composite MD5 recorded at commit.
+        self._parts.setdefault(upload_id, {})[part_number] = (len(body), md5)
         return PartResult(part_number, block_id, _b64(md5))
 
     async def _stage(
         self, name: str, blob: Any, upload_id: str, part_number: int, body: bytes, md5: bytes
-    ) -> str:
+    ) -> tuple[str, bool]:
+        """Put Block with its Content-MD5; returns the block id and whether the service echoed
+        the same MD5."""
         block_id = f"{upload_id}-{part_number:0{_PART_DIGITS}d}"
         try:
             # The SDK base64-encodes the id; ids of one blob must be equally long, hence the
@@ -636,8 +702,8 @@ class AzureProvider:
             )
         except Exception as exc:
             raise self._map(exc, name, f"uploading block {part_number} of") from exc
-        self._check_md5(name, md5, resp.get("content_md5"))
-        return block_id
+        # An uncommitted block needs no clean-up: the next commit or 7 days drop it.
+        return block_id, await self._check_md5(name, md5, resp.get("content_md5"))
 
     async def complete_multipart(
         self, name: str, upload_id: str, parts: Sequence[PartResult], *, overwrite: bool
@@ -663,19 +729,54 @@ class AzureProvider:
                     uri=self.uri(name),
                 )
             block_ids.append(p.etag)
+        metadata = self._composite_md5(upload_id, ordered)
         # An earlier commit of this upload may have succeeded with its answer lost.
-        return await self._guard_lost_answer(
+        result = await self._guard_lost_answer(
             ("complete", upload_id),
-            lambda: self._commit(name, blob, block_ids, overwrite=overwrite, md5=None),
+            lambda: self._commit(
+                name, blob, block_ids, overwrite=overwrite, md5=None, metadata=metadata
+            ),
             lambda: self._landed(name, block_ids=block_ids),
         )
+        self._parts.pop(upload_id, None)
+        return result
+
+    def _composite_md5(self, upload_id: str, parts: Sequence[PartResult]) -> dict[str, str]:
+        """Blob metadata recording the MD5 of the parts' concatenated MD5s (S3's multipart
+        ETag rule), with the part size, so a download can be verified; empty when this
+        provider did not stage every part itself or the parts are not equal-sized."""
+        staged = self._parts.get(upload_id, {})
+        sizes: list[int] = []
+        digests = b""
+        for p in parts:
+            if p.part_number not in staged:
+                return {}
+            size, md5 = staged[p.part_number]
+            if p.checksum != _b64(md5):
+                return {}
+            sizes.append(size)
+            digests += md5
+        if not sizes or any(size != sizes[0] for size in sizes[:-1]) or sizes[-1] > sizes[0]:
+            return {}
+        value = _b64(hashlib.md5(digests, usedforsecurity=False).digest())
+        return {_COMPOSITE_MD5_KEY: f"{value}:{sizes[0]}:{len(sizes)}"}
 
     async def _commit(
-        self, name: str, blob: Any, block_ids: list[str], *, overwrite: bool, md5: bytes | None
+        self,
+        name: str,
+        blob: Any,
+        block_ids: list[str],
+        *,
+        overwrite: bool,
+        md5: bytes | None,
+        claim: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> PutResult:
         kwargs: dict[str, Any] = {}
         if not overwrite:
             kwargs["if_none_match"] = "*"
+        if metadata:
+            kwargs["metadata"] = metadata
         if md5 is not None:
             from azure.storage.blob import ContentSettings
 
@@ -687,11 +788,12 @@ class AzureProvider:
             )
         except Exception as exc:
             raise self._map(exc, name, "committing", conditional=not overwrite) from exc
+        claimed = md5 is not None and claim
         return PutResult(
             etag=resp.get("etag"),
             version=resp.get("version_id"),
-            checksum_algorithm=None if md5 is None else "md5",
-            checksum=None if md5 is None else _b64(md5),
+            checksum_algorithm="md5" if claimed else None,
+            checksum=_b64(md5) if claimed and md5 is not None else None,
         )
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
@@ -699,36 +801,219 @@ class AzureProvider:
 
         Deleting them would mean deleting the blob, which may hold an older committed version.
         """
+        self._parts.pop(upload_id, None)
         return None
 
-    # -- errors -------------------------------------------------------------------------------
+    # -- the read side ------------------------------------------------------------------------
 
-    def _check_md5(self, name: str, ours: bytes, theirs: Any) -> None:
-        # Some servers (Azurite's Put Block) do not echo an MD5; the service already checked ours.
-        if theirs is not None and bytes(theirs) != ours:
-            raise IntegrityError(
-                f"Azure: MD5 of {self.uri(name)!r} is {_b64(bytes(theirs))} at the service, "
-                f"{_b64(ours)} here",
+    def _object_info(self, name: str, props: Any) -> ObjectInfo:
+        """A blob's properties (from the service: untrusted) as an :class:`ObjectInfo`."""
+        size = getattr(props, "size", None)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ProviderError(
+                f"Azure: the service reported no valid size for {self.uri(name)!r}",
                 name=name,
                 uri=self.uri(name),
             )
+        checksums: list[Checksum] = []
+        settings = getattr(props, "content_settings", None)
+        md5 = getattr(settings, "content_md5", None)
+        if md5:
+            digest = bytes(md5)
+            if len(digest) != 16:
+                raise ProviderError(
+                    f"Azure: the service reported a malformed Content-MD5 for {self.uri(name)!r}",
+                    name=name,
+                    uri=self.uri(name),
+                )
+            checksums.append(Checksum("md5", _b64(digest)))
+        else:
+            composite = _parse_composite(getattr(props, "metadata", None), size)
+            if composite is not None:
+                checksums.append(composite)
+        etag = getattr(props, "etag", None)
+        version = getattr(props, "version_id", None)
+        last_modified = getattr(props, "last_modified", None)
+        return ObjectInfo(
+            name=name,
+            size=size,
+            etag=etag if isinstance(etag, str) else None,
+            version=version if isinstance(version, str) else None,
+            last_modified=last_modified if isinstance(last_modified, datetime) else None,
+            checksums=tuple(checksums),
+        )
+
+    async def head(self, name: str) -> ObjectInfo:
+        """What Azure records about ``name``: size, ETag, version id, last modified and its
+        Content-MD5 (whole object; set on every blob this library writes in one piece), or for
+        a multipart upload, the composite MD5 recorded in its metadata.
+
+        Raises:
+            ObjectNotFoundError: No such blob.
+            StoreNotFoundError: No such container.
+        """
+        blob = self._blob(name)
+        try:
+            props = await blob.get_blob_properties()
+        except Exception as exc:
+            raise self._map(exc, name, "reading", reading=True) from exc
+        return self._object_info(name, props)
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        """Bytes ``offset .. offset + length - 1`` of ``name`` (ranged GET; ``If-Match: etag``
+        when ``etag`` is given).
+
+        Raises:
+            ObjectNotFoundError: No such blob.
+            ProviderError: Fewer bytes than asked (transient), the blob changed (status 412,
+                not transient), or any other failure.
+        """
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"get_range offset must be an int >= 0, got {offset!r}")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ConfigError(f"get_range length must be an int >= 1, got {length!r}")
+        blob = self._blob(name)
+        kwargs: dict[str, Any] = {"offset": offset, "length": length, "max_concurrency": 1}
+        if etag is not None:
+            from azure.core import MatchConditions
+
+            kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            downloader = await blob.download_blob(**kwargs)
+            data: bytes = await downloader.readall()
+        except Exception as exc:
+            raise self._map(exc, name, "reading", reading=True) from exc
+        if len(data) != length:
+            raise ProviderError(
+                f"Azure: got {len(data)} of the {length} bytes asked of {self.uri(name)!r} at "
+                f"offset {offset}",
+                name=name,
+                uri=self.uri(name),
+                transient=len(data) < length,
+            )
+        return data
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every blob whose name (relative to the store's prefix) starts with ``prefix``, in
+        name order."""
+        if self._container is None:
+            raise ProviderError(f"{self!r} is not open (call open() first, or it was closed)")
+        base = f"{self.prefix}/" if self.prefix else ""
+        found: list[ObjectInfo] = []
+        try:
+            async for props in self._container.list_blobs(
+                name_starts_with=base + prefix, include=["metadata"]
+            ):
+                full = getattr(props, "name", None)
+                if isinstance(full, str) and full.startswith(base + prefix) and full != base:
+                    found.append(self._object_info(full[len(base) :], props))
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._map(exc, None, "listing", reading=True) from exc
+        found.sort(key=lambda info: info.name)
+        for info in found:
+            yield info
+
+    async def delete(self, name: str) -> None:
+        """Delete blob ``name`` (and its snapshots); a missing blob is not an error."""
+        blob = self._blob(name)
+        try:
+            await blob.delete_blob(delete_snapshots="include")
+        except azure_exc.ResourceNotFoundError as exc:
+            if _code(exc) == "ContainerNotFound":
+                raise self._map(exc, name, "deleting") from exc
+        except Exception as exc:
+            raise self._map(exc, name, "deleting") from exc
+
+    # -- errors -------------------------------------------------------------------------------
+
+    async def _check_md5(
+        self, name: str, ours: bytes, theirs: Any, *, blob: Any = None, etag: Any = None
+    ) -> bool:
+        """Whether the service confirmed our MD5 (it echoed the same one).
+
+        Some servers (Azurite's Put Block) echo none: then nothing is confirmed, although the
+        service checked the Content-MD5 we sent. A different MD5 means the service stored
+        other bytes: that blob (only if it still has the ``etag`` just written) is deleted, and
+        the error is transient so the engine's retry writes it again.
+
+        Raises:
+            IntegrityError: The service reported another MD5 (transient).
+        """
+        if theirs is None:
+            return False
+        try:
+            reported = bytes(theirs)
+        except (TypeError, ValueError):
+            reported = b""
+        if reported == ours:
+            return True
+        kept = ""
+        if blob is not None and etag:
+            from azure.core import MatchConditions
+
+            try:
+                await blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+            except Exception as exc:
+                kept = f" (could not delete it: {type(exc).__name__})"
+        raise IntegrityError(
+            f"Azure: MD5 of {self.uri(name)!r} is {_b64(reported)} at the service, "
+            f"{_b64(ours)} here{kept}",
+            name=name,
+            uri=self.uri(name),
+            transient=True,
+        )
 
     def _exists(self, name: str) -> ObjectExistsError:
         uri = self.uri(name)
         return ObjectExistsError(f"Azure: blob {uri!r} already exists", name=name, uri=uri)
 
-    def _scrub(self, text: str) -> str:
-        for secret in (self._account_key, self._sas_token, self._connection_string):
-            if secret:
-                text = text.replace(secret, "***")
-        for pattern in _SECRET_PATTERNS:
-            text = pattern.sub(r"\1***", text)
-        return text
-
     def _map(
-        self, exc: BaseException, name: str | None, doing: str, *, conditional: bool = False
+        self,
+        exc: BaseException,
+        name: str | None,
+        doing: str,
+        *,
+        conditional: bool = False,
+        reading: bool = False,
     ) -> ProviderError:
-        """Turn an SDK or transport exception into the library's error tree."""
+        """Turn an SDK or transport exception into the library's error tree.
+
+        ``exc`` and its whole chain (it becomes the ``__cause__`` of what is raised) are
+        scrubbed of the key, SAS and connection string in place, and so is the result.
+        """
+        error = self._map_unscrubbed(exc, name, doing, conditional=conditional, reading=reading)
+        self._redactor.scrub_exception(exc)
+        self._redactor.scrub_exception(error)
+        return error
+
+    def _credential_source(self) -> str:
+        if self._connection_string is not None:
+            return "connection string (its AccountName / AccountKey or SharedAccessSignature)"
+        if self._account_key is not None:
+            return f"account key for account {self.account_name!r}"
+        if self._sas_token is not None:
+            return (
+                "SAS token (not expired, signed for this account and container, with the "
+                "read / write / list / delete permissions needed)"
+            )
+        return (
+            "token credential (its identity needs a Storage Blob Data role on the container, "
+            "e.g. Storage Blob Data Contributor)"
+        )
+
+    def _map_unscrubbed(
+        self,
+        exc: BaseException,
+        name: str | None,
+        doing: str,
+        *,
+        conditional: bool,
+        reading: bool,
+    ) -> ProviderError:
         if isinstance(exc, ProviderError):
             return exc
         where = (
@@ -737,15 +1022,51 @@ class AzureProvider:
             else f"container {self.container!r} of account {self.account_name!r}"
         )
         uri = None if name is None else self.uri(name)
+        if isinstance(exc, azure_exc.IncompleteReadError):
+            # The body ended early (a dropped connection): reading again may well succeed.
+            return ProviderError(
+                f"Azure: {doing} {where}: the answer ended early (IncompleteReadError)",
+                name=name,
+                uri=uri,
+                transient=True,
+            )
         if isinstance(exc, azure_exc.HttpResponseError) and exc.status_code is not None:
             status = int(exc.status_code)
             code = _code(exc)
             detail = f"HTTP {status}" + (f" {code}" if code else "")
+            if status in _REDIRECTS:
+                headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+                location = str(headers.get("Location") or headers.get("location") or "")
+                return ProviderError(
+                    f"Azure: {doing} {where}: the service answered {status}, redirecting to "
+                    f"{(location[:300] or 'no Location given')!r}: redirects are not followed "
+                    "(nothing was sent there); check the account URL / connection string",
+                    name=name,
+                    uri=uri,
+                    status=status,
+                )
             if conditional and (status in (409, 412) and (code in _EXISTS_CODES or not code)):
                 return self._exists(name or "")
+            if status in (401, 403) and code not in _PERMISSION_CODES:
+                return PermissionDeniedError(
+                    f"Azure: {doing} {where}: the credentials were refused ({detail}): check "
+                    f"the {self._credential_source()}, and that the account URL names the "
+                    "right account",
+                    name=name,
+                    uri=uri,
+                    status=status,
+                )
             if status in (401, 403):
                 return PermissionDeniedError(
-                    f"Azure: {doing} {where}: credentials refused ({detail})",
+                    f"Azure: {doing} {where}: the credentials were accepted but not allowed "
+                    f"this operation ({detail}): check the {self._credential_source()}",
+                    name=name,
+                    uri=uri,
+                    status=status,
+                )
+            if reading and status == 404 and code != "ContainerNotFound" and name is not None:
+                return ObjectNotFoundError(
+                    f"Azure: blob {self.uri(name)!r} does not exist ({detail})",
                     name=name,
                     uri=uri,
                     status=status,
@@ -785,7 +1106,9 @@ class AzureProvider:
             | TimeoutError
             | ConnectionError,
         ) or _is_aiohttp_error(exc):
-            reason = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            reason = self._redactor.scrub(
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            )
             return ProviderError(
                 f"Azure: {doing} {where}: connection failed: {reason}",
                 name=name,
@@ -800,6 +1123,48 @@ class AzureProvider:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _parse_composite(metadata: Any, size: int) -> Checksum | None:
+    """The composite MD5 this library records on a multipart upload, if well formed and
+    consistent with the blob's size (metadata is read back from the service: untrusted)."""
+    if not isinstance(metadata, Mapping):
+        return None
+    raw = metadata.get(_COMPOSITE_MD5_KEY)
+    if not isinstance(raw, str) or raw.count(":") != 2:
+        return None
+    value, part_size_text, parts_text = raw.split(":")
+    if not (part_size_text.isdigit() and parts_text.isdigit()):
+        return None
+    part_size, parts = int(part_size_text), int(parts_text)
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    if len(digest) != 16 or part_size < 1 or not 1 <= parts <= _MAX_BLOCKS:
+        return None
+    if not (parts - 1) * part_size < size <= parts * part_size and not (size == 0 == parts - 1):
+        return None
+    return Checksum("md5", value, part_size=part_size, parts=parts)
+
+
+def _connection_string_endpoint(conn: str) -> str | None:
+    """The blob endpoint a connection string names (explicit, development, or derived)."""
+    fields: dict[str, str] = {}
+    for item in conn.split(";"):
+        key, sep, value = item.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    if fields.get("blobendpoint"):
+        return fields["blobendpoint"]
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return "http://127.0.0.1:10000"
+    account = fields.get("accountname")
+    if not account:
+        return None
+    protocol = fields.get("defaultendpointsprotocol", "https").lower()
+    suffix = fields.get("endpointsuffix", "core.windows.net")
+    return f"{protocol}://{account}.blob.{suffix}"
 
 
 def _merge(opts: dict[str, Any], name: str, seed_name: str) -> Any:

@@ -48,6 +48,7 @@ import mimetypes
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from typing import Any, BinaryIO, Final, Protocol, cast
 from urllib.parse import quote, urlsplit
 
@@ -63,6 +64,7 @@ from .._errors import (
     IntegrityError,
     InvalidObjectNameError,
     ObjectExistsError,
+    ObjectNotFoundError,
     PermissionDeniedError,
     ProviderError,
     StoreNotFoundError,
@@ -71,12 +73,16 @@ from .._retry import note_progress
 from .._types import FileSlice, PutResult
 from ._protocol import (
     MAX_NAME_BYTES,
+    Checksum,
     MiB,
+    ObjectInfo,
     check_common_name,
+    check_plain_http,
     join_key,
     parse_retry_after,
     split_store_uri,
 )
+from ._redact import Redactor
 
 log = logging.getLogger("artifact_uploader")
 
@@ -108,8 +114,14 @@ _KNOWN_OPTIONS: Final = frozenset(
         "port",
         "region",
         "api_version",
+        "allow_http",
     }
 )
+# Listing pages and cached etag -> generation pairs: bounds on what an answer can make us hold.
+_LIST_PAGE: Final = 1000
+_MAX_PAGES: Final = 1_000_000
+_GENERATION_CACHE: Final = 4096
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # Connection-level failures that a new attempt may get past.
 _TRANSIENT_EXCEPTIONS: Final = (
     aiohttp.ClientConnectionError,
@@ -145,6 +157,24 @@ class _StaticToken:
         return None
 
 
+class _RedirectRefused(Exception):
+    """A server answered a redirect; raised from aiohttp's redirect hook so it is never followed."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(f"redirect {status} to {location!r}")
+        self.status = status
+        self.location = location
+
+
+async def _refuse_redirect(session: Any, context: Any, params: Any) -> None:
+    # aiohttp calls this before it follows a redirect; raising here stops it from sending the
+    # request (body and Authorization header included) to the new location.
+    response = params.response
+    location = str(response.headers.get("Location", ""))
+    response.close()
+    raise _RedirectRefused(response.status, location)
+
+
 class GCSProvider:
     """Writes objects to a Google Cloud Storage bucket (or fake-gcs-server) with gcloud-aio-storage.
 
@@ -168,6 +198,12 @@ class GCSProvider:
         min_throughput: Slowest upload rate, in bytes per second, tolerated before a request
             times out: each request gets ``timeout + size / min_throughput`` seconds. Default
             1 MiB/s (a 1 GiB checkpoint gets 60 + 1024 s).
+        allow_http: Allow a plain ``http://`` endpoint (``api_root`` or
+            ``STORAGE_EMULATOR_HOST``) on a host other than this machine. Default False:
+            tokens and data would cross the network unencrypted. Loopback needs no flag.
+
+    Redirects are never followed: a 3xx answer is a permanent :class:`ProviderError` naming
+    where it pointed, and nothing (body, token) is sent there.
     """
 
     scheme = "gs"
@@ -183,6 +219,7 @@ class GCSProvider:
         resumable_threshold: int = _DEFAULT_RESUMABLE_THRESHOLD,
         timeout: float = _DEFAULT_TIMEOUT,
         min_throughput: float = _DEFAULT_MIN_THROUGHPUT,
+        allow_http: bool = False,
     ) -> None:
         if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
             raise ConfigError(
@@ -214,6 +251,11 @@ class GCSProvider:
                 raise ConfigError(
                     f"GCS api_root must look like http(s)://host[:port], got {api_root!r}"
                 )
+        if not isinstance(allow_http, bool):
+            raise ConfigError(f"GCS option 'allow_http' must be a bool, got {allow_http!r}")
+        self.allow_http = allow_http
+        if api_root is not None:
+            check_plain_http(api_root, label="GCS", allow_http=allow_http, what="api_root")
         self.api_root = api_root
         if isinstance(resumable_threshold, bool) or not isinstance(resumable_threshold, int):
             raise ConfigError(f"resumable_threshold must be an int, got {resumable_threshold!r}")
@@ -237,6 +279,23 @@ class GCSProvider:
         self._in_doubt: set[tuple[object, ...]] = set()
         self._root = ""
         self._anonymous = False
+        # etag -> generation of objects seen by head / list: a ranged read conditional on an
+        # etag is sent as ifGenerationMatch (the JSON API's media download has no If-Match).
+        self._generations: dict[str, str] = {}
+        # Every message and exception chain this provider raises goes through it: the access
+        # token (static or refreshed) and anything shaped like a bearer token.
+        self._redactor = Redactor(sources=(self._token_values,))
+
+    def _token_values(self) -> list[object]:
+        """The access tokens held now (read at every scrub: refreshed tokens change)."""
+        sources: list[object] = [self._token]
+        if self._storage is not None:
+            sources.append(self._storage.token)
+        values: list[object] = []
+        for source in sources:
+            for attr in ("_value", "access_token"):
+                values.append(getattr(source, attr, None))
+        return values
 
     def __repr__(self) -> str:
         # Bucket, prefix and endpoint only: never the token or key file contents.
@@ -279,7 +338,7 @@ class GCSProvider:
         opts.pop("api_version", None)
 
         kwargs: dict[str, Any] = {}
-        for name in ("resumable_threshold", "timeout", "min_throughput"):
+        for name in ("resumable_threshold", "timeout", "min_throughput", "allow_http"):
             if opts.get(name) is not None:
                 kwargs[name] = opts.pop(name)
         token = opts.pop("token", None)
@@ -342,6 +401,12 @@ class GCSProvider:
             root, emulator = root.rstrip("/"), True
         else:
             root, emulator = _DEFAULT_API_ROOT, False
+        check_plain_http(
+            root,
+            label="GCS",
+            allow_http=self.allow_http,
+            what="api_root" if self.api_root is not None else "STORAGE_EMULATOR_HOST",
+        )
         # An emulator takes unauthenticated requests; with explicit credentials we send them
         # anyway (a private endpoint may want them).
         self._anonymous = emulator and self._token is None and self.service_file is None
@@ -350,9 +415,14 @@ class GCSProvider:
             await anyio.to_thread.run_sync(_check_service_file, self.service_file)
         # Our own session: the engine's concurrency limit, not a small pool, bounds what is in
         # flight, and every request passes its own size-scaled timeout.
+        # Requests made inside gcloud-aio-storage follow redirects (aiohttp's default): the
+        # trace refuses every one before it is followed.
+        trace = aiohttp.TraceConfig()
+        trace.on_request_redirect.append(_refuse_redirect)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+            trace_configs=[trace],
         )
         make_storage = functools.partial(
             Storage,
@@ -370,6 +440,7 @@ class GCSProvider:
             self._storage = await anyio.to_thread.run_sync(make_storage)
         except Exception as exc:
             await session.close()
+            self._redactor.scrub_exception(exc)
             # The library's message may quote the key file; name the file only.
             raise ConfigError(
                 f"cannot load GCS credentials from {self.service_file!r}: {type(exc).__name__}"
@@ -459,7 +530,7 @@ class GCSProvider:
             raise
         except Exception as exc:
             raise self._map(exc, name, overwrite=overwrite) from exc
-        return self._result(name, data, resp, crc, md5, overwrite=overwrite)
+        return await self._result(name, data, resp, crc, md5)
 
     async def _landed(self, name: str, key: str, data: FileSlice) -> PutResult | None:
         """The result of an earlier send whose answer was lost, if the stored object is it:
@@ -489,6 +560,244 @@ class GCSProvider:
             checksum_algorithm="crc32c",
             checksum=crc,
         )
+
+    # -- the read side -----------------------------------------------------------------------
+
+    def _object_url(self, key: str, *, media: bool = False) -> str:
+        path = f"/b/{quote(self.bucket, safe='')}/o/{quote(key, safe='')}"
+        return f"{self._root}/{'download/' if media else ''}storage/v1{path}"
+
+    def _require_open(self, name: str | None) -> aiohttp.ClientSession:
+        if self._session is None or self._storage is None:
+            raise ProviderError(
+                "GCS provider used before open() or after aclose()",
+                name=name,
+                uri=None if name is None else self.uri(name),
+            )
+        return self._session
+
+    async def _get_json(
+        self, url: str, params: Mapping[str, str], name: str | None
+    ) -> dict[str, Any]:
+        """GET a JSON resource (redirects refused, errors mapped for a read)."""
+        session = self._require_open(name)
+        try:
+            headers = await self._auth_headers()
+            async with session.get(
+                url,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as resp:
+                _refuse_redirect_answer(resp)
+                await _raise_for_status(resp)
+                text = await resp.text()
+            parsed = json.loads(text)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._map(exc, name, reading=True) from exc
+        if not isinstance(parsed, dict):
+            raise ProviderError(
+                f"GCS answered something other than a JSON object for "
+                f"{self.uri(name) if name else self.bucket!r}",
+                name=name,
+                transient=True,
+            )
+        return parsed
+
+    def _object_info(self, item: Mapping[str, Any], name: str) -> ObjectInfo:
+        """An object resource from the server (untrusted) as an :class:`ObjectInfo`."""
+        uri = self.uri(name)
+        size = item.get("size")
+        if not isinstance(size, str | int) or isinstance(size, bool) or not str(size).isdigit():
+            raise ProviderError(
+                f"GCS answered an object resource for {uri!r} without a valid size: "
+                f"{str(size)[:40]!r}",
+                name=name,
+                uri=uri,
+            )
+        checksums: list[Checksum] = []
+        for field, algorithm, length in (("crc32c", "crc32c", 4), ("md5Hash", "md5", 16)):
+            value = item.get(field)
+            if value is None:
+                # Composed objects have a CRC32C but no MD5.
+                continue
+            if not isinstance(value, str) or _b64_length(value) != length:
+                raise ProviderError(
+                    f"GCS answered a malformed {field} for {uri!r}: {str(value)[:40]!r}",
+                    name=name,
+                    uri=uri,
+                )
+            checksums.append(Checksum(algorithm, value))  # type: ignore[arg-type]
+        etag = item.get("etag")
+        generation = item.get("generation")
+        generation = str(generation) if isinstance(generation, str | int) else None
+        if isinstance(etag, str) and generation is not None and generation.isdigit():
+            if len(self._generations) >= _GENERATION_CACHE:
+                self._generations.pop(next(iter(self._generations)))
+            self._generations[etag] = generation
+        return ObjectInfo(
+            name=name,
+            size=int(size),
+            etag=etag if isinstance(etag, str) else None,
+            version=generation,
+            last_modified=_parse_time(item.get("updated")),
+            checksums=tuple(checksums),
+        )
+
+    async def head(self, name: str) -> ObjectInfo:
+        """What GCS records about ``name``: size, etag, generation, ``crc32c`` and ``md5Hash``
+        (composed objects have no MD5).
+
+        Raises:
+            ObjectNotFoundError: No such object.
+        """
+        key = join_key(self.prefix, name)
+        item = await self._get_json(self._object_url(key), {}, name)
+        return self._object_info(item, name)
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        """Bytes ``offset .. offset + length - 1`` of ``name``, in one ranged GET.
+
+        With ``etag``, the read is of the generation that etag belongs to
+        (``ifGenerationMatch``, and the answer's ``x-goog-generation`` is checked too, since
+        emulators ignore the parameter): a changed object raises a non-transient
+        :class:`ProviderError` with status 412.
+
+        Raises:
+            ObjectNotFoundError: No such object.
+            ProviderError: Fewer bytes than asked (transient), a changed object (412), or any
+                other failure.
+        """
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"get_range offset must be an int >= 0, got {offset!r}")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ConfigError(f"get_range length must be an int >= 1, got {length!r}")
+        session = self._require_open(name)
+        key = join_key(self.prefix, name)
+        uri = self.uri(name)
+        params = {"alt": "media"}
+        generation = None
+        if etag is not None:
+            generation = self._generations.get(etag)
+            if generation is None:
+                info = await self.head(name)
+                if info.etag != etag or info.version is None:
+                    raise _changed(uri, name)
+                generation = info.version
+            params["ifGenerationMatch"] = generation
+        try:
+            headers = await self._auth_headers()
+            headers["Range"] = f"bytes={offset}-{offset + length - 1}"
+            # The body is read as it arrives; no transparent decompression (a gzip-encoded
+            # object is read as stored, which is what its checksums describe).
+            headers["Accept-Encoding"] = "identity"
+            async with session.get(
+                self._object_url(key, media=True),
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=self.request_timeout(length), sock_connect=self.timeout
+                ),
+                allow_redirects=False,
+                auto_decompress=False,
+            ) as resp:
+                _refuse_redirect_answer(resp)
+                await _raise_for_status(resp)
+                served = resp.headers.get("X-Goog-Generation")
+                if generation is not None and served is not None and served != generation:
+                    raise _changed(uri, name)
+                if resp.status != 206 and offset != 0:
+                    raise ProviderError(
+                        f"GCS ignored the byte range asked of {uri!r} ({resp.status})",
+                        name=name,
+                        uri=uri,
+                        status=resp.status,
+                    )
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    body += chunk
+                    note_progress()
+                    if len(body) > length:
+                        raise ProviderError(
+                            f"GCS sent more than the {length} bytes asked of {uri!r} at "
+                            f"offset {offset}",
+                            name=name,
+                            uri=uri,
+                            status=resp.status,
+                        )
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._map(exc, name, reading=True) from exc
+        if len(body) < length:
+            raise ProviderError(
+                f"GCS sent {len(body)} of the {length} bytes asked of {uri!r} at offset {offset}",
+                name=name,
+                uri=uri,
+                transient=True,
+            )
+        return bytes(body)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose name (relative to the store's prefix) starts with ``prefix``,
+        in name order."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        params = {"prefix": base + prefix, "maxResults": str(_LIST_PAGE)}
+        url = f"{self._root}/storage/v1/b/{quote(self.bucket, safe='')}/o"
+        found: list[ObjectInfo] = []
+        seen_tokens: set[str] = set()
+        for _ in range(_MAX_PAGES):
+            page = await self._get_json(url, params, None)
+            items = page.get("items") or []
+            if not isinstance(items, list):
+                raise ProviderError(f"GCS answered a malformed listing of bucket {self.bucket!r}")
+            for item in items:
+                full = item.get("name") if isinstance(item, dict) else None
+                if not isinstance(full, str) or not full.startswith(base + prefix):
+                    continue
+                rel = full[len(base) :]
+                if rel:
+                    found.append(self._object_info(item, rel))
+            token = page.get("nextPageToken")
+            if not token:
+                break
+            if not isinstance(token, str) or token in seen_tokens:
+                raise ProviderError(
+                    f"GCS listing of bucket {self.bucket!r} repeats a page token: stopped"
+                )
+            seen_tokens.add(token)
+            params = {**params, "pageToken": token}
+        found.sort(key=lambda info: info.name)
+        for info in found:
+            yield info
+
+    async def delete(self, name: str) -> None:
+        """Delete ``name``; a missing object is not an error."""
+        session = self._require_open(name)
+        key = join_key(self.prefix, name)
+        try:
+            headers = await self._auth_headers()
+            async with session.delete(
+                self._object_url(key),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as resp:
+                _refuse_redirect_answer(resp)
+                if resp.status == 404:
+                    await resp.read()
+                    return
+                await _raise_for_status(resp)
+                await resp.read()
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._map(exc, name, reading=True) from exc
 
     # -- the two upload paths (seams a test subclass may wrap) -------------------------------
 
@@ -556,6 +865,7 @@ class GCSProvider:
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             allow_redirects=False,
         ) as resp:
+            _refuse_redirect_answer(resp)
             await _raise_for_status(resp)
             location = resp.headers.get("Location")
         note_progress()
@@ -563,6 +873,13 @@ class GCSProvider:
             raise ProviderError(
                 f"GCS did not return a resumable session URL for gs://{self.bucket}/{key}",
                 transient=True,
+            )
+        if not _same_origin(location, self._root):
+            # The session URL gets the whole body and the token: only ever the API's own host.
+            raise ProviderError(
+                f"GCS returned a resumable session URL on another host "
+                f"({_origin(location)!r}, not {_origin(self._root)!r}) for "
+                f"gs://{self.bucket}/{key}: refused, nothing was sent there",
             )
         async with session.put(
             # The session URL is already encoded: yarl must not encode it again.
@@ -579,6 +896,9 @@ class GCSProvider:
             # 308 is GCS's "Resume Incomplete", not a redirect to follow.
             allow_redirects=False,
         ) as resp:
+            if resp.status != 308 or "Location" in resp.headers:
+                # A 308 with a Location is a redirect, not "Resume Incomplete".
+                _refuse_redirect_answer(resp)
             await _raise_for_status(resp)
             if resp.status == 308:
                 # "Resume Incomplete": the server kept fewer bytes than we sent. The library
@@ -607,16 +927,22 @@ class GCSProvider:
 
     # -- results and errors -----------------------------------------------------------------
 
-    def _result(
+    async def _result(
         self,
         name: str,
         data: FileSlice,
         resp: dict[str, Any] | None,
         crc: str,
         md5: str,
-        *,
-        overwrite: bool,
     ) -> PutResult:
+        """The upload's result, checked against the object resource the server answered.
+
+        The server's ``size``, ``crc32c`` and ``md5Hash`` must match what we hashed. On a
+        mismatch the generation we just wrote is deleted (only that generation: a newer write
+        by someone else stays) and the error is transient, so the engine's retry writes the
+        object again, whatever ``overwrite`` is. The result claims a checksum only when the
+        server reported that same value.
+        """
         uri = self.uri(name)
         if not isinstance(resp, dict) or not resp:
             # gcloud-aio-storage returns None (no exception) when the server answered without
@@ -627,24 +953,68 @@ class GCSProvider:
                 uri=uri,
                 transient=True,
             )
-        # With overwrite=False a retry would only meet ObjectExistsError, hiding the corruption.
+        generation = resp.get("generation")
+        generation = str(generation) if isinstance(generation, str | int) else None
         for field, ours in (("crc32c", crc), ("md5Hash", md5), ("size", str(data.length))):
             theirs = resp.get(field)
             if theirs is not None and str(theirs) != ours:
+                await self._discard(join_key(self.prefix, name), generation)
                 raise IntegrityError(
-                    f"GCS stored {uri!r} with {field} {theirs!r}, local file has {ours!r}",
+                    self._redactor.scrub(
+                        f"GCS stored {uri!r} with {field} {str(theirs)[:64]!r}, local file has "
+                        f"{ours!r}"
+                        + ("" if generation else " (no generation reported: not deleted)")
+                    ),
                     name=name,
                     uri=uri,
-                    transient=overwrite,
+                    transient=True,
                 )
-        generation = resp.get("generation")
         etag = resp.get("etag")
+        algorithm: str | None = None
+        checksum: str | None = None
+        if resp.get("crc32c") == crc:
+            algorithm, checksum = "crc32c", crc
+        elif resp.get("md5Hash") == md5:
+            algorithm, checksum = "md5", md5
+        # else nothing was confirmed by the server: claim nothing.
         return PutResult(
             etag=etag if isinstance(etag, str) else None,
-            version=None if generation is None else str(generation),
-            checksum_algorithm="crc32c",
-            checksum=crc,
+            version=generation,
+            checksum_algorithm=algorithm,
+            checksum=checksum,
         )
+
+    async def _discard(self, key: str, generation: str | None) -> None:
+        """Delete generation ``generation`` of ``key``, a write that failed its check (best
+        effort: a failure is logged)."""
+        if generation is None or self._session is None:
+            return
+        try:
+            headers = await self._auth_headers()
+            async with self._session.delete(
+                self._object_url(key),
+                params={"ifGenerationMatch": generation},
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                if resp.status >= 300 and resp.status not in (404, 412):
+                    log.warning(
+                        "could not delete the unverified upload gs://%s/%s (generation %s): %s",
+                        self.bucket,
+                        key,
+                        generation,
+                        resp.status,
+                    )
+        except Exception as exc:
+            log.warning(
+                "could not delete the unverified upload gs://%s/%s (generation %s): %s",
+                self.bucket,
+                key,
+                generation,
+                type(exc).__name__,
+            )
 
     def _map(
         self,
@@ -653,12 +1023,47 @@ class GCSProvider:
         *,
         overwrite: bool = True,
         bucket_op: bool = False,
+        reading: bool = False,
     ) -> ProviderError:
-        """Turn a library / aiohttp / local I/O exception into the library's error tree."""
+        """Turn a library / aiohttp / local I/O exception into the library's error tree.
+
+        ``exc`` and its whole chain are scrubbed of the access token in place (it becomes the
+        ``__cause__`` of what is raised), and so is the returned error's message.
+        """
+        error = self._map_unscrubbed(
+            exc, name, overwrite=overwrite, bucket_op=bucket_op, reading=reading
+        )
+        self._redactor.scrub_exception(exc)
+        self._redactor.scrub_exception(error)
+        return error
+
+    def _credential_source(self) -> str:
+        if isinstance(self._token, _StaticToken):
+            return "access token passed as 'token' (expired, revoked or for another project?)"
+        if self._token is not None:
+            return "token source passed as 'token'"
+        if self.service_file is not None:
+            return f"service account key file {self.service_file!r}"
+        return (
+            "default Google credentials (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth "
+            "application-default login`, or the VM's service account)"
+        )
+
+    def _map_unscrubbed(
+        self,
+        exc: Exception,
+        name: str | None,
+        *,
+        overwrite: bool,
+        bucket_op: bool,
+        reading: bool,
+    ) -> ProviderError:
         uri = self.uri(name) if name is not None else f"gs://{self.bucket}"
         what = f"{uri!r}" if name is not None else f"bucket {self.bucket!r}"
         if isinstance(exc, ProviderError):
             return exc
+        if isinstance(exc, _RedirectRefused):
+            return _redirect_error(exc.status, exc.location, what, name=name, uri=uri)
         if isinstance(exc, aiohttp.ClientResponseError):
             # It becomes the __cause__ of what we raise: its repr must not carry the token.
             _redact_request_headers(exc)
@@ -668,13 +1073,33 @@ class GCSProvider:
             detail = _error_detail(exc.message)
             retry_after = parse_retry_after(exc.headers)
             kw: dict[str, Any] = {"name": name, "uri": uri, "status": status}
+            if status in _REDIRECTS:
+                location = exc.headers.get("Location", "") if exc.headers else ""
+                return _redirect_error(status, location, what, name=name, uri=uri)
             if status == 412 and not overwrite:
                 return ObjectExistsError(f"object {uri!r} already exists", **kw)
-            if status in (401, 403):
+            if status == 401:
                 return PermissionDeniedError(
-                    f"GCS refused access to {what} ({status}): {detail}", **kw
+                    f"GCS refused the credentials for {what} (401 Unauthorized: not a valid, "
+                    f"current credential): check the {self._credential_source()}. "
+                    f"Server said: {detail}",
+                    **kw,
+                )
+            if status == 403:
+                return PermissionDeniedError(
+                    f"GCS refused access to {what} with the credentials given (403 Forbidden): "
+                    f"check the {self._credential_source()} is the intended account and has "
+                    f"the Storage permissions (storage.objects.create / get / list / delete) "
+                    f"on bucket {self.bucket!r}. Server said: {detail}",
+                    **kw,
                 )
             in_session = "upload_id=" in str(exc.request_info.real_url)
+            if status == 404 and reading and not bucket_op:
+                if re.search(r"bucket", detail, re.IGNORECASE) and not re.search(
+                    r"object", detail, re.IGNORECASE
+                ):
+                    return StoreNotFoundError(f"GCS bucket {self.bucket!r} does not exist", **kw)
+                return ObjectNotFoundError(f"GCS object {uri!r} does not exist", **kw)
             if status == 404 and (bucket_op or not in_session):
                 # Object-level 404s do not happen on uploads: the bucket is missing.
                 return StoreNotFoundError(f"GCS bucket {self.bucket!r} does not exist", **kw)
@@ -750,6 +1175,66 @@ def _redact_request_headers(exc: aiohttp.ClientResponseError) -> None:
     exc.request_info = redacted
     # repr() and the traceback show args, which hold the same request_info.
     exc.args = tuple(redacted if a is info else a for a in exc.args)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+
+
+def _same_origin(url: str, root: str) -> bool:
+    try:
+        return _origin(url) == _origin(root)
+    except ValueError:
+        return False
+
+
+def _redirect_error(
+    status: int, location: str, what: str, *, name: str | None, uri: str | None
+) -> ProviderError:
+    """A redirect answer: permanent, naming where it pointed (the request was not resent)."""
+    where = location[:300] if location else "no Location given"
+    return ProviderError(
+        f"GCS answered {status} for {what}, redirecting to {where!r}: redirects are not "
+        "followed (nothing was sent there); check api_root / STORAGE_EMULATOR_HOST",
+        name=name,
+        uri=uri,
+        status=status,
+    )
+
+
+def _refuse_redirect_answer(resp: aiohttp.ClientResponse) -> None:
+    """Raise for a redirect answered to a request sent with ``allow_redirects=False``."""
+    if resp.status in _REDIRECTS:
+        raise _RedirectRefused(resp.status, str(resp.headers.get("Location", "")))
+
+
+def _b64_length(value: str) -> int:
+    """Decoded length of base64 ``value``, or -1 when it is not valid base64."""
+    try:
+        return len(base64.b64decode(value, validate=True))
+    except ValueError:
+        return -1
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _changed(uri: str, name: str) -> ProviderError:
+    return ProviderError(
+        f"GCS object {uri!r} changed while it was being read (generation no longer matches)",
+        name=name,
+        uri=uri,
+        status=412,
+    )
 
 
 def _service_file_option(opts: dict[str, object]) -> str | None:
