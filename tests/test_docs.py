@@ -10,7 +10,10 @@ Markers, on the line right before a fenced block in ``docs/**/*.md`` or ``README
   ``http://127.0.0.1:5000`` (moto) or ``http://127.0.0.1:4443`` (fake-gcs-server) becomes the
   server's address and ``my-bucket`` a fresh bucket; for Azurite,
   ``AZURE_STORAGE_CONNECTION_STRING`` is set to the server's and ``my-container`` is a fresh
-  container. The example must leave at least one object there.
+  container. The example must leave at least one object there. An example that names no
+  endpoint (as the README's, which are what a user types against the real cloud) gets the
+  server from the environment instead, as a user would point it at one: ``AWS_ENDPOINT_URL``
+  with test credentials and region for moto, ``STORAGE_EMULATOR_HOST`` for fake-gcs-server.
 - ``<!-- output: COMMAND -->`` before a ``text`` block: the block is exactly what ``COMMAND``
   (one of the venv's scripts) prints on a 100-column terminal.
 
@@ -18,8 +21,9 @@ Every example runs in a fresh working directory holding a few small input files
 (:data:`INPUT_FILES`, including the folder ``checkpoint-2/`` as a trainer would have saved it),
 with every ``/tmp/example-<word>`` path in it pointing into that directory instead.
 
-Unmarked ``python`` blocks are still checked: they must compile, and every keyword argument
-they pass to a class or function imported from ``artifact_uploader`` must exist.
+Every ``python`` block of ``README.md`` must be marked ``run``. Unmarked ``python`` blocks of
+the docs are still checked: they must compile, and every keyword argument they pass to a class or
+function imported from ``artifact_uploader`` must exist.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from typing import Any
 import pytest
 
 import artifact_uploader
-from tests.servers.moto import list_s3_keys
+from tests.servers._common import kill_group
+from tests.servers.moto import MotoServer, list_s3_keys, start_moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -127,7 +132,16 @@ def test_markers_are_well_formed_and_found() -> None:
     assert len(OUTPUT) >= 2
     pages = {b.where.split(":")[0] for b in RUN}
     assert {"docs/index.md", "docs/staging.md", "docs/errors.md", "docs/events.md"} <= pages
+    assert {"README.md", "docs/troubleshooting.md"} <= pages
     assert {b.arg for b in RUN} >= set(SERVERS)
+
+
+def test_every_readme_python_block_runs() -> None:
+    # The README is what a new user copies first: none of its snippets may be read-only.
+    readme = [b for b in PYTHON if b.where.startswith("README.md:")]
+    assert len(readme) >= 3
+    for b in readme:
+        assert b.marker == "run", f"{b.where}: mark it <!-- run --> (or run: moto / fake-gcs)"
 
 
 # -- examples that run --------------------------------------------------------------------------
@@ -150,13 +164,21 @@ async def _azure(server: Any, container: str, action: str) -> list[str]:
 
 
 def _point_at_server(
-    server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    server: str, code: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[dict[str, str], Callable[[], list[str]]]:
     """Replacements that aim an example at the test server, and a lister of what it stored."""
     if server == "moto":
         moto = request.getfixturevalue("moto_server")
         bucket = request.getfixturevalue("s3_bucket")
         client = request.getfixturevalue("moto_s3")
+        if "http://127.0.0.1:5000" not in code:
+            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+                monkeypatch.delenv(name, raising=False)
+            monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint_url)
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            return {"my-bucket": bucket}, lambda: list_s3_keys(client, bucket)
         return (
             {"http://127.0.0.1:5000": moto.endpoint_url, "my-bucket": bucket},
             lambda: list_s3_keys(client, bucket),
@@ -164,6 +186,9 @@ def _point_at_server(
     if server == "fake-gcs":
         gcs = request.getfixturevalue("fake_gcs_server")
         bucket = request.getfixturevalue("gcs_bucket")
+        if "http://127.0.0.1:4443" not in code:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.api_root)
+            return {"my-bucket": bucket}, lambda: gcs.list_objects(bucket)
         return (
             {"http://127.0.0.1:4443": gcs.api_root, "my-bucket": bucket},
             lambda: gcs.list_objects(bucket),
@@ -220,7 +245,7 @@ def test_marked_example_runs(
 
     stored: Callable[[], list[str]] | None = None
     if block.arg is not None:
-        replacements, stored = _point_at_server(block.arg, request, monkeypatch)
+        replacements, stored = _point_at_server(block.arg, code, request, monkeypatch)
         for old, new in replacements.items():
             assert old in code, f"{block.where}: the example must use {old!r}"
             code = code.replace(old, new)
@@ -233,6 +258,132 @@ def test_marked_example_runs(
     else:
         # An example that neither printed nor stored anything did nothing checkable.
         assert _stored_locally(workdir) or printed.strip(), f"{block.where} did nothing"
+
+
+def test_readme_logger_quickstart_second_run_fails_and_is_announced_as_it_says(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The README says: a second run fails with ObjectExistsError (overwrite=False by default),
+    # the staged copies stay journalled, the next start warns, and Uploader.resume clears them.
+    (block,) = [
+        b for b in RUN if b.where.startswith("README.md:") and "ObjectStoreLogger(" in b.code
+    ]
+    code = _EXAMPLE_PATH.sub(lambda m: str(workdir / f"example-{m.group(1)}"), block.code)
+    assert block.arg == "moto"
+    replacements, stored = _point_at_server(block.arg, code, request, monkeypatch)
+    for old, new in replacements.items():
+        code = code.replace(old, new)
+    compiled = compile(code, block.where, "exec")
+    exec(compiled, {"__name__": "__main__"})
+    assert sorted(stored()) == ["rank_0/ep1.pt", "rank_0/latest.pt.symlink"]
+
+    with pytest.raises(artifact_uploader.UploadFailedError) as failed:
+        exec(compiled, {"__name__": "__main__"})
+    bucket = replacements["my-bucket"]
+    shown = {bucket: "my-bucket", str(workdir / "example-staging"): "/tmp/example-staging"}
+    assert _as_documented(str(failed.value), shown) == documented_message("object-exists")
+    causes = {f.name: f.cause for f in failed.value.failures}
+    assert isinstance(causes["rank_0/ep1.pt"], artifact_uploader.ObjectExistsError)
+    assert isinstance(causes["rank_0/latest.pt.symlink"], artifact_uploader.DependencyFailedError)
+    staging = workdir / "example-staging"
+    for f in failed.value.failures:
+        assert f.staged_path is not None and Path(f.staged_path).is_relative_to(staging)
+        assert Path(f.staged_path).is_file()
+
+    caplog.set_level("WARNING", logger="artifact_uploader")
+    with artifact_uploader.Uploader(f"s3://{bucket}", staging_dir=staging):
+        pass
+    warned = [r.getMessage() for r in caplog.records if "left unfinished" in r.getMessage()]
+    assert len(warned) == 1
+    assert _as_documented(warned[0], shown) == documented_message("unfinished-uploads")
+    report = artifact_uploader.Uploader.resume(staging, f"s3://{bucket}")
+    assert sorted(report.already_present) == ["rank_0/ep1.pt", "rank_0/latest.pt.symlink"]
+    assert not list((staging / "staged").iterdir())
+
+
+# -- the troubleshooting page's messages are the library's --------------------------------------
+
+TROUBLESHOOTING = DOCS / "troubleshooting.md"
+_DOCUMENTED = re.compile(r"^<!-- message: ([\w-]+) -->\n```text\n(.*?)\n```$", re.S | re.M)
+
+
+def documented_message(key: str) -> str:
+    """The text block marked ``<!-- message: key -->`` on the troubleshooting page."""
+    return dict(_DOCUMENTED.findall(TROUBLESHOOTING.read_text(encoding="utf-8")))[key]
+
+
+def _as_documented(text: str, shown: dict[str, str]) -> str:
+    """``text`` with the test's real names replaced by the page's, and random ids as ``<id>``."""
+    for real, doc in shown.items():
+        text = text.replace(real, doc)
+    return re.sub(r"\b[0-9a-f]{32}\b", "<id>", text)
+
+
+def test_troubleshooting_shows_five_messages() -> None:
+    found = _DOCUMENTED.findall(TROUBLESHOOTING.read_text(encoding="utf-8"))
+    assert [key for key, _ in found] == [
+        "object-exists",
+        "store-not-found",
+        "permission-denied",
+        "missing-dependency",
+        "unfinished-uploads",
+    ]
+
+
+def test_troubleshooting_store_not_found_message(moto_server: MotoServer) -> None:
+    bucket = f"missing-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(artifact_uploader.StoreNotFoundError) as raised:
+        artifact_uploader.Uploader(f"s3://{bucket}/run-42", provider_kwargs=moto_server.options())
+    assert _as_documented(str(raised.value), {bucket: "my-bucket"}) == documented_message(
+        "store-not-found"
+    )
+
+
+def test_troubleshooting_permission_denied_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A moto server that checks credentials (it knows none, so every key is refused).
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+    server = start_moto_server(tmp_path)
+    try:
+        with pytest.raises(artifact_uploader.PermissionDeniedError) as raised:
+            artifact_uploader.Uploader(
+                "s3://my-bucket/run-42", provider_kwargs=server.options(key="AKIAWRONGKEY")
+            )
+    finally:
+        kill_group(server.process)
+    assert str(raised.value) == documented_message("permission-denied")
+    assert "AKIAWRONGKEY" not in str(raised.value)
+
+
+def test_troubleshooting_missing_dependency_message() -> None:
+    # A fresh interpreter in which aiobotocore cannot be imported, as without the s3 extra.
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys
+
+        class Missing(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "aiobotocore":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Missing())
+        from artifact_uploader import MissingDependencyError, Uploader
+        try:
+            Uploader("s3://my-bucket/run-42")
+        except MissingDependencyError as exc:
+            print(exc)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == documented_message("missing-dependency")
 
 
 @pytest.mark.parametrize("block", OUTPUT, ids=[b.where for b in OUTPUT])
