@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import PartPolicy as PartPolicy
 from ._config import RetryPolicy as RetryPolicy
+from ._download import DestinationExistsError as DestinationExistsError
+from ._download import SymlinkError as SymlinkError
 from ._errors import ConfigError as ConfigError
 from ._errors import FailedUpload as FailedUpload
 from ._errors import IntegrityError as IntegrityError
@@ -34,6 +36,7 @@ from ._events import UploadEvent as UploadEvent
 from ._logger import LogLevel as LogLevel
 from ._logger import ObjectStoreLogger as ObjectStoreLogger
 from ._sync import Uploader as Uploader
+from ._types import DownloadResult as DownloadResult
 from ._types import FileSlice as FileSlice
 from ._types import PartResult as PartResult
 from ._types import PutResult as PutResult
@@ -84,6 +87,8 @@ __all__ = [
     "Checksum",
     "ConfigError",
     "DependencyFailedError",
+    "DestinationExistsError",
+    "DownloadResult",
     "EventKind",
     "FailedUpload",
     "FileSlice",
@@ -114,6 +119,7 @@ __all__ = [
     "StagingTimeoutError",
     "StallTimeoutError",
     "StoreNotFoundError",
+    "SymlinkError",
     "UploadError",
     "UploadEvent",
     "UploadFailedError",

@@ -23,11 +23,20 @@ class EventKind(StrEnum):
     """Durable in the store."""
     FAILED = "failed"
     """Gave up; ``error`` says why."""
+    DOWNLOAD_STARTED = "download_started"
+    """A download began; ``name`` is the object read (after symlinks), ``size`` its size."""
+    BYTES_RECEIVED = "bytes_received"
+    """A ranged GET of a download finished and was written; ``bytes`` says how many."""
+    DOWNLOADED = "downloaded"
+    """A download is verified and renamed into place."""
+    DOWNLOAD_FAILED = "download_failed"
+    """A download gave up (nothing was left at its destination); ``error`` says why."""
 
 
 @dataclass(frozen=True, slots=True)
 class UploadEvent:
-    """One progress event.
+    """One progress event (of an upload or, for the ``DOWNLOAD_*`` / ``BYTES_RECEIVED`` kinds, a
+    download).
 
     Attributes:
         kind: What happened.
@@ -60,6 +69,7 @@ class ProgressTotals:
         files_failed: Files given up on.
         bytes_queued: Bytes of files accepted.
         bytes_sent: Bytes confirmed by the store (retried bytes counted once).
+        bytes_received: Bytes downloaded and written (retried ranges counted once).
         in_flight: Files accepted and not yet done or failed.
         elapsed: Seconds since the uploader opened.
     """
@@ -71,6 +81,7 @@ class ProgressTotals:
     bytes_sent: int = 0
     in_flight: int = 0
     elapsed: float = 0.0
+    bytes_received: int = 0
 
     @property
     def rate(self) -> float:
@@ -89,6 +100,7 @@ class _Counters:
     files_failed: int = 0
     bytes_queued: int = 0
     bytes_sent: int = 0
+    bytes_received: int = 0
 
     def snapshot(self) -> ProgressTotals:
         return ProgressTotals(
@@ -99,4 +111,5 @@ class _Counters:
             bytes_sent=self.bytes_sent,
             in_flight=self.files_queued - self.files_done - self.files_failed,
             elapsed=time.monotonic() - self.start,
+            bytes_received=self.bytes_received,
         )

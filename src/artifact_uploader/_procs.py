@@ -349,6 +349,9 @@ class _ChildEngine(AsyncUploader):
             elif method == "resume":
                 self._inherited, self.journal_problems = args
                 value = await self.resume()
+            elif method == "read":
+                # download / head / exists / list: on this process's loop, under its semaphore.
+                value = await self._read_call(*args)
             else:
                 raise ConfigError(f"unknown call {method!r}")
         except Exception as exc:
@@ -644,6 +647,12 @@ class ProcessBackend:
         report: ResumeReport = self._call("resume", entries, list(engine.journal_problems))
         self._raise_failures("while resuming")
         return report
+
+    def read(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """A read (download, head, exists, list), run by the child's engine."""
+        return self._call("read", method, args, kwargs, timeout)
 
     def take_failures(self) -> list[FailedUpload]:
         """Failures not yet reported; clears them."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._config import PartPolicy, RetryPolicy
+from ._download import _SyncReadSide
 from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError
 from ._events import EventCallback, ProgressTotals
 from ._procs import ProcessBackend, close_unopened
@@ -81,6 +82,10 @@ class _Backend(Protocol):
 
     def take_failures(self) -> list[FailedUpload]: ...
 
+    def read(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any: ...
+
 
 class _ThreadBackend:
     """The engine's event loop on one background thread (anyio's blocking portal)."""
@@ -133,8 +138,13 @@ class _ThreadBackend:
     def take_failures(self) -> list[FailedUpload]:
         return self._engine._take_failures()
 
+    def read(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        return self._portal.call(self._engine._read_call, method, args, kwargs, timeout)
 
-class Uploader:
+
+class Uploader(_SyncReadSide):
     """The synchronous twin of :class:`AsyncUploader`, for training loops.
 
     ``submit`` blocks only while the file is staged, then returns a

@@ -104,3 +104,26 @@ class UploadResult:
     checksum: str | None = None
     etag: str | None = None
     version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    """A downloaded object, verified and in place at ``path``.
+
+    Attributes:
+        uri: Full URI of the object read.
+        name: The object actually read (after ``.symlink`` resolution), relative to the
+            store's root/prefix.
+        path: The local file written.
+        size: Bytes written.
+        checksum_algorithm: The checksum the download was verified against ("crc32c" or
+            "md5"), or None when the store recorded none the client can check.
+        checksum: Its value as the store reported it (base64; composite ones end in "-N").
+    """
+
+    uri: str
+    name: str
+    path: str
+    size: int
+    checksum_algorithm: str | None = None
+    checksum: str | None = None

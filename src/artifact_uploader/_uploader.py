@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._config import PartPolicy, RetryPolicy, check_positive_int
+from ._download import _ReadSide
 from ._errors import (
     ConfigError,
     FailedUpload,
@@ -114,7 +115,7 @@ class UploadHandle:
         return self._future.result()
 
 
-class AsyncUploader:
+class AsyncUploader(_ReadSide):
     """Uploads files to an object store in the background, on the running asyncio loop.
 
     Use it as ``async with AsyncUploader("s3://bucket/prefix") as up:``. ``submit`` returns as

@@ -5,14 +5,15 @@ from __future__ import annotations
 import threading
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio.to_thread
 
-from .._errors import ObjectExistsError, ProviderError, StoreNotFoundError
+from .._checksums import crc32c, crc32c_available, crc32c_b64, digest, md5_b64
+from .._errors import ObjectExistsError, ObjectNotFoundError, ProviderError, StoreNotFoundError
 from .._types import FileSlice, PartResult, PutResult
-from ._protocol import PartLimits, check_common_name
+from ._protocol import Checksum, ObjectInfo, PartLimits, check_common_name
 
 FaultFactory = Callable[[str, str], BaseException | None]
 """Called with (operation, object name); returns the exception to raise, or None to pass."""
@@ -45,6 +46,12 @@ class MemoryProvider:
         - :meth:`pause` / :meth:`resume` hold every request at its start, so a test can observe
           in-flight uploads without sleeping.
         - ``max_in_flight`` records the most requests seen running at once.
+        - :meth:`corrupt_reads` flips one byte in the answers of the next ``get_range`` calls,
+          as a corrupting network path would (the recorded checksum stays the original's).
+
+    The read side reports, for each object, an entity tag and the checksum of its bytes
+    (CRC32C when a native implementation is installed, else MD5), computed at ``head`` from the
+    stored bytes, so objects a test writes into :attr:`objects` directly are described too.
     """
 
     scheme = "memory"
@@ -68,6 +75,7 @@ class MemoryProvider:
         self._running = threading.Event()
         self._running.set()
         self._faults: list[_Fault] = []
+        self._corrupt = 0
 
     def __repr__(self) -> str:
         return f"MemoryProvider({self.label!r}, objects={len(self.objects)})"
@@ -87,7 +95,8 @@ class MemoryProvider:
     ) -> None:
         """Fail the next ``times`` matching operations (None: every one) with ``error``.
 
-        ``ops`` limits it to some of "put", "create_multipart", "put_part", "complete_multipart".
+        ``ops`` limits it to some of "put", "create_multipart", "put_part", "complete_multipart",
+        "head", "get_range", "list", "delete".
         A factory may return None to let an operation through without counting it.
         """
         factory: FaultFactory
@@ -102,6 +111,11 @@ class MemoryProvider:
             factory = error
         with self._lock:
             self._faults.append(_Fault(factory, times, None if ops is None else frozenset(ops)))
+
+    def corrupt_reads(self, times: int = 1) -> None:
+        """Flip one byte in each of the next ``times`` non-empty ``get_range`` answers."""
+        with self._lock:
+            self._corrupt += times
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -234,6 +248,80 @@ class MemoryProvider:
         with self._lock:
             self.requests.append(("abort_multipart", name))
             self.multipart_uploads.pop(upload_id, None)
+
+    # -- read side --------------------------------------------------------------------------
+
+    def _body(self, name: str) -> bytes:
+        with self._lock:
+            body = self.objects.get(name)
+        if body is None:
+            uri = self.uri(name)
+            raise ObjectNotFoundError(f"object {uri!r} does not exist", name=name, uri=uri)
+        return body
+
+    async def head(self, name: str) -> ObjectInfo:
+        await self._enter("head", name)
+        try:
+            return _info(name, self._body(name))
+        finally:
+            self._exit()
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        await self._enter("get_range", name)
+        try:
+            body = self._body(name)
+            if etag is not None and _etag(body) != etag:
+                raise ProviderError(
+                    f"object {self.uri(name)!r} changed (entity tag {_etag(body)} is not {etag})",
+                    name=name,
+                    uri=self.uri(name),
+                    status=412,
+                )
+            data = body[offset : offset + length]
+            with self._lock:
+                corrupt = self._corrupt > 0 and bool(data)
+                if corrupt:
+                    self._corrupt -= 1
+            if corrupt:
+                flipped = bytearray(data)
+                flipped[len(flipped) // 2] ^= 0x01
+                data = bytes(flipped)
+            return data
+        finally:
+            self._exit()
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        await self._enter("list", prefix)
+        try:
+            with self._lock:
+                items = [(k, v) for k, v in self.objects.items() if k.startswith(prefix)]
+        finally:
+            self._exit()
+        items.sort(key=lambda kv: kv[0].encode())
+        for key, body in items:
+            yield ObjectInfo(name=key, size=len(body), etag=_etag(body))
+
+    async def delete(self, name: str) -> None:
+        await self._enter("delete", name)
+        try:
+            with self._lock:
+                self.objects.pop(name, None)
+        finally:
+            self._exit()
+
+
+def _etag(body: bytes) -> str:
+    return f'"{zlib.crc32(body):08x}-{len(body):x}"'
+
+
+def _info(name: str, body: bytes) -> ObjectInfo:
+    if crc32c_available():
+        checksum = Checksum("crc32c", crc32c_b64(crc32c(body)))
+    else:
+        checksum = Checksum("md5", md5_b64(digest("md5", body)))
+    return ObjectInfo(name=name, size=len(body), etag=_etag(body), checksums=(checksum,))
 
 
 def _result(body: bytes, etag_suffix: str = "") -> PutResult:

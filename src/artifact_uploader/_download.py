@@ -1,0 +1,655 @@
+"""The engine's read side: ``download``, ``head``, ``exists`` and ``list``.
+
+A mixin of :class:`~artifact_uploader.AsyncUploader` (and, blocking, of ``Uploader``), so that
+reads share the engine's one semaphore, retry policy, stall watchdog and progress events.
+
+A download:
+
+1. refuses an existing ``dest`` (``overwrite=False``) or a missing destination folder before any
+   request;
+2. resolves ``.symlink`` objects (a chain of at most :data:`MAX_SYMLINKS`, loops refused);
+3. ``head``s the object: its size, entity tag and recorded checksums;
+4. fetches it as ranges of ``PartPolicy.part_size`` (objects of at least
+   ``PartPolicy.threshold`` bytes; smaller ones in one GET; a composite checksum's own part
+   size when the store recorded one, so every range is one of its parts), at most
+   ``max_concurrency`` at once under the semaphore (each range is held in memory only until it
+   is written), every range retried on its own and conditional on the entity tag;
+5. ``pwrite``s each range into a temporary file created ``O_EXCL`` with mode 0600 in ``dest``'s
+   folder, computing its digest while the bytes are in hand;
+6. verifies the whole against what the store recorded (CRC32C, MD5, or a composite of per-part
+   digests), fsyncs, sets the final mode, and renames it into place (``os.link`` for
+   ``overwrite=False``, so an existing file is never replaced).
+
+Whatever fails or is cancelled, the temporary file is removed and ``dest`` is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ._checksums import crc32c, crc32c_available, crc32c_b64, crc32c_combine, decode_b64
+from ._config import PartPolicy
+from ._errors import (
+    ConfigError,
+    IntegrityError,
+    ObjectNotFoundError,
+    ProviderError,
+    UploadError,
+)
+from ._events import EventKind
+from ._types import DownloadResult
+from .providers._protocol import Checksum, ObjectInfo, Provider, ReadableProvider
+
+if TYPE_CHECKING:
+    from ._events import ProgressTotals
+
+T = TypeVar("T")
+log = logging.getLogger("artifact_uploader")
+
+SYMLINK_SUFFIX = ".symlink"
+#: Most ``.symlink`` objects one download follows.
+MAX_SYMLINKS = 8
+# Largest range held in memory: a composite checksum with larger parts is checked by reading
+# the written file back instead of fetching each part as one range.
+_MAX_RANGE = 128 * 1024 * 1024
+# A symlink object holds one object name (at most 1024 bytes) plus whitespace.
+_SYMLINK_MAX_BYTES = 4096
+
+
+class DestinationExistsError(UploadError, FileExistsError):
+    """``download(..., overwrite=False)`` and the destination file exists (nothing was read)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SymlinkError(ProviderError):
+    """A ``.symlink`` object could not be followed: a loop, a chain longer than
+    :data:`MAX_SYMLINKS`, or a target that is not a valid object name."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one object is verified: the checksum, and the range size its digest needs."""
+
+    checksum: Checksum | None
+    range_size: int
+    # A composite checksum whose parts are too large to hold as ranges: the per-part digests
+    # are computed by reading the written file back.
+    read_back: bool = False
+
+
+_READ_METHODS = frozenset({"download", "head", "exists", "list"})
+
+
+class _ReadBackend(Protocol):
+    def read(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any: ...
+
+
+class _SyncReadSide:
+    """The blocking twins of the read methods, for ``Uploader`` (thread and process modes)."""
+
+    if TYPE_CHECKING:
+        _backend: Any
+
+        def _check_usable(self, what: str) -> None: ...
+
+    def _read(self, method: str, *args: Any, timeout: float | None = None, **kw: Any) -> Any:
+        self._check_usable(method)
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        backend: _ReadBackend = self._backend
+        return backend.read(method, args, kw, timeout)
+
+    def download(
+        self,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        follow_symlinks: bool = True,
+        timeout: float | None = None,
+    ) -> DownloadResult:
+        """Download object ``name`` to ``dest`` (blocking); see :meth:`AsyncUploader.download`.
+
+        Args:
+            name: Object name (``.symlink`` objects are followed).
+            dest: Local file to write; its folder must exist.
+            overwrite: Replace an existing ``dest``. Default False.
+            follow_symlinks: Follow ``.symlink`` objects. Default True.
+            timeout: Seconds before the download is abandoned (TimeoutError, nothing left at
+                ``dest``). Default None.
+
+        Raises:
+            DestinationExistsError, ObjectNotFoundError, SymlinkError, IntegrityError,
+            ProviderError: As for :meth:`AsyncUploader.download`.
+        """
+        # Absolute here: the upload process may not share this thread's idea of the cwd later.
+        target = _check_dest(dest, overwrite if isinstance(overwrite, bool) else True)
+        result: DownloadResult = self._read(
+            "download",
+            name,
+            str(target),
+            overwrite=overwrite,
+            follow_symlinks=follow_symlinks,
+            timeout=timeout,
+        )
+        return result
+
+    def head(self, name: str, *, timeout: float | None = None) -> ObjectInfo:
+        """What the store records about ``name`` (blocking); see :meth:`AsyncUploader.head`."""
+        info: ObjectInfo = self._read("head", name, timeout=timeout)
+        return info
+
+    def exists(self, name: str, *, timeout: float | None = None) -> bool:
+        """True when object ``name`` exists (blocking)."""
+        return bool(self._read("exists", name, timeout=timeout))
+
+    def list(self, prefix: str = "", *, timeout: float | None = None) -> builtins.list[ObjectInfo]:
+        """Objects whose name starts with ``prefix``, in name order (blocking)."""
+        infos: builtins.list[ObjectInfo] = self._read("list", prefix, timeout=timeout)
+        return infos
+
+
+class _ReadSide:
+    """``download`` / ``head`` / ``exists`` / ``list`` on the engine (see the module docstring)."""
+
+    if TYPE_CHECKING:
+        provider: Provider
+        parts: PartPolicy
+        max_concurrency: int
+
+        def _check_open(self) -> None: ...
+
+        async def _request(
+            self, op: Callable[[], Awaitable[T]], what: str, name: str, size: int
+        ) -> T: ...
+
+        def _count(self, **deltas: int) -> None: ...
+
+        def _emit(
+            self,
+            kind: EventKind,
+            name: str,
+            size: int,
+            *,
+            nbytes: int = 0,
+            attempt: int = 0,
+            delay: float = 0.0,
+            error: BaseException | None = None,
+        ) -> None: ...
+
+        @property
+        def totals(self) -> ProgressTotals: ...
+
+    def _reader(self) -> ReadableProvider:
+        self._check_open()
+        provider = self.provider
+        if not isinstance(provider, ReadableProvider):
+            raise ConfigError(f"{provider!r} cannot read objects back (no ReadableProvider)")
+        return provider
+
+    async def head(self, name: str) -> ObjectInfo:
+        """What the store records about object ``name`` (size, entity tag, checksums).
+
+        Raises:
+            ObjectNotFoundError: No such object.
+            InvalidObjectNameError: The store cannot hold ``name``.
+        """
+        provider = self._reader()
+        provider.check_name(name)
+        return await self._request(lambda: provider.head(name), f"HEAD {name!r}", name, 0)
+
+    async def exists(self, name: str) -> bool:
+        """True when object ``name`` exists (``.symlink`` objects are not followed)."""
+        try:
+            await self.head(name)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        """Every object whose name starts with ``prefix``, in name order.
+
+        ``list`` entries may carry no checksums (``head`` each one for them).
+        """
+        provider = self._reader()
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a str, got {prefix!r}")
+
+        async def collect() -> builtins.list[ObjectInfo]:
+            return [info async for info in provider.list(prefix)]
+
+        return await self._request(collect, f"LIST {prefix!r}", prefix, 0)
+
+    async def download(
+        self,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        follow_symlinks: bool = True,
+    ) -> DownloadResult:
+        """Download object ``name`` to the local file ``dest``, verified, atomically.
+
+        Large objects are fetched as concurrent ranged GETs under the uploader's concurrency
+        limit, each retried on transient errors; the file is checked against the checksum the
+        store recorded, then renamed into place. See :doc:`downloads` for the details.
+
+        Args:
+            name: Object name, relative to the store's prefix. When it does not exist and
+                ``name + ".symlink"`` does, that symlink is followed.
+            dest: Local file to write (its folder must exist).
+            overwrite: Replace an existing ``dest``. Default False: an existing file is refused
+                before any request is made.
+            follow_symlinks: Follow ``.symlink`` objects (whose text is the target's object
+                name). Default True.
+
+        Returns:
+            What was written, and which object and checksum it was verified against.
+
+        Raises:
+            DestinationExistsError: ``dest`` exists and ``overwrite`` is False.
+            ObjectNotFoundError: No such object (nor a ``.symlink`` for it).
+            SymlinkError: A symlink loop, too long a chain, or an invalid target.
+            IntegrityError: The bytes received do not match the store's checksum; nothing is
+                left at ``dest``.
+            ProviderError: Any other failure, after retries; nothing is left at ``dest``.
+        """
+        provider = self._reader()
+        provider.check_name(name)
+        if not isinstance(overwrite, bool):
+            raise ConfigError(f"overwrite must be a bool, got {overwrite!r}")
+        target = _check_dest(dest, overwrite)
+        try:
+            info = await self._resolve(provider, name, follow_symlinks)
+            return await self._fetch(provider, info, target, overwrite)
+        except BaseException as exc:
+            err = exc if isinstance(exc, Exception) else TimeoutError(f"download of {name!r}")
+            self._emit(EventKind.DOWNLOAD_FAILED, name, 0, error=err)
+            raise
+
+    async def _read_call(
+        self,
+        method: str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        timeout: float | None,
+    ) -> object:
+        """One read on behalf of the sync facade (its loop thread, or the upload process)."""
+        if method not in _READ_METHODS:
+            raise ConfigError(f"unknown read call {method!r}")
+        call = getattr(self, method)
+        try:
+            async with asyncio.timeout(timeout):
+                result: object = await call(*args, **kwargs)
+        except TimeoutError as exc:
+            if str(exc):
+                raise
+            raise TimeoutError(f"{method}{args!r} did not finish within {timeout}s") from None
+        return result
+
+    # -- symlinks ---------------------------------------------------------------------------
+
+    async def _resolve(self, provider: ReadableProvider, name: str, follow: bool) -> ObjectInfo:
+        """``head`` of the object ``name`` designates, following ``.symlink`` objects."""
+        chain = [name]
+        current = name
+        while True:
+            if follow and current.endswith(SYMLINK_SUFFIX):
+                current = await self._follow(provider, current, chain)
+                continue
+            try:
+                return await self.head(current)
+            except ObjectNotFoundError:
+                if not follow:
+                    raise
+                link = current + SYMLINK_SUFFIX
+                try:
+                    await self.head(link)
+                except ObjectNotFoundError:
+                    if len(chain) > 1:
+                        raise ObjectNotFoundError(
+                            f"object {provider.uri(current)!r} does not exist (reached by "
+                            f"following {' -> '.join(map(repr, chain))})",
+                            name=current,
+                            uri=provider.uri(current),
+                        ) from None
+                    raise
+                current = await self._follow(provider, link, chain)
+
+    async def _follow(
+        self, provider: ReadableProvider, link: str, chain: builtins.list[str]
+    ) -> str:
+        """The target named by symlink object ``link`` (appended to ``chain``)."""
+        info = await self.head(link)
+        uri = provider.uri(link)
+        if info.size > _SYMLINK_MAX_BYTES:
+            raise SymlinkError(
+                f"symlink {uri!r} is {info.size} bytes, too large to name an object",
+                name=link,
+                uri=uri,
+            )
+        raw = b""
+        if info.size:
+            raw = await self._request(
+                lambda: provider.get_range(link, 0, info.size, etag=info.etag),
+                f"GET {link!r}",
+                link,
+                info.size,
+            )
+        try:
+            target = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise SymlinkError(f"symlink {uri!r} is not UTF-8 text", name=link, uri=uri) from None
+        try:
+            provider.check_name(target)
+        except ConfigError as exc:
+            raise SymlinkError(
+                f"symlink {uri!r} does not name a valid object: {exc}", name=link, uri=uri
+            ) from None
+        if link not in chain:
+            chain.append(link)
+        if target in chain or target + SYMLINK_SUFFIX in chain:
+            raise SymlinkError(
+                f"symlink loop: {' -> '.join(map(repr, [*chain, target]))}", name=link, uri=uri
+            )
+        if sum(1 for c in chain if c.endswith(SYMLINK_SUFFIX)) >= MAX_SYMLINKS:
+            raise SymlinkError(
+                f"more than {MAX_SYMLINKS} symlinks to follow from {chain[0]!r}",
+                name=link,
+                uri=uri,
+            )
+        chain.append(target)
+        return target
+
+    # -- the transfer -----------------------------------------------------------------------
+
+    def _plan(self, info: ObjectInfo) -> _Plan:
+        """Pick the checksum to verify and a range size that lets us compute it."""
+        size = info.size
+        default = self.parts.part_size if size >= self.parts.threshold else max(size, 1)
+        usable = [c for c in info.checksums if _usable(c, size)]
+        # CRC32C first (native, and combinable across ranges), then MD5.
+        usable.sort(key=lambda c: (c.algorithm != "crc32c", c.part_size is not None))
+        for checksum in usable:
+            if checksum.part_size is not None:
+                if checksum.part_size > _MAX_RANGE:
+                    return _Plan(checksum, default, read_back=True)
+                # Every range is one of the store's parts: its digest is that part's.
+                return _Plan(checksum, checksum.part_size)
+            return _Plan(checksum, default)
+        return _Plan(None, default)
+
+    async def _fetch(
+        self, provider: ReadableProvider, info: ObjectInfo, dest: Path, overwrite: bool
+    ) -> DownloadResult:
+        import anyio.to_thread
+
+        name, size, etag = info.name, info.size, info.etag
+        plan = self._plan(info)
+        algorithm = plan.checksum.algorithm if plan.checksum is not None else None
+        step = plan.range_size
+        count = -(-size // step) if size else 0
+        digests: list[bytes | None] = [None] * count
+        self._emit(EventKind.DOWNLOAD_STARTED, name, size)
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.download"
+        fd = await anyio.to_thread.run_sync(_create_temp, tmp)
+        published = False
+        try:
+            numbers = iter(range(count))
+
+            async def worker() -> None:
+                # Workers pull range numbers: at most max_concurrency ranges are in memory.
+                for index in numbers:
+                    offset = index * step
+                    length = min(step, size - offset)
+
+                    async def get(o: int = offset, n: int = length) -> bytes:
+                        data = await provider.get_range(name, o, n, etag=etag)
+                        if len(data) != n:
+                            raise ProviderError(
+                                f"short read of {provider.uri(name)!r}: {len(data)} of {n} "
+                                f"bytes at {o}",
+                                name=name,
+                                uri=provider.uri(name),
+                                transient=True,
+                            )
+                        return data
+
+                    data = await self._request(
+                        get, f"range {index + 1}/{count} of {name!r}", name, size
+                    )
+                    digests[index] = await anyio.to_thread.run_sync(
+                        _write_range, fd, data, offset, None if plan.read_back else algorithm
+                    )
+                    del data
+                    self._count(bytes_received=length)
+                    self._emit(EventKind.BYTES_RECEIVED, name, size, nbytes=length)
+
+            if count == 1:
+                await worker()
+            elif count:
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for _ in range(min(self.max_concurrency, count)):
+                            tg.create_task(worker())
+                except BaseExceptionGroup as group:
+                    raise _first_error(group) from None
+            value = await anyio.to_thread.run_sync(
+                _finish, fd, tmp, plan, size, step, [d or b"" for d in digests]
+            )
+            if plan.checksum is not None and value != plan.checksum.value:
+                uri = provider.uri(name)
+                raise IntegrityError(
+                    f"download of {uri!r} does not match the store's {plan.checksum.algorithm} "
+                    f"{plan.checksum.value!r} (received bytes give {value!r}); nothing was "
+                    f"written to {str(dest)!r}",
+                    name=name,
+                    uri=uri,
+                )
+            await anyio.to_thread.run_sync(_publish, fd, tmp, dest, overwrite)
+            published = True
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            if not published:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        self._emit(EventKind.DOWNLOADED, name, size)
+        return DownloadResult(
+            uri=provider.uri(name),
+            name=name,
+            path=str(dest),
+            size=size,
+            checksum_algorithm=algorithm,
+            checksum=plan.checksum.value if plan.checksum is not None else None,
+        )
+
+
+# -- helpers (worker threads) ----------------------------------------------------------------
+
+
+def _usable(checksum: Checksum, size: int) -> bool:
+    """Whether a recorded checksum is well-formed and one this client can compute."""
+    if checksum.algorithm == "crc32c" and not crc32c_available():
+        return False
+    if checksum.algorithm not in ("crc32c", "md5"):
+        return False
+    width = 4 if checksum.algorithm == "crc32c" else 16
+    if checksum.part_size is None:
+        return decode_b64(checksum.value, width) is not None
+    # Composite: "<base64>-N", with a part layout that matches the object.
+    value, _, parts = checksum.value.rpartition("-")
+    if not value or decode_b64(value, width) is None or not parts.isdigit():
+        return False
+    part_size, count = checksum.part_size, checksum.parts
+    if part_size <= 0 or count is None or int(parts) != count:
+        return False
+    return -(-size // part_size) == count if size else count <= 1
+
+
+def _check_dest(dest: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The absolute destination, refused early when it cannot be written as asked."""
+    try:
+        path = Path(os.fspath(dest)).expanduser().absolute()
+    except TypeError:
+        raise ConfigError(f"dest must be a path, got {dest!r}") from None
+    if not path.name:
+        raise ConfigError(f"dest {str(dest)!r} names a folder, not a file")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"cannot use {str(path)!r} as a destination: {exc.strerror}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"dest {str(path)!r} is a directory; name the file to write")
+        if not overwrite:
+            raise DestinationExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise ConfigError(f"the folder of dest {str(path)!r} does not exist")
+    return path
+
+
+def _create_temp(tmp: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(tmp, flags, 0o600)
+    except OSError as exc:
+        raise UploadError(
+            f"cannot create {str(tmp)!r} for the download: {exc.strerror or exc}"
+        ) from exc
+
+
+def _write_range(fd: int, data: bytes, offset: int, algorithm: str | None) -> bytes:
+    """Write one range at its offset; return its raw digest (b"" when not verifying)."""
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], offset + written)
+    if algorithm == "crc32c":
+        return crc32c(data).to_bytes(4, "big")
+    if algorithm == "md5":
+        return hashlib.md5(data, usedforsecurity=False).digest()
+    return b""
+
+
+def _finish(
+    fd: int, tmp: Path, plan: _Plan, size: int, step: int, digests: list[bytes]
+) -> str | None:
+    """The checksum of what was written, in the store's notation (None: nothing to check)."""
+    checksum = plan.checksum
+    if checksum is None:
+        return None
+    if checksum.part_size is not None:
+        if plan.read_back:
+            digests = _read_back_parts(tmp, checksum.algorithm, checksum.part_size)
+        if checksum.algorithm == "crc32c":
+            whole = crc32c_b64(crc32c(b"".join(digests)))
+        else:
+            whole = _b64(hashlib.md5(b"".join(digests), usedforsecurity=False).digest())
+        return f"{whole}-{len(digests)}"
+    if checksum.algorithm == "crc32c":
+        crc = 0
+        for i, raw in enumerate(digests):
+            crc = crc32c_combine(crc, int.from_bytes(raw, "big"), min(step, size - i * step))
+        return crc32c_b64(crc)
+    if len(digests) == 1:
+        return _b64(digests[0])
+    if not digests:
+        return _b64(hashlib.md5(b"", usedforsecurity=False).digest())
+    # MD5 does not combine: read the file back once (from the page cache).
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(tmp, "rb", buffering=0) as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            md5.update(chunk)
+    return _b64(md5.digest())
+
+
+def _read_back_parts(tmp: Path, algorithm: str, part_size: int) -> list[bytes]:
+    """Per-part raw digests of the written file, streamed in 8 MiB reads."""
+    out: list[bytes] = []
+    with open(tmp, "rb", buffering=0) as f:
+        while True:
+            left, crc, md5, got = part_size, 0, hashlib.md5(usedforsecurity=False), 0
+            while left and (chunk := f.read(min(left, 8 * 1024 * 1024))):
+                if algorithm == "crc32c":
+                    crc = crc32c(chunk, crc)
+                else:
+                    md5.update(chunk)
+                left -= len(chunk)
+                got += len(chunk)
+            if not got:
+                return out
+            out.append(crc.to_bytes(4, "big") if algorithm == "crc32c" else md5.digest())
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+def _default_mode() -> int:
+    """0666 less the umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def _publish(fd: int, tmp: Path, dest: Path, overwrite: bool) -> None:
+    """fsync, final mode, then into place: replace, or link (never clobbering) then unlink."""
+    mode = _default_mode()
+    if overwrite:
+        with contextlib.suppress(OSError):
+            st = os.stat(dest)
+            if stat.S_ISREG(st.st_mode):
+                mode = stat.S_IMODE(st.st_mode)  # replacing a file keeps its mode
+    os.fchmod(fd, mode)
+    os.fsync(fd)
+    if overwrite:
+        os.replace(tmp, dest)
+    else:
+        try:
+            os.link(tmp, dest, follow_symlinks=False)
+        except FileExistsError:
+            raise DestinationExistsError(
+                f"{str(dest)!r} appeared during the download; pass overwrite=True to replace it"
+            ) from None
+        os.unlink(tmp)
+    dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a crash
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
