@@ -22,6 +22,7 @@ from artifact_uploader._errors import (
     IntegrityError,
     InvalidObjectNameError,
     ObjectExistsError,
+    ObjectNotFoundError,
     PermissionDeniedError,
     ProviderError,
     StoreNotFoundError,
@@ -759,3 +760,135 @@ async def test_default_part_sizes_send_without_warnings(
         await up.upload(_write(tmp_path, big, "big").path, "big.bin")
     assert await azure_container.read("defaults/single.bin") == single
     assert await azure_container.read("defaults/big.bin") == big
+
+
+# -- the read side -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_head_reports_the_content_md5_of_a_put(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    data = os.urandom(70_000)
+    result = await provider.put("h.bin", _write(tmp_path, data), overwrite=True)
+    info = await provider.head("h.bin")
+    props = await azure_container.properties("runs/r1/h.bin")
+    assert (info.name, info.size, info.etag) == ("h.bin", len(data), props.etag)
+    assert result.etag == props.etag
+    assert info.last_modified is not None
+    assert [(c.algorithm, c.value, c.part_size) for c in info.checksums] == [
+        ("md5", _md5_b64(data), None)
+    ]
+
+
+@pytest.mark.asyncio
+async def test_head_of_a_multipart_upload_reports_its_composite_md5(
+    provider: AzureProvider, tmp_path: Path
+) -> None:
+    part = 1 * MiB
+    data = os.urandom(2 * part + 999)
+    src = _write(tmp_path, data)
+    upload_id = await provider.create_multipart("mp.bin", overwrite=True)
+    parts = [
+        await provider.put_part("mp.bin", upload_id, i + 1, FileSlice(src.path, off, n))
+        for i, (off, n) in enumerate([(0, part), (part, part), (2 * part, 999)])
+    ]
+    await provider.complete_multipart("mp.bin", upload_id, parts, overwrite=True)
+    info = await provider.head("mp.bin")
+    digests = b"".join(hashlib.md5(data[o : o + part]).digest() for o in range(0, len(data), part))
+    expected = base64.b64encode(hashlib.md5(digests).digest()).decode() + "-3"
+    assert [(c.algorithm, c.value, c.part_size, c.parts) for c in info.checksums] == [
+        ("md5", expected, part, 3)
+    ]
+    # The same recorded value comes back in a listing.
+    listed = [i async for i in provider.list("mp")]
+    assert listed[0].checksums == info.checksums
+
+
+@pytest.mark.asyncio
+async def test_a_composite_md5_inconsistent_with_the_size_is_ignored(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    await provider.put("odd.bin", _write(tmp_path, b"12345"), overwrite=True)
+    blob = azure_container._client.get_blob_client("runs/r1/odd.bin")
+    # No Content-MD5, and metadata claiming 3 parts of 1 MiB for a 5-byte blob.
+    from azure.storage.blob import ContentSettings
+
+    await blob.set_http_headers(ContentSettings())
+    await blob.set_blob_metadata({azure_module._COMPOSITE_MD5_KEY: f"{'A' * 22}==:1048576:3"})
+    info = await provider.head("odd.bin")
+    assert info.checksums == ()
+
+
+@pytest.mark.asyncio
+async def test_get_range_reads_bytes_conditionally(provider: AzureProvider, tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    await provider.put("r.bin", _write(tmp_path, data), overwrite=True)
+    info = await provider.head("r.bin")
+    assert await provider.get_range("r.bin", 0, len(data)) == data
+    assert await provider.get_range("r.bin", 777, 100, etag=info.etag) == data[777:877]
+    await provider.put("r.bin", _write(tmp_path, os.urandom(200_000), "b.bin"), overwrite=True)
+    with pytest.raises(ProviderError) as changed:
+        await provider.get_range("r.bin", 0, 10, etag=info.etag)
+    assert changed.value.status == 412 and not changed.value.transient
+    # Past the end: fewer bytes than asked (or a refused range) is never returned as data.
+    with pytest.raises(ProviderError):
+        await provider.get_range("r.bin", len(data) - 5, 10)
+    with pytest.raises(ConfigError):
+        await provider.get_range("r.bin", 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_missing_blob_is_object_not_found(provider: AzureProvider) -> None:
+    with pytest.raises(ObjectNotFoundError) as head_info:
+        await provider.head("missing")
+    with pytest.raises(ObjectNotFoundError) as get_info:
+        await provider.get_range("missing", 0, 1)
+    for err in (head_info.value, get_info.value):
+        assert isinstance(err, FileNotFoundError) and "missing" in str(err)
+
+
+@pytest.mark.asyncio
+async def test_list_is_sorted_and_relative_to_the_prefix(
+    provider: AzureProvider,
+    azurite_server: AzuriteServer,
+    azure_container: AzureContainer,
+    tmp_path: Path,
+) -> None:
+    names = ["b/2.pt", "a.txt", "b/1.pt", "b/10.pt", "ü.bin"]
+    for i, name in enumerate(names):
+        await provider.put(name, _write(tmp_path, name.encode(), f"f{i}"), overwrite=True)
+    sibling = _key_provider(azurite_server, azure_container.name, prefix="runs/r10")
+    async with _opened(sibling):
+        await sibling.put("a.txt", _write(tmp_path, b"other", "o"), overwrite=True)
+    listed = [i async for i in provider.list()]
+    assert [i.name for i in listed] == sorted(names)
+    assert all(i.checksums[0].algorithm == "md5" and i.etag for i in listed)
+    assert [i.name async for i in provider.list("b/1")] == ["b/1.pt", "b/10.pt"]
+    assert [i.name async for i in provider.list("nothing")] == []
+
+
+@pytest.mark.asyncio
+async def test_delete_is_idempotent(
+    provider: AzureProvider, azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    await provider.put("d.bin", _write(tmp_path, b"d"), overwrite=True)
+    await provider.delete("d.bin")
+    assert not await azure_container.exists("runs/r1/d.bin")
+    await provider.delete("d.bin")
+    with pytest.raises(ObjectNotFoundError):
+        await provider.head("d.bin")
+
+
+@pytest.mark.asyncio
+async def test_result_claims_no_md5_the_service_did_not_echo(
+    tamper: tuple[_TamperProxy, AzureProvider], tmp_path: Path
+) -> None:
+    proxy, p = tamper
+    # The answer to Put Blob loses its Content-MD5 header: nothing was confirmed.
+    proxy.downstream_edit = lambda b: re.sub(rb"(?i)content-md5: [A-Za-z0-9+/=]{24}\r\n", b"", b)
+    result = await p.put("quiet.bin", _write(tmp_path, b"some bytes"), overwrite=True)
+    assert result.checksum is None and result.checksum_algorithm is None
+    proxy.downstream_edit = lambda b: b
+    result = await p.put("quiet.bin", _write(tmp_path, b"some bytes"), overwrite=True)
+    assert (result.checksum_algorithm, result.checksum) == ("md5", _md5_b64(b"some bytes"))

@@ -34,12 +34,14 @@ from artifact_uploader._errors import (
     IntegrityError,
     InvalidObjectNameError,
     ObjectExistsError,
+    ObjectNotFoundError,
     PermissionDeniedError,
     ProviderError,
     StoreNotFoundError,
 )
 from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice
+from artifact_uploader.providers import gcs as gcs_module
 from artifact_uploader.providers.gcs import GCSProvider
 from artifact_uploader.testing import ProviderConformance, ReadObject
 from tests.servers.fake_gcs import FakeGCSServer
@@ -825,3 +827,181 @@ async def test_default_threshold_sends_a_few_mib_without_warnings(
     finally:
         await p.aclose()
     assert fake_gcs_server.read_object(gcs_bucket, "defaults/mid.bin") == data
+
+
+# -- the read side -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [0, 5000, 2 * MiB + 1], ids=["empty", "simple", "resumable"])
+async def test_head_reports_what_the_server_recorded(
+    gcs: GCSProvider, fake_gcs_server: FakeGCSServer, tmp_path: Path, size: int
+) -> None:
+    data = os.urandom(size)
+    result = await gcs.put("h/obj.bin", FileSlice.whole(_write(tmp_path, data)), overwrite=True)
+    info = await gcs.head("h/obj.bin")
+    meta = fake_gcs_server.object_metadata(gcs.bucket, "run-1/h/obj.bin")
+    assert (info.name, info.size) == ("h/obj.bin", size)
+    assert info.version == meta["generation"] == result.version
+    assert info.etag == meta["etag"]
+    assert info.last_modified is not None
+    by_algorithm = {c.algorithm: c for c in info.checksums}
+    assert by_algorithm["crc32c"].value == _crc32c_b64(data) == meta["crc32c"]
+    assert by_algorithm["md5"].value == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert all(c.part_size is None for c in info.checksums)
+
+
+@pytest.mark.asyncio
+async def test_head_of_a_composed_object_has_crc32c_only(script: Script) -> None:
+    resource = _object("c", b"composed")
+    del resource["md5Hash"]  # GCS keeps no MD5 for composed objects
+    script.on("GET", Reply(200, resource))
+    p = await _scripted_provider(script)
+    try:
+        info = await p.head("c")
+    finally:
+        await p.aclose()
+    assert [c.algorithm for c in info.checksums] == ["crc32c"]
+    assert info.size == len(b"composed") and info.version == "42"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "resource",
+    [{"size": "-1"}, {"size": "ten"}, {"crc32c": "not base64!"}, {"md5Hash": "AAAA"}],
+    ids=["negative-size", "text-size", "bad-crc", "short-md5"],
+)
+async def test_head_refuses_a_malformed_answer(script: Script, resource: dict[str, str]) -> None:
+    script.on("GET", Reply(200, {**_object("m", b"m"), **resource}))
+    p = await _scripted_provider(script)
+    try:
+        with pytest.raises(ProviderError) as info:
+            await p.head("m")
+    finally:
+        await p.aclose()
+    assert "'gs://bkt/m'" in str(info.value) and not info.value.transient
+
+
+@pytest.mark.asyncio
+async def test_get_range_reads_the_bytes_of_one_generation(
+    gcs: GCSProvider, tmp_path: Path
+) -> None:
+    data = os.urandom(300_000)
+    await gcs.put("r.bin", FileSlice.whole(_write(tmp_path, data)), overwrite=True)
+    info = await gcs.head("r.bin")
+    assert await gcs.get_range("r.bin", 0, len(data)) == data
+    assert await gcs.get_range("r.bin", 1000, 5, etag=info.etag) == data[1000:1005]
+    assert await gcs.get_range("r.bin", len(data) - 1, 1, etag=info.etag) == data[-1:]
+    # Replaced: a read conditional on the old etag refuses to mix generations.
+    await gcs.put("r.bin", FileSlice.whole(_write(tmp_path, os.urandom(300_000))), overwrite=True)
+    with pytest.raises(ProviderError) as changed:
+        await gcs.get_range("r.bin", 0, 10, etag=info.etag)
+    assert changed.value.status == 412 and not changed.value.transient
+    # A fresh provider (no cached generation) learns it from a metadata read.
+    fresh = GCSProvider(gcs.bucket, gcs.prefix, api_root=gcs.api_root)
+    await fresh.open()
+    try:
+        with pytest.raises(ProviderError) as again:
+            await fresh.get_range("r.bin", 0, 10, etag=info.etag)
+        new = await fresh.head("r.bin")
+        assert len(await fresh.get_range("r.bin", 5, 10, etag=new.etag)) == 10
+    finally:
+        await fresh.aclose()
+    assert again.value.status == 412
+
+
+@pytest.mark.asyncio
+async def test_get_range_and_head_of_a_missing_object(gcs: GCSProvider) -> None:
+    with pytest.raises(ObjectNotFoundError) as head_info:
+        await gcs.head("nope")
+    with pytest.raises(ObjectNotFoundError) as get_info:
+        await gcs.get_range("nope", 0, 1)
+    for err in (head_info.value, get_info.value):
+        assert isinstance(err, FileNotFoundError) and err.uri == f"gs://{gcs.bucket}/run-1/nope"
+
+
+@pytest.mark.asyncio
+async def test_get_range_bad_arguments(gcs: GCSProvider) -> None:
+    with pytest.raises(ConfigError, match="offset"):
+        await gcs.get_range("x", -1, 1)
+    with pytest.raises(ConfigError, match="length"):
+        await gcs.get_range("x", 0, 0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("reply", "transient", "match"),
+    [
+        (Reply(206, b"abc"), True, "3 of the 10 bytes"),
+        (Reply(206, b"x" * 11), False, "more than the 10 bytes"),
+        (Reply(200, b"x" * 10), False, "ignored the byte range"),
+        (Reply(416, _google_error(416, "Requested range not satisfiable")), False, "416"),
+        (Reply(503, _google_error(503, "Backend")), True, "503"),
+    ],
+    ids=["short", "long", "range-ignored", "416", "503"],
+)
+async def test_get_range_bad_answers(
+    script: Script, reply: Reply, transient: bool, match: str
+) -> None:
+    script.on("GET", reply)
+    p = await _scripted_provider(script, token=SECRET_TOKEN)
+    try:
+        with pytest.raises(ProviderError) as info:
+            await p.get_range("o", 5, 10)
+    finally:
+        await p.aclose()
+    assert info.value.transient is transient
+    assert match in str(info.value)
+    _, target, headers = script.seen[-1]
+    assert headers["Range"] == "bytes=5-14" and "alt=media" in target
+
+
+@pytest.mark.asyncio
+async def test_list_is_sorted_relative_and_paged(
+    gcs: GCSProvider,
+    fake_gcs_server: FakeGCSServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = ["b/2.pt", "a.txt", "b/1.pt", "b/10.pt", "ü.bin", "c"]
+    for name in names:
+        await gcs.put(name, FileSlice.whole(_write(tmp_path, name.encode())), overwrite=True)
+    # A sibling prefix ("run-10" beside "run-1") is not part of this store.
+    sibling = GCSProvider(gcs.bucket, "run-10", api_root=gcs.api_root)
+    await sibling.open()
+    try:
+        await sibling.put("a.txt", FileSlice.whole(_write(tmp_path, b"other")), overwrite=True)
+    finally:
+        await sibling.aclose()
+    monkeypatch.setattr(gcs_module, "_LIST_PAGE", 2)
+    listed = [info async for info in gcs.list()]
+    assert [i.name for i in listed] == sorted(names)
+    assert {i.name: i.size for i in listed}["b/10.pt"] == len(b"b/10.pt")
+    assert all(i.checksums and i.version for i in listed)
+    assert [i.name async for i in gcs.list("b/")] == ["b/1.pt", "b/10.pt", "b/2.pt"]
+    assert [i.name async for i in gcs.list("b/1")] == ["b/1.pt", "b/10.pt"]
+    assert [i.name async for i in gcs.list("zzz")] == []
+
+
+@pytest.mark.asyncio
+async def test_list_refuses_a_repeated_page_token(script: Script) -> None:
+    page = {"items": [_object("x", b"x")], "nextPageToken": "same"}
+    script.on("GET", Reply(200, page))
+    p = await _scripted_provider(script)
+    try:
+        with pytest.raises(ProviderError, match="repeats a page token"):
+            _ = [i async for i in p.list()]
+    finally:
+        await p.aclose()
+
+
+@pytest.mark.asyncio
+async def test_delete_and_delete_of_a_missing_object(
+    gcs: GCSProvider, fake_gcs_server: FakeGCSServer, tmp_path: Path
+) -> None:
+    await gcs.put("d.bin", FileSlice.whole(_write(tmp_path, b"d")), overwrite=True)
+    await gcs.delete("d.bin")
+    assert not fake_gcs_server.object_exists(gcs.bucket, "run-1/d.bin")
+    await gcs.delete("d.bin")  # already gone: not an error
+    with pytest.raises(ObjectNotFoundError):
+        await gcs.head("d.bin")

@@ -1145,7 +1145,8 @@ def _parse_composite(metadata: Any, size: int) -> Checksum | None:
         return None
     if not (parts - 1) * part_size < size <= parts * part_size and not (size == 0 == parts - 1):
         return None
-    return Checksum("md5", value, part_size=part_size, parts=parts)
+    # In the notation of S3's multipart checksums, "<base64>-N", which downloads verify.
+    return Checksum("md5", f"{value}-{parts}", part_size=part_size, parts=parts)
 
 
 def _connection_string_endpoint(conn: str) -> str | None:
