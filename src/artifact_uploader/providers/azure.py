@@ -589,9 +589,9 @@ class AzureProvider:
         if data.length > _SINGLE_PUT_MAX:
             return await self._put_blocks(name, blob, data, overwrite=overwrite)
         body, md5 = await _read_and_hash(data)
-        from azure.storage.blob import ContentSettings
-
         try:
+            # Put Blob records the MD5 the service computes as the blob's Content-MD5 (what
+            # downloads verify against); it is not set from ours, so it stays the service's own.
             resp = await blob.upload_blob(
                 body,
                 length=len(body),
@@ -599,8 +599,6 @@ class AzureProvider:
                 max_concurrency=1,
                 # Sent as Content-MD5: the service refuses the body if it arrives different.
                 transactional_content_md5=md5,
-                # And recorded as the blob's Content-MD5, so a download can be verified.
-                content_settings=ContentSettings(content_md5=bytearray(md5)),
             )
         except Exception as exc:
             raise self._map(exc, name, "uploading", conditional=not overwrite) from exc
