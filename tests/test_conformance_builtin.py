@@ -10,10 +10,34 @@ import pytest
 import pytest_asyncio
 
 from artifact_uploader import LocalProvider, MemoryProvider
-from artifact_uploader.testing import MultipartConformance, ProviderConformance, ReadObject
+from artifact_uploader.testing import (
+    MultipartConformance,
+    ProviderConformance,
+    ReadConformance,
+    ReadObject,
+)
 
 
-class TestMemoryConformance(MultipartConformance):
+class _CorruptingLocal(LocalProvider):
+    """The same root, read through a path that flips one byte of every answer."""
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        data = bytearray(await super().get_range(name, offset, length, etag=etag))
+        data[len(data) // 2] ^= 0x40
+        return bytes(data)
+
+
+class TestMemoryConformance(MultipartConformance, ReadConformance):
+    @pytest.fixture
+    def corrupting_provider(self, provider: MemoryProvider) -> MemoryProvider:
+        # The same objects, read through a path that corrupts every answer.
+        p = MemoryProvider(provider.label)
+        p.objects = provider.objects
+        p.corrupt_reads(10**6)
+        return p
+
     @pytest_asyncio.fixture
     async def provider(self) -> AsyncIterator[MemoryProvider]:
         p = MemoryProvider(f"m-{uuid.uuid4().hex[:6]}")
@@ -35,7 +59,14 @@ class TestMemoryConformance(MultipartConformance):
         return MemoryProvider("gone", exists=False)
 
 
-class TestLocalConformance(ProviderConformance):
+class TestLocalConformance(ProviderConformance, ReadConformance):
+    @pytest_asyncio.fixture
+    async def corrupting_provider(self, provider: LocalProvider) -> AsyncIterator[LocalProvider]:
+        p = _CorruptingLocal(provider.root)
+        await p.open()
+        yield p
+        await p.aclose()
+
     @pytest_asyncio.fixture
     async def provider(self, tmp_path: Path) -> AsyncIterator[LocalProvider]:
         p = LocalProvider(tmp_path / "root")

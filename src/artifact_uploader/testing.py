@@ -23,23 +23,41 @@ Also define ``missing_store``: an unopened provider whose bucket / container / r
 exist. Set ``multipart_size`` / ``part_size`` for the store's limits. Stores that implement
 :class:`MultipartProvider` subclass :class:`MultipartConformance` instead, which adds the
 multipart-specific tests.
+Stores that implement :class:`ReadableProvider` also subclass :class:`ReadConformance` (the
+read side through the engine: ranged downloads, verification, ``overwrite=False``, ``.symlink``
+resolution, head / exists / list / delete, missing objects). It uses the same ``provider``
+fixture, plus an optional ``corrupting_provider``: a provider reading the same objects through a
+path that flips a byte of every GET answer (the fault proxy's "corrupt-response" mode for the
+HTTP stores). Without it, the corruption test is skipped.
+
 Requires pytest and pytest-asyncio.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ._config import PartPolicy
-from ._errors import InvalidObjectNameError, ObjectExistsError, StoreNotFoundError
+from ._download import DestinationExistsError, SymlinkError
+from ._errors import (
+    IntegrityError,
+    InvalidObjectNameError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StoreNotFoundError,
+)
+from ._events import EventKind, UploadEvent
 from ._types import FileSlice, PutResult
 from ._uploader import AsyncUploader
-from .providers._protocol import MultipartProvider, Provider
+from .providers._protocol import MultipartProvider, ObjectInfo, Provider, ReadableProvider
 
 MiB = 1024 * 1024
 ReadObject = Callable[[str], Awaitable[bytes]]
@@ -176,3 +194,262 @@ class MultipartConformance(ProviderConformance):
         await provider.abort_multipart("aborted.bin", upload_id)  # idempotent
         with pytest.raises(FileNotFoundError):
             await read_object("aborted.bin")
+
+
+class CountingReader:
+    """Wraps a :class:`ReadableProvider` (already open) and records every read request.
+
+    The engine under test opens and closes the wrapper; the wrapped provider stays open (the
+    test's fixture owns it). ``ranges`` lists each ``get_range`` as (offset, length, etag);
+    ``max_in_flight`` is the most ``get_range`` calls seen running at once.
+    """
+
+    def __init__(self, inner: ReadableProvider) -> None:
+        self.inner = inner
+        self.scheme = inner.scheme
+        self.ranges: list[tuple[int, int, str | None]] = []
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"CountingReader({self.inner!r})"
+
+    def uri(self, name: str) -> str:
+        return self.inner.uri(name)
+
+    def check_name(self, name: str) -> None:
+        self.inner.check_name(name)
+
+    async def open(self, *, verify: bool = True) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
+        self.calls.append("put")
+        return await self.inner.put(name, data, overwrite=overwrite)
+
+    async def head(self, name: str) -> ObjectInfo:
+        self.calls.append("head")
+        return await self.inner.head(name)
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        self.calls.append("get_range")
+        self.ranges.append((offset, length, etag))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self.inner.get_range(name, offset, length, etag=etag)
+        finally:
+            self.in_flight -= 1
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        self.calls.append("list")
+        async for info in self.inner.list(prefix):
+            yield info
+
+    async def delete(self, name: str) -> None:
+        self.calls.append("delete")
+        await self.inner.delete(name)
+
+
+def _leftovers(folder: Path, *keep: str) -> list[str]:
+    """Files in ``folder`` other than ``keep`` (a download must leave no temporary behind)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+class ReadConformance:
+    """The read side every :class:`ReadableProvider` must pass, through the engine.
+
+    Fixtures: ``provider`` (an open ReadableProvider on a fresh prefix), optionally
+    ``corrupting_provider`` (see the module docstring).
+    """
+
+    #: Size of the object that must be fetched as several ranges.
+    large_size: int = 40 * MiB
+
+    @pytest.fixture
+    def corrupting_provider(self) -> ReadableProvider | None:
+        """Override to return a provider whose GET answers arrive corrupted."""
+        return None
+
+    def _reader(self, provider: Provider, **kw: Any) -> tuple[AsyncUploader, CountingReader]:
+        assert isinstance(provider, ReadableProvider), f"{provider!r} is not a ReadableProvider"
+        counting = CountingReader(provider)
+        parts = PartPolicy(threshold=16 * MiB, part_size=8 * MiB)
+        return AsyncUploader(counting, parts=parts, **kw), counting  # type: ignore[arg-type]
+
+    async def _store(self, provider: Provider, tmp_path: Path, name: str, data: bytes) -> None:
+        # Through the engine, so large objects are stored as a multipart upload where the store
+        # supports one (and carry the checksum the store records for that).
+        async with AsyncUploader(provider, parts=PartPolicy(threshold=8 * MiB)) as up:
+            await up.upload(_write(tmp_path, data, "src"), name)
+
+    @pytest.mark.asyncio
+    async def test_download_large_object_in_ranges(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        data = os.urandom(self.large_size)
+        await self._store(provider, tmp_path, "big/model.pt", data)
+        out = tmp_path / "out"
+        out.mkdir()
+        events: list[UploadEvent] = []
+        up, counting = self._reader(provider, max_concurrency=3, on_event=events.append)
+        async with up:
+            info = await up.head("big/model.pt")
+            result = await up.download("big/model.pt", out / "model.pt")
+        assert (out / "model.pt").read_bytes() == data
+        assert _leftovers(out, "model.pt") == []
+        assert result.size == len(data) and result.name == "big/model.pt"
+        assert result.uri == provider.uri("big/model.pt")
+        assert result.path == str(out / "model.pt")
+        if info.checksums:
+            assert result.checksum_algorithm in {c.algorithm for c in info.checksums}
+        # Several ranged GETs, covering the object exactly once, all conditional on one ETag.
+        spans = sorted((o, n) for o, n, _ in counting.ranges)
+        assert len(spans) >= 3, spans
+        assert spans[0][0] == 0 and sum(n for _, n in spans) == len(data)
+        assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
+        assert {e for _, _, e in counting.ranges} == {info.etag}
+        assert 1 <= counting.max_in_flight <= 3
+        received = [e for e in events if e.kind is EventKind.BYTES_RECEIVED]
+        assert sum(e.bytes for e in received) == len(data) and len(received) == len(spans)
+        ends = (EventKind.DOWNLOAD_STARTED, EventKind.DOWNLOADED, EventKind.DOWNLOAD_FAILED)
+        assert [e.kind for e in events if e.kind in ends] == list(ends[:2])
+        assert events[-1].kind is EventKind.DOWNLOADED
+
+    @pytest.mark.asyncio
+    async def test_download_small_and_empty(self, provider: Provider, tmp_path: Path) -> None:
+        await self._store(provider, tmp_path, "s.txt", b"hello")
+        await self._store(provider, tmp_path, "e.txt", b"")
+        up, counting = self._reader(provider)
+        async with up:
+            small = await up.download("s.txt", tmp_path / "s.out")
+            empty = await up.download("e.txt", tmp_path / "e.out")
+        assert (tmp_path / "s.out").read_bytes() == b"hello" and small.size == 5
+        assert (tmp_path / "e.out").read_bytes() == b"" and empty.size == 0
+        assert [n for _, n, _ in counting.ranges] == [5]  # an empty object needs no GET
+
+    @pytest.mark.asyncio
+    async def test_download_overwrite_false_refuses_before_any_request(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        await self._store(provider, tmp_path, "o.txt", b"new")
+        dest = tmp_path / "o.txt"
+        dest.write_bytes(b"mine")
+        up, counting = self._reader(provider)
+        async with up:
+            with pytest.raises(DestinationExistsError) as info:
+                await up.download("o.txt", dest)
+            assert isinstance(info.value, FileExistsError)
+            assert str(dest) in str(info.value)
+            assert counting.calls == []
+            assert dest.read_bytes() == b"mine"
+            await up.download("o.txt", dest, overwrite=True)
+        assert dest.read_bytes() == b"new"
+
+    @pytest.mark.asyncio
+    async def test_download_missing_object(self, provider: Provider, tmp_path: Path) -> None:
+        out = tmp_path / "out"
+        out.mkdir()
+        up, _ = self._reader(provider)
+        async with up:
+            with pytest.raises(ObjectNotFoundError) as info:
+                await up.download("no/such.bin", out / "x")
+            assert "no/such.bin" in str(info.value)
+            with pytest.raises(ObjectNotFoundError):
+                await up.head("no/such.bin")
+            assert await up.exists("no/such.bin") is False
+        assert _leftovers(out) == []
+
+    @pytest.mark.asyncio
+    async def test_symlink_resolution(self, provider: Provider, tmp_path: Path) -> None:
+        data = os.urandom(3000)
+        await self._store(provider, tmp_path, "run/ep1.pt", data)
+        await self._store(provider, tmp_path, "latest.pt.symlink", b"run/ep1.pt\n")
+        await self._store(provider, tmp_path, "alias.pt.symlink", b"latest.pt.symlink")
+        up, _ = self._reader(provider)
+        async with up:
+            via_missing = await up.download("latest.pt", tmp_path / "a.pt")
+            via_link = await up.download("latest.pt.symlink", tmp_path / "b.pt")
+            chained = await up.download("alias.pt", tmp_path / "c.pt")
+            raw = await up.download("latest.pt.symlink", tmp_path / "d", follow_symlinks=False)
+        for result, path in ((via_missing, "a.pt"), (via_link, "b.pt"), (chained, "c.pt")):
+            assert result.name == "run/ep1.pt"
+            assert (tmp_path / path).read_bytes() == data
+        assert raw.name == "latest.pt.symlink"
+        assert (tmp_path / "d").read_bytes() == b"run/ep1.pt\n"
+
+    @pytest.mark.asyncio
+    async def test_symlink_loop_and_dangling_raise(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        await self._store(provider, tmp_path, "a.symlink", b"b")
+        await self._store(provider, tmp_path, "b.symlink", b"a")
+        await self._store(provider, tmp_path, "dangling.symlink", b"gone/ckpt.pt")
+        out = tmp_path / "out"
+        out.mkdir()
+        up, _ = self._reader(provider)
+        async with up:
+            with pytest.raises(SymlinkError, match="loop"):
+                await up.download("a", out / "x")
+            with pytest.raises(ObjectNotFoundError, match=r"gone/ckpt\.pt"):
+                await up.download("dangling", out / "y")
+        assert _leftovers(out) == []
+
+    @pytest.mark.asyncio
+    async def test_head_exists_list_delete(self, provider: Provider, tmp_path: Path) -> None:
+        names = ["d/b.bin", "d/a.bin", "d/sub/c.bin", "dz.bin", "e.bin"]
+        for i, name in enumerate(names):
+            await self._store(provider, tmp_path, name, b"x" * (i + 1))
+        up, _ = self._reader(provider)
+        async with up:
+            info = await up.head("d/sub/c.bin")
+            assert info.name == "d/sub/c.bin" and info.size == 3
+            assert await up.exists("e.bin") and not await up.exists("d")
+            listed = await up.list("d/")
+            assert [i.name for i in listed] == ["d/a.bin", "d/b.bin", "d/sub/c.bin"]
+            assert [i.size for i in listed] == [2, 1, 3]
+            assert [i.name for i in await up.list("d")] == [
+                "d/a.bin",
+                "d/b.bin",
+                "d/sub/c.bin",
+                "dz.bin",
+            ]
+            assert [i.name for i in await up.list()] == sorted(names)
+            assert await up.list("nothing/") == []
+            assert isinstance(provider, ReadableProvider)
+            await provider.delete("d/b.bin")
+            await provider.delete("d/b.bin")  # deleting a missing object is not an error
+            assert not await up.exists("d/b.bin")
+            assert [i.name for i in await up.list("d/")] == ["d/a.bin", "d/sub/c.bin"]
+
+    @pytest.mark.asyncio
+    async def test_corrupted_download_raises_and_leaves_nothing(
+        self,
+        provider: Provider,
+        corrupting_provider: ReadableProvider | None,
+        tmp_path: Path,
+    ) -> None:
+        if corrupting_provider is None:
+            pytest.skip("this store has no corrupting path to read through")
+        data = os.urandom(3 * MiB)
+        await self._store(provider, tmp_path, "c.bin", data)
+        out = tmp_path / "out"
+        out.mkdir()
+        up, _ = self._reader(corrupting_provider)
+        async with up:
+            assert (await up.head("c.bin")).checksums, "the store must record a checksum"
+            with pytest.raises(IntegrityError) as info:
+                await up.download("c.bin", out / "c.bin")
+        assert "c.bin" in str(info.value)
+        assert _leftovers(out) == []
+        # Through the clean path the same object verifies.
+        up, _ = self._reader(provider)
+        async with up:
+            await asyncio.wait_for(up.download("c.bin", out / "c.bin"), 120)
+        assert (out / "c.bin").read_bytes() == data
