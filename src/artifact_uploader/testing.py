@@ -281,7 +281,7 @@ class ReadConformance:
         assert isinstance(provider, ReadableProvider), f"{provider!r} is not a ReadableProvider"
         counting = CountingReader(provider)
         parts = PartPolicy(threshold=16 * MiB, part_size=8 * MiB)
-        return AsyncUploader(counting, parts=parts, **kw), counting  # type: ignore[arg-type]
+        return AsyncUploader(counting, parts=parts, **kw), counting
 
     async def _store(self, provider: Provider, tmp_path: Path, name: str, data: bytes) -> None:
         # Through the engine, so large objects are stored as a multipart upload where the store
