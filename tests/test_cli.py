@@ -463,8 +463,22 @@ def hanging_s3() -> Iterator[_HangingS3]:
         server.close()
 
 
+# Starts a command with SIGINT ignored, as a shell does for `cmd &` without job control (CI
+# runners, scripts, `nohup`-style launchers): the ignored disposition survives exec.
+SIGINT_IGNORED = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def _start_put_that_hangs(
-    tmp_path: Path, server: _HangingS3, staging: Path, *extra: str
+    tmp_path: Path,
+    server: _HangingS3,
+    staging: Path,
+    *extra: str,
+    sigint_ignored: bool = False,
 ) -> tuple[subprocess.Popen[str], dict[str, bytes]]:
     files = {"one.bin": os.urandom(1000), "two/three.bin": os.urandom(2000)}
     for name, data in files.items():
@@ -472,6 +486,7 @@ def _start_put_that_hangs(
         (tmp_path / "src" / name).write_bytes(data)
     proc = subprocess.Popen(
         [
+            *(SIGINT_IGNORED if sigint_ignored else []),
             str(SCRIPT),
             "put",
             "src",
@@ -493,6 +508,8 @@ def _start_put_that_hangs(
         text=True,
     )
     try:
+        # Readiness: both uploads are in flight, so the command is past start-up (its SIGINT
+        # handler installed) and blocked waiting on them; no guess at how long that takes.
         wait_until(lambda: len(server.puts) == 2, timeout=DEADLINE, what="both PUTs to arrive")
     except BaseException:
         # A put that never gets there is killed and collected, not left running.
@@ -501,11 +518,18 @@ def _start_put_that_hangs(
     return proc, files
 
 
+@pytest.mark.parametrize(
+    "sigint_ignored", [False, True], ids=["plain", "started-with-sigint-ignored"]
+)
 def test_ctrl_c_reports_what_was_not_uploaded_then_resume_finishes_it(
-    tmp_path: Path, hanging_s3: _HangingS3
+    tmp_path: Path, hanging_s3: _HangingS3, sigint_ignored: bool
 ) -> None:
+    # With SIGINT ignored by whoever started it (a background job of a script, as under a CI
+    # runner), the command used to carry on through the Ctrl-C until it was killed.
     staging = tmp_path / "staging"
-    proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
+    proc, files = _start_put_that_hangs(
+        tmp_path, hanging_s3, staging, sigint_ignored=sigint_ignored
+    )
     with reaped(proc):  # killed and collected even if it ignores the SIGINT
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=DEADLINE)

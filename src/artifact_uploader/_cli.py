@@ -26,9 +26,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -997,12 +999,28 @@ def _fail_usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.error(message)
 
 
+def _ensure_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt even if it was ignored when we started.
+
+    A process inherits an ignored SIGINT across exec, and Python installs its handler only when
+    SIGINT is not ignored. POSIX shells ignore SIGINT for commands started in the background
+    without job control (``cmd &`` in a script, CI runners, test harnesses), so there the
+    command would carry on through every Ctrl-C or ``kill -INT``. Stopping an upload with
+    Ctrl-C must always work: the report and the ``resume`` hint depend on it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # main() called from a thread: signal handlers belong to the main thread
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code.
 
     Args:
         argv: The arguments (default ``sys.argv[1:]``).
     """
+    _ensure_ctrl_c()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "bench":
         # Everything after `bench` belongs to the benchmark, --help included.
