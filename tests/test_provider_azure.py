@@ -33,8 +33,9 @@ from artifact_uploader._types import FileSlice, PartResult
 from artifact_uploader.providers import azure as azure_module
 from artifact_uploader.providers._protocol import MiB, MultipartProvider
 from artifact_uploader.providers.azure import AzureProvider
-from artifact_uploader.testing import MultipartConformance, ReadObject
+from artifact_uploader.testing import MultipartConformance, ReadConformance, ReadObject
 from tests.servers.azurite import AzureContainer, AzuriteServer
+from tests.servers.fault_proxy import Fault, FaultProxy
 
 WRONG_KEY = base64.b64encode(b"not-the-key" * 6).decode()
 
@@ -523,6 +524,63 @@ class TestAzureConformance(MultipartConformance):
     @pytest.fixture
     def missing_store(self, azurite_server: AzuriteServer) -> AzureProvider:
         return _key_provider(azurite_server, f"missing-{uuid.uuid4().hex[:12]}")
+
+
+def _owned(
+    server: AzuriteServer, container: str, prefix: str, account_url: str | None = None
+) -> _OwnedAzureProvider:
+    return _OwnedAzureProvider(
+        container,
+        prefix,
+        account_name=server.account_name,
+        account_key=server.account_key,
+        account_url=account_url or server.account_url,
+    )
+
+
+class _OwnedAzureProvider(AzureProvider):
+    """Stays open when an engine closes it: ReadConformance stores objects through engines of
+    its own, which close their provider on exit, while the fixture owns this one."""
+
+    async def aclose(self) -> None:
+        return None
+
+    async def close_for_real(self) -> None:
+        await AzureProvider.aclose(self)
+
+
+class TestAzureReadConformance(ReadConformance):
+    @pytest_asyncio.fixture
+    async def provider(
+        self, azurite_server: AzuriteServer, azure_container: AzureContainer
+    ) -> AsyncIterator[AzureProvider]:
+        p = _owned(azurite_server, azure_container.name, f"t-{uuid.uuid4().hex[:8]}")
+        await p.open()
+        yield p
+        await p.close_for_real()
+
+    @pytest_asyncio.fixture
+    async def corrupting_provider(
+        self, provider: AzureProvider, azurite_server: AzuriteServer
+    ) -> AsyncIterator[AzureProvider]:
+        """The same blobs, read through the fault proxy flipping a byte of every GET answer
+        (properties come from HEAD requests, which pass untouched)."""
+        proxy = FaultProxy(f"http://{azurite_server.host}:{azurite_server.port}")
+        proxy.start()
+        proxy.script(*[Fault("corrupt-response")] * 50, method="GET")
+        p = _owned(
+            azurite_server,
+            provider.container,
+            provider.prefix,
+            account_url=f"{proxy.endpoint_url}/{azurite_server.account_name}",
+        )
+        await p.open()
+        try:
+            yield p
+        finally:
+            await p.close_for_real()
+            assert proxy.counts["corrupt-response"] >= 1
+            proxy.stop()
 
 
 @pytest.mark.asyncio

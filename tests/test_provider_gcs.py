@@ -43,8 +43,9 @@ from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice
 from artifact_uploader.providers import gcs as gcs_module
 from artifact_uploader.providers.gcs import GCSProvider
-from artifact_uploader.testing import ProviderConformance, ReadObject
+from artifact_uploader.testing import ProviderConformance, ReadConformance, ReadObject
 from tests.servers.fake_gcs import FakeGCSServer
+from tests.servers.fault_proxy import Fault, FaultProxy
 
 MiB = 1024 * 1024
 SECRET_TOKEN = "ya29.super-secret-token-value"
@@ -809,6 +810,48 @@ class TestGCSConformance(ProviderConformance):
     @pytest.fixture
     def missing_store(self, fake_gcs_server: FakeGCSServer) -> GCSProvider:
         return GCSProvider(f"missing-{uuid.uuid4().hex[:8]}", api_root=fake_gcs_server.api_root)
+
+
+class _OwnedGCSProvider(GCSProvider):
+    """Stays open when an engine closes it: ReadConformance stores objects through engines of
+    its own, which close their provider on exit, while the fixture owns this one."""
+
+    async def aclose(self) -> None:
+        return None
+
+    async def close_for_real(self) -> None:
+        await GCSProvider.aclose(self)
+
+
+class TestGCSReadConformance(ReadConformance):
+    @pytest_asyncio.fixture
+    async def provider(
+        self, fake_gcs_server: FakeGCSServer, gcs_bucket: str
+    ) -> AsyncIterator[GCSProvider]:
+        p = _OwnedGCSProvider(
+            gcs_bucket, f"t-{uuid.uuid4().hex[:8]}", api_root=fake_gcs_server.api_root
+        )
+        await p.open()
+        yield p
+        await p.close_for_real()
+
+    @pytest_asyncio.fixture
+    async def corrupting_provider(
+        self, provider: GCSProvider, fake_gcs_server: FakeGCSServer
+    ) -> AsyncIterator[GCSProvider]:
+        """The same objects, read through the fault proxy flipping a byte of every media GET
+        answer (metadata answers pass untouched)."""
+        proxy = FaultProxy(fake_gcs_server.api_root)
+        proxy.start()
+        proxy.script(*[Fault("corrupt-response")] * 50, match="/download/", method="GET")
+        p = _OwnedGCSProvider(provider.bucket, provider.prefix, api_root=proxy.endpoint_url)
+        await p.open()
+        try:
+            yield p
+        finally:
+            await p.close_for_real()
+            assert proxy.counts["corrupt-response"] >= 1
+            proxy.stop()
 
 
 @pytest.mark.asyncio
