@@ -5,12 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from enum import IntEnum
 from typing import Any
 
 from ._config import PartPolicy, RetryPolicy, check_positive_int
-from ._errors import ConfigError, FailedUpload, UploadFailedError
+from ._errors import ConfigError, FailedUpload, ObjectNotFoundError, UploadFailedError
 from ._naming import NameTemplate, default_run_name
 from ._registry import provider_from_seed
 from ._sync import Uploader
@@ -210,35 +212,131 @@ class ObjectStoreLogger:
         """Wait for every upload so far; raise :class:`UploadFailedError` for any that failed."""
         self._uploader.flush(timeout)
 
-    def close(self, timeout: float | None = None, *_composer_args: Any) -> None:
+    def close(self, timeout: Any = None, logger: Any = None, *, state: Any = None) -> None:
         """Flush and shut down the background thread (or process). Idempotent.
 
-        Composer's engine calls ``close(state, logger)`` as an event hook and then
-        :meth:`post_close`; a call with a trainer state instead of a timeout is that hook and
-        does nothing, so the drain happens once, in ``post_close``.
+        Composer's engine calls ``close(state, logger)`` as an event hook (positionally or by
+        keyword) and then :meth:`post_close`; a call with a trainer state instead of a timeout,
+        or with ``logger``/``state`` given, is that hook and does nothing, so the drain happens
+        once, in ``post_close`` (Composer may still log files between the two).
+
+        Args:
+            timeout: Seconds to wait for the remaining uploads; None waits as long as it takes.
+            logger: Composer's ``Logger`` (only in the event hook; ignored).
+            state: Composer's ``State`` (only in the event hook; ignored).
+
+        Raises:
+            UploadFailedError: An upload failed and was not reported before.
         """
-        if timeout is not None and not isinstance(timeout, int | float):
+        is_number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if state is not None or logger is not None or (timeout is not None and not is_number):
             return
         self._latest.clear()
         self._uploader.close(timeout)
 
+    # -- Reading back --------------------------------------------------------------------------
+
+    def download_file(
+        self,
+        remote_file_name: str,
+        destination: str | os.PathLike[str],
+        overwrite: bool = False,
+        progress_bar: bool = True,
+    ) -> None:
+        """Download what was logged as ``remote_file_name`` to ``destination`` (Composer's API).
+
+        ``remote_file_name`` is the name the file was logged under; it goes through the
+        ``object_name`` template as on upload, so what was uploaded as ``X`` downloads as ``X``.
+        When no object has that name, the name is also tried as a stored object name as it is
+        (the text of a ``.symlink`` object is one). A missing object whose ``.symlink`` exists
+        is followed to its target; asking for a ``.symlink`` name itself returns the symlink's
+        text, as Composer's ``get_file`` expects. The write is atomic and verified against the
+        checksum the store recorded (see :meth:`Uploader.download`).
+
+        Args:
+            remote_file_name: The logged name (Composer's remote file name).
+            destination: Local file path to write.
+            overwrite: Replace an existing ``destination``; False raises instead.
+            progress_bar: Accepted for Composer's signature; progress is reported through the
+                uploader's events, not a bar.
+
+        Raises:
+            ObjectNotFoundError: No such object (a ``FileNotFoundError``, which Composer's
+                autoresume treats as "no checkpoint here").
+            FileExistsError: ``destination`` exists and ``overwrite`` is False.
+            IntegrityError: The bytes read do not match the stored checksum; nothing is left at
+                ``destination``.
+        """
+        del progress_bar  # progress goes through the uploader's events
+        name = self.object_name_for(remote_file_name)
+        follow = not remote_file_name.endswith(SYMLINK_SUFFIX)
+        try:
+            self._uploader.download(name, destination, overwrite=overwrite, follow_symlinks=follow)
+        except ObjectNotFoundError:
+            literal = remote_file_name.lstrip("/")
+            if literal == name or not literal:
+                raise
+            self._uploader.download(
+                literal, destination, overwrite=overwrite, follow_symlinks=follow
+            )
+
+    def get_file_artifact(
+        self,
+        artifact_name: str,
+        destination: str | os.PathLike[str],
+        overwrite: bool = False,
+        progress_bar: bool = True,
+    ) -> None:
+        """The seed-era name for :meth:`download_file`."""
+        self.download_file(artifact_name, destination, overwrite, progress_bar)
+
+    # -- Composer's checkpointed state -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Composer stores for this logger in each checkpoint.
+
+        The logger holds no training state; uploads in flight are not part of a checkpoint
+        (a persistent ``upload_staging_folder`` with ``resume=True`` finishes them). The run
+        name and the object name template are recorded for the reader's information.
+        """
+        return {"run_name": self.run_name, "object_name": self._template.template}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Accept what :meth:`state_dict` stored (Composer calls this when it loads a checkpoint).
+
+        Nothing is restored: where new uploads go is decided by this logger's own arguments.
+
+        Raises:
+            ConfigError: ``state`` is not a mapping (a checkpoint from something else).
+        """
+        if not isinstance(state, Mapping):
+            raise ConfigError(
+                f"ObjectStoreLogger state must be a mapping, got {type(state).__name__}"
+            )
+
     # -- Composer's LoggerDestination interface ---------------------------------------------
-    # Composer drives its logger destinations by duck typing: the engine calls run_event() for
-    # every event and close()/post_close() at the end; its Logger calls log_*/upload_file on
-    # each destination. These let `Trainer(loggers=[ObjectStoreLogger(...)])` work without this
-    # library depending on Composer.
+    # Where Composer is imported, instances are of a subclass of Composer's LoggerDestination
+    # (see __new__), so Composer runs them as logger destinations and any hook this class does
+    # not define is inherited from Composer rather than guessed. Without Composer the same
+    # methods let the logger be driven by duck typing.
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ObjectStoreLogger:
+        del args, kwargs  # __init__ takes them
+        return super().__new__(_with_composer_base(cls))
 
     def run_event(self, event: Any, state: Any, logger: Any = None) -> None:
         """Composer's event hook.
 
-        On ``init`` it takes ``state.run_name`` for ``{run_name}`` (unless ``run_name`` was given
-        to the constructor); on ``batch_end`` and ``epoch_end`` it raises an earlier upload's
-        failure, as Composer's own logger does. Other events are ignored.
+        ``init`` takes ``state.run_name`` for ``{run_name}`` (unless ``run_name`` was given to
+        the constructor); ``batch_end`` and ``epoch_end`` raise an earlier upload's failure, as
+        Composer's own logger does; ``fit_end``, ``eval_standalone_end`` and ``predict_end``
+        wait for every upload so far and raise any failure, so a checkpoint that did not reach
+        the store fails ``fit()`` (Composer only logs what ``close``/``post_close`` raise).
+        Other events go to Composer's own ``Callback.run_event`` where Composer is the base.
 
         Raises:
-            UploadFailedError: An earlier upload failed (reported once).
+            UploadFailedError: An upload failed.
         """
-        del logger  # unused
         name = getattr(event, "value", event)
         if name == "init":
             run_name = getattr(state, "run_name", None)
@@ -246,6 +344,17 @@ class ObjectStoreLogger:
                 self.run_name = run_name
         elif name in ("batch_end", "epoch_end"):
             self._raise_earlier_failures()
+        elif name in ("fit_end", "eval_standalone_end", "predict_end"):
+            self._raise_earlier_failures()
+            self.flush()
+        elif name not in ("close", "post_close"):
+            parent = getattr(super(), "run_event", None)
+            if parent is not None:
+                parent(event, state, logger)
+
+    def fit_end(self, state: Any, logger: Any = None) -> None:
+        """Composer's ``fit_end`` hook: wait for every upload and raise any failure."""
+        self.run_event("fit_end", state, logger)
 
     def post_close(self) -> None:
         """Composer's final hook: drain and shut down, raising any failed upload."""
@@ -289,7 +398,25 @@ class ObjectStoreLogger:
         *,
         overwrite: bool = False,
     ) -> None:
-        """Newer Composer releases' name for uploading a file (no log level)."""
+        """Newer Composer releases' name for uploading a file (no log level).
+
+        Composer uploads its ``latest`` checkpoint symlink as an ordinary file named
+        ``*.symlink`` whose text is the checkpoint's remote file name. When that checkpoint
+        was logged here, the symlink is stored as by :meth:`symlink_artifact`: written only
+        after the checkpoint is durable (never when its upload failed), its text the
+        checkpoint's stored object name (``object_name`` template applied).
+        """
+        if remote_file_name.endswith(SYMLINK_SUFFIX):
+            target = _read_symlink_text(file_path)
+            if target is not None and target in self._latest:
+                self.symlink_artifact(
+                    LogLevel.FIT,
+                    target,
+                    remote_file_name[: -len(SYMLINK_SUFFIX)],
+                    overwrite=overwrite,
+                    state=state,
+                )
+                return
         self.file_artifact(
             LogLevel.FIT, remote_file_name, file_path, overwrite=overwrite, state=state
         )
@@ -311,8 +438,78 @@ class ObjectStoreLogger:
     def log_traces(self, traces: Mapping[str, Any]) -> None:
         """Accepted and ignored: this destination stores files, not traces."""
 
+    def log_table(
+        self,
+        columns: list[str],
+        rows: list[list[Any]],
+        name: str = "Table",
+        step: int | None = None,
+    ) -> None:
+        """Accepted and ignored (Composer's ``Generate`` callback logs tables everywhere)."""
+
+    def log_images(
+        self,
+        images: Any,
+        name: str = "Images",
+        channels_last: bool = False,
+        step: int | None = None,
+        masks: Mapping[str, Any] | None = None,
+        mask_class_labels: Mapping[int, str] | None = None,
+        use_table: bool = True,
+    ) -> None:
+        """Accepted and ignored (Composer's ``ImageVisualizer`` logs images everywhere)."""
+
     def __enter__(self) -> ObjectStoreLogger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# The longest symlink file read: its text is one object name (S3 allows 1024 bytes).
+_MAX_SYMLINK_BYTES = 64 * 1024
+
+
+def _read_symlink_text(path: str | os.PathLike[str]) -> str | None:
+    """The target named by a local ``.symlink`` file, or None when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SYMLINK_BYTES + 1)
+    except OSError:
+        return None  # staging reports the unreadable file with the usual error
+    if len(data) > _MAX_SYMLINK_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return text or None
+
+
+_composer_classes: dict[tuple[type[Any], type[Any]], type[Any]] = {}
+_composer_lock = threading.Lock()
+
+
+def _with_composer_base(cls: type[ObjectStoreLogger]) -> type[ObjectStoreLogger]:
+    """``cls`` with Composer's ``LoggerDestination`` as a base, where Composer is imported.
+
+    Composer is never imported here: it is heavy, and a program that does not use it should
+    not pay for it. A trainer script imports Composer before building its loggers, so the
+    check at construction finds it. The subclass keeps ``cls``'s name and qualified name,
+    under which Composer files the logger's ``state_dict`` in checkpoints.
+    """
+    module = sys.modules.get("composer.loggers.logger_destination")
+    base = getattr(module, "LoggerDestination", None)
+    if not isinstance(base, type) or issubclass(cls, base):
+        return cls
+    key = (cls, base)
+    with _composer_lock:
+        combined = _composer_classes.get(key)
+        if combined is None:
+            combined = type(
+                cls.__name__,
+                (cls, base),
+                {"__qualname__": cls.__qualname__, "__module__": cls.__module__},
+            )
+            _composer_classes[key] = combined
+    return combined

@@ -8,6 +8,7 @@ extra to install.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,14 @@ def provider_from_seed(
             f"container must name a bucket (or a directory for 'file'), got {container!r}"
         )
     if scheme == "file":
-        uri = Path(container).expanduser().absolute().as_uri()
-    else:
-        uri = f"{scheme}://{container.strip('/')}"
-    return make_provider(uri, provider_kwargs)
+        options = dict(provider_kwargs or {})
+        # libcloud's local driver (the seed's "local" provider) takes its base folder from
+        # `key`, and the container is a folder inside it.
+        base = options.pop("key", None)
+        if base is not None and not isinstance(base, str | os.PathLike):
+            raise ConfigError(
+                f"provider_kwargs['key'] for a local store must be a folder path, got {base!r}"
+            )
+        folder = Path(base or ".").expanduser() / container
+        return make_provider(folder.absolute().as_uri(), options)
+    return make_provider(f"{scheme}://{container.strip('/')}", provider_kwargs)
