@@ -12,12 +12,14 @@ import hashlib
 import os
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from aiohttp import web
 
 from artifact_uploader import AsyncUploader, RetryPolicy
 from artifact_uploader._errors import (
@@ -373,6 +375,85 @@ async def test_azure_sas_and_key_never_in_errors_when_the_server_echoes_headers(
         text = render(err)
         assert _sig(sas) not in text
         assert azurite_server.account_key not in text
+
+
+@pytest_asyncio.fixture
+async def url_echo() -> AsyncIterator[str]:
+    """A loopback server whose every answer is an error page quoting the request line (URL with
+    its query) and the Authorization header, as some proxies' error pages do. Yields its root
+    URL; the status comes from the first path segment after the account ("/<acct>/<status>/")
+    or is 403."""
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        segments = request.path.strip("/").split("/")
+        status = int(segments[1]) if len(segments) > 1 and segments[1].isdigit() else 403
+        page = (
+            f"<html>cannot {request.method} {request.url} "
+            f"(Authorization: {request.headers.get('Authorization')})</html>"
+        )
+        return web.Response(status=status, text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+SAS_SIG = "SECRETsasSignature" + "S" * 30
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [403, 404, 502])
+async def test_azure_sas_never_in_errors_when_a_server_quotes_the_url(
+    url_echo: str, tmp_path: Path, status: int
+) -> None:
+    # azure-core appends the response body to str(HttpResponseError) each time it is printed.
+    sas = f"sv=2021-08-06&sp=rw&sig={SAS_SIG}"
+    p = AzureProvider(f"c{status}", account_url=f"{url_echo}/devstoreaccount1", sas_token=sas)
+    await p.open(verify=False)
+    try:
+        with pytest.raises(ProviderError) as put_info:
+            await p.put("e.bin", FileSlice.whole(_file(tmp_path, b"e")), overwrite=True)
+        assert SAS_SIG not in render(put_info.value)
+        with pytest.raises(ProviderError) as get_info:
+            await p.get_range("e.bin", 0, 1)
+    finally:
+        await p.aclose()
+    for err in (put_info.value, get_info.value):
+        text = render(err)
+        assert "cannot" in text  # the server's page is still shown, scrubbed
+        assert SAS_SIG not in text
+
+
+@pytest.mark.asyncio
+async def test_gcs_token_never_in_errors_when_a_server_quotes_the_request(
+    url_echo: str, tmp_path: Path
+) -> None:
+    p = GCSProvider("bkt", api_root=url_echo, token=GCS_TOKEN, resumable_threshold=10)
+    await p.open(verify=False)
+    failures: list[BaseException] = []
+    try:
+        for size in (5, 50):  # simple, resumable
+            with pytest.raises(ProviderError) as info:
+                await p.put("e.bin", FileSlice.whole(_file(tmp_path, b"e" * size)), overwrite=True)
+            failures.append(info.value)
+            assert GCS_TOKEN not in render(info.value)
+        with pytest.raises(ProviderError) as read_info:
+            await p.get_range("e.bin", 0, 1)
+        failures.append(read_info.value)
+    finally:
+        await p.aclose()
+    for err in failures:
+        text = render(err)
+        assert "Authorization" in text and GCS_TOKEN not in text
 
 
 # -- finding 8: plain HTTP off loopback needs allow_http=True -----------------------------------

@@ -986,6 +986,7 @@ class AzureProvider:
         error = self._map_unscrubbed(exc, name, doing, conditional=conditional, reading=reading)
         self._redactor.scrub_exception(exc)
         self._redactor.scrub_exception(error)
+        _scrub_responses(exc, self._redactor)
         return error
 
     def _credential_source(self) -> str:
@@ -1164,6 +1165,44 @@ def _connection_string_endpoint(conn: str) -> str | None:
     protocol = fields.get("defaultendpointsprotocol", "https").lower()
     suffix = fields.get("endpointsuffix", "core.windows.net")
     return f"{protocol}://{account}.blob.{suffix}"
+
+
+class _ScrubbedResponse:
+    """An SDK response whose body text is scrubbed of secrets.
+
+    azure-core's ``HttpResponseError.__str__`` appends ``response.text()`` every time it is
+    printed; a server (or proxy) that quotes the request URL in its error page would put the
+    SAS signature there, out of reach of scrubbing the exception's arguments.
+    """
+
+    def __init__(self, inner: Any, redactor: Redactor) -> None:
+        self._inner = inner
+        self._redactor = redactor
+
+    def text(self, encoding: str | None = None) -> str:
+        return str(self._redactor.scrub(self._inner.text(encoding)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return str(self._redactor.scrub(repr(self._inner)))
+
+
+def _scrub_responses(exc: BaseException, redactor: Redactor) -> None:
+    """Wrap the ``response`` of every azure-core error in ``exc``'s chain (in place)."""
+    seen: set[int] = set()
+    current: list[BaseException | None] = [exc]
+    while current and len(seen) < 64:
+        e = current.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        response = getattr(e, "response", None)
+        if isinstance(e, azure_exc.HttpResponseError) and response is not None:
+            if not isinstance(response, _ScrubbedResponse):
+                e.response = _ScrubbedResponse(response, redactor)
+        current += [e.__cause__, e.__context__]
 
 
 def _merge(opts: dict[str, Any], name: str, seed_name: str) -> Any:
