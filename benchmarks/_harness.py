@@ -116,6 +116,63 @@ def peak_rss_growth_mib(base: dict[int, int]) -> float:
     return sum(max(0, _status_kib(p, "VmHWM:") - b) for p, b in base.items()) / 1024
 
 
+# ---------------------------------------------------------------- is the machine busy?
+
+# A CPU counts as contended when a pinned spin loop gets less than this share of it.
+BUSY_SHARE = 0.90
+_SPIN_PROBE = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+seconds = float(sys.argv[2])
+wall0, cpu0 = time.perf_counter(), time.thread_time()
+while time.perf_counter() - wall0 < seconds:
+    pass
+print((time.thread_time() - cpu0) / (time.perf_counter() - wall0))
+"""
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def busy_probe(seconds: float = 0.5) -> dict[str, Any]:
+    """How much of each usable CPU a spin loop pinned to it gets right now, and steal time.
+
+    One short-lived process per CPU spins for ``seconds`` at the same time as the others; its
+    share is its CPU time over its wall time (1.0: nobody else wanted that CPU). Run when this
+    benchmark has nothing else running (before its servers start, after they stop).
+    ``busy`` is True when any CPU gave less than :data:`BUSY_SHARE` or the hypervisor stole
+    more than 5 % of the machine meanwhile.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    before = _cpu_ticks()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SPIN_PROBE, str(cpu), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for cpu in cpus
+    ]
+    shares = {}
+    for cpu, proc in zip(cpus, procs, strict=True):
+        out, _ = proc.communicate(timeout=60)
+        shares[cpu] = round(float(out.strip() or 0.0), 3)
+    after = _cpu_ticks()
+    steal = None
+    if before is not None and after is not None and after[1] > before[1]:
+        steal = round((after[0] - before[0]) / (after[1] - before[1]), 3)
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy = any(v < BUSY_SHARE for v in shares.values()) or (steal or 0.0) > 0.05
+    return {"cpu_share": shares, "steal": steal, "loadavg_1min": load1, "busy": busy}
+
+
 # ---------------------------------------------------------------- interference loop
 
 
