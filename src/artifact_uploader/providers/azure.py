@@ -416,6 +416,8 @@ class AzureProvider:
             "permit_redirects": False,
             # upload_blob splits bodies above this into blocks; keep every put one request.
             "max_single_put_size": _SINGLE_PUT_MAX,
+            # Likewise a ranged read: one get_range is one GET (the engine sizes the ranges).
+            "max_single_get_size": _SINGLE_PUT_MAX,
             **self._timeouts,
         }
         if self.api_version is not None:
