@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy
+from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy, Uploader
 from artifact_uploader._errors import (
     ConfigError,
     IntegrityError,
@@ -950,3 +950,28 @@ async def test_result_claims_no_md5_the_service_did_not_echo(
     proxy.downstream_edit = lambda b: b
     result = await p.put("quiet.bin", _write(tmp_path, b"some bytes"), overwrite=True)
     assert (result.checksum_algorithm, result.checksum) == ("md5", _md5_b64(b"some bytes"))
+
+
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "process"])
+def test_sync_uploader_reads_back_from_azure(
+    azurite_server: AzuriteServer, azure_container: AzureContainer, tmp_path: Path, use_procs: bool
+) -> None:
+    data = os.urandom(3 * MiB + 1)
+    src = _write(tmp_path, data, "src.bin")
+    link = _write(tmp_path, b"ckpt/ep1.pt", "link")
+    parts = PartPolicy(threshold=MiB, part_size=MiB)
+    with Uploader(
+        f"az://{azure_container.name}/exp",
+        provider_kwargs={"connection_string": azurite_server.connection_string},
+        parts=parts,
+        use_procs=use_procs,
+    ) as up:
+        up.upload(src.path, "ckpt/ep1.pt")  # multipart: 4 blocks, composite MD5
+        up.upload(link.path, "latest.pt.symlink")
+        (tmp_path / "out").mkdir()
+        result = up.download("latest.pt", tmp_path / "out" / "ep1.pt")
+        info = up.head("ckpt/ep1.pt")
+        assert [i.name for i in up.list()] == ["ckpt/ep1.pt", "latest.pt.symlink"]
+    assert info.checksums[0].parts == 4
+    assert result.name == "ckpt/ep1.pt" and result.checksum_algorithm == "md5"
+    assert (tmp_path / "out" / "ep1.pt").read_bytes() == data

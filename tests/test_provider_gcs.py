@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from artifact_uploader import AsyncUploader, RetryPolicy
+from artifact_uploader import AsyncUploader, PartPolicy, RetryPolicy, Uploader
 from artifact_uploader._errors import (
     ConfigError,
     IntegrityError,
@@ -1048,3 +1048,25 @@ async def test_delete_and_delete_of_a_missing_object(
     await gcs.delete("d.bin")  # already gone: not an error
     with pytest.raises(ObjectNotFoundError):
         await gcs.head("d.bin")
+
+
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "process"])
+def test_sync_uploader_reads_back_from_gcs(
+    fake_gcs_server: FakeGCSServer, gcs_bucket: str, tmp_path: Path, use_procs: bool
+) -> None:
+    data = os.urandom(3 * MiB + 1)
+    src = _write(tmp_path, data)
+    link = _write(tmp_path, b"ckpt/ep1.pt")
+    options = {"api_root": fake_gcs_server.api_root, "resumable_threshold": MiB}
+    parts = PartPolicy(threshold=MiB, part_size=MiB)
+    with Uploader(
+        f"gs://{gcs_bucket}/exp", provider_kwargs=options, parts=parts, use_procs=use_procs
+    ) as up:
+        up.upload(src, "ckpt/ep1.pt")
+        up.upload(link, "latest.pt.symlink")
+        (tmp_path / "out").mkdir()
+        result = up.download("latest.pt", tmp_path / "out" / "ep1.pt")
+        assert [i.name for i in up.list()] == ["ckpt/ep1.pt", "latest.pt.symlink"]
+        assert up.exists("ckpt/ep1.pt") and not up.exists("nope")
+    assert result.name == "ckpt/ep1.pt" and result.checksum_algorithm == "crc32c"
+    assert (tmp_path / "out" / "ep1.pt").read_bytes() == data
