@@ -9,6 +9,20 @@ that publishes the blob, so two writers racing for one name cannot both win.
 
 The SDK's own retry policy is turned off: the engine retries the errors marked transient, and two
 layers of retries would multiply the attempts and hide the delays from the engine.
+
+Integrity: a result claims an MD5 only when the service echoed the same one. An MD5 that differs
+deletes the blob just written (if it still has that ETag) and is a transient
+:class:`IntegrityError`. Downloads verify against the blob's Content-MD5 (computed by the service
+on Put Blob; set from ours on the block-list commit of a large put) or, for an engine multipart
+upload, the composite MD5 (MD5 of the blocks' MD5s, S3's rule) recorded in the blob's metadata.
+
+Reading back: ``head`` (properties), ``get_range`` (one ranged GET, ``If-Match`` when an ETag is
+given), ``list`` (paged by the SDK, sorted), ``delete`` (snapshots too; a missing blob is fine).
+
+Security: redirects are never followed (``permit_redirects=False``; a 3xx is a permanent error
+naming its Location); plain HTTP to a host other than this machine needs ``allow_http=True``;
+errors, their cause chains and the response text azure-core prints with them are scrubbed by the
+one redaction path (:mod:`~artifact_uploader.providers._redact`).
 """
 
 from __future__ import annotations

@@ -31,9 +31,23 @@ default): see :meth:`GCSProvider.request_timeout`.
 
 Integrity: CRC32C (google-crc32c, native) and MD5 are computed locally (in a worker thread for
 anything but tiny bodies), sent in the object metadata (GCS rejects a body that does not match
-them), and checked against what the server reports back; a mismatch is an
-:class:`IntegrityError`. fake-gcs-server does not verify the values it is sent but does report
-the CRC32C and MD5 of what it stored, so the check after the fact still catches corruption there.
+them), and checked against what the server reports back: on a mismatch the generation just
+written is deleted (that generation only) and the :class:`IntegrityError` is transient, so the
+engine writes the object again; a result claims only a checksum the server reported.
+fake-gcs-server does not verify the values it is sent but does report the CRC32C and MD5 of
+what it stored, so the check after the fact still catches corruption there.
+
+Reading back (:class:`~artifact_uploader.providers._protocol.ReadableProvider`): ``head`` is the
+object resource (size, etag, generation, ``crc32c``, ``md5Hash`` -- absent for composed
+objects); ``get_range`` is one ranged media GET, pinned to one generation with
+``ifGenerationMatch`` and checked against the answer's ``x-goog-generation``; ``list`` pages
+through the listing; ``delete`` ignores a missing object.
+
+Security: no redirect is followed (library requests are stopped by an aiohttp trace hook before
+any follow-up is sent, our own requests use ``allow_redirects=False``); a resumable session URL
+must be on the API's own origin; plain HTTP to a host other than this machine needs
+``allow_http=True``; every error and its cause chain pass through the one redaction path
+(:mod:`~artifact_uploader.providers._redact`), which knows the current access token.
 """
 
 from __future__ import annotations
