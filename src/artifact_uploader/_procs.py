@@ -347,7 +347,7 @@ class _ChildEngine(AsyncUploader):
             elif method == "close":
                 await self.aclose(*args)
             elif method == "resume":
-                self._inherited, self.journal_problems = args
+                self._inherited, self.journal_problems, self.journal_bad_entries = args
                 value = await self.resume()
             elif method == "read":
                 # download / head / exists / list: on this process's loop, under its semaphore.
@@ -644,7 +644,9 @@ class ProcessBackend:
         engine = self._engine
         entries: list[JournalEntry]
         entries, engine._inherited = engine._inherited, []
-        report: ResumeReport = self._call("resume", entries, list(engine.journal_problems))
+        report: ResumeReport = self._call(
+            "resume", entries, list(engine.journal_problems), list(engine.journal_bad_entries)
+        )
         self._raise_failures("while resuming")
         return report
 

@@ -132,13 +132,36 @@ class Stager:
         return f"Stager({str(self.folder)!r}, mode={self.mode!r})"
 
     def _prepare(self) -> None:
+        """Take the folder if it is ours, else refuse it; create what is missing, privately.
+
+        Anything already in a folder given by the caller may have been planted: the folder
+        itself must be owned by this user and not writable by group or others, and nothing in
+        it is followed through a symbolic link (the staged sub-folder, the lock).
+        """
         try:
-            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.staged_dir.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.staged_dir, 0o700)
-            probe = self.staged_dir / f".probe-{uuid.uuid4().hex}"
-            probe.touch(mode=0o600)
-            probe.unlink()
+            fd = _open_private_dir(self.folder)
+        except OSError as exc:
+            raise StagingError(
+                f"staging folder {str(self.folder)!r} is not usable: {exc.strerror or exc}",
+                path=self.folder,
+            ) from exc
+        try:
+            self._prepare_in(fd)
+        finally:
+            os.close(fd)
+
+    def _prepare_in(self, fd: int) -> None:
+        """Prepare the staged sub-folder and the lock inside the folder open as ``fd``."""
+        try:
+            staged_fd = _open_subdir(fd, self.folder, STAGED_DIR)
+            try:
+                probe = f".probe-{uuid.uuid4().hex}"
+                os.close(os.open(probe, _CREATE_EXCL, 0o600, dir_fd=staged_fd))
+                os.unlink(probe, dir_fd=staged_fd)
+            finally:
+                os.close(staged_fd)
+        except StagingError:
+            raise
         except OSError as exc:
             raise StagingError(
                 f"staging folder {str(self.folder)!r} is not usable: {exc.strerror or exc}",
@@ -146,16 +169,24 @@ class Stager:
             ) from exc
         if self.persistent:
             # One uploader per folder at a time; a crashed owner's lock dies with its process.
-            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock = self.folder / "lock"
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock_fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+            except OSError as exc:
+                raise _refused(lock, exc, "the lock file") from exc
+            try:
+                _check_own_file(lock_fd, lock, "the lock file")
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                os.close(fd)
+                os.close(lock_fd)
                 raise StagingError(
                     f"staging folder {str(self.folder)!r} is in use by another live uploader",
                     path=self.folder,
                 ) from None
-            self._lock_fd = fd
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            self._lock_fd = lock_fd
 
     # -- staging ----------------------------------------------------------------------------
 
@@ -265,7 +296,7 @@ class Stager:
         dest = self.staged_dir / f"{staged_id}-{_label(label)}"
         self.budget.acquire(len(data), None)
         try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(dest, _CREATE_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         except OSError as exc:
@@ -332,6 +363,124 @@ class Stager:
                 pass
 
 
+# Create a new file, never through a symbolic link and never reusing a name that exists.
+_CREATE_EXCL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _refused(path: Path, exc: OSError, what: str) -> StagingError:
+    """The StagingError for ``what`` at ``path`` that could not be opened safely."""
+    if exc.errno == errno.ELOOP:
+        why = "is a symbolic link; a staging folder's files are never followed through one"
+    else:
+        why = f"cannot be opened: {exc.strerror or exc}"
+    return StagingError(f"{what} {str(path)!r} {why}", path=path)
+
+
+def _check_owner_and_mode(st: os.stat_result, path: Path, what: str) -> None:
+    """Refuse a folder or file another user owns or that group / others may write."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise StagingError(
+            f"{what} {str(path)!r} is owned by uid {st.st_uid}, not by this user (uid {uid}); "
+            "refusing it: use a folder this user created",
+            path=path,
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StagingError(
+            f"{what} {str(path)!r} has mode {mode:04o}: group or others can write it, so its "
+            f"contents cannot be trusted; refusing it (chmod 700 it, or use a new folder)",
+            path=path,
+        )
+
+
+def _check_own_file(fd: int, path: Path, what: str) -> None:
+    """Refuse an open file that is not a regular file of ours with one link."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise StagingError(f"{what} {str(path)!r} is not a regular file; refusing it", path=path)
+    if st.st_nlink != 1:
+        # A hard link planted to another file: writing here would write there.
+        raise StagingError(
+            f"{what} {str(path)!r} has {st.st_nlink} hard links; refusing to write through it",
+            path=path,
+        )
+    _check_owner_and_mode(st, path, what)
+
+
+def _open_private_dir(folder: Path) -> int:
+    """Open the staging folder, creating it 0700 if missing; refuse one that is not ours.
+
+    Raises:
+        StagingError: Owned by another user, writable by group or others, or a symbolic
+            link owned by another user.
+        OSError: It cannot be created or opened.
+    """
+    try:
+        lst = os.lstat(folder)
+    except FileNotFoundError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass  # created meanwhile: checked below like any existing folder
+        else:
+            # Fresh: 0700 whatever the umask.
+            os.chmod(folder, 0o700, follow_symlinks=False)
+        lst = os.lstat(folder)
+    if stat.S_ISLNK(lst.st_mode) and lst.st_uid != os.geteuid():
+        # The user may point at their folder through their own link; a link someone else
+        # planted (e.g. in /tmp) would hand them the folder.
+        raise StagingError(
+            f"staging folder {str(folder)!r} is a symbolic link owned by uid {lst.st_uid}, "
+            f"not by this user; refusing it",
+            path=folder,
+        )
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _check_owner_and_mode(os.fstat(fd), folder, "staging folder")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_subdir(parent_fd: int, parent: Path, name: str) -> int:
+    """Open (creating it 0700) the sub-folder ``name``, never through a symbolic link."""
+    path = parent / name
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
+        )
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise StagingError(
+                    f"staged sub-folder {str(path)!r} is a symbolic link; a staging folder's "
+                    "files are never followed through one",
+                    path=path,
+                ) from exc
+            raise StagingError(
+                f"staged sub-folder {str(path)!r} is not a directory; refusing it", path=path
+            ) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            _check_owner_and_mode(st, path, "staged sub-folder")
+        # Ours: make it private again, whatever an earlier run or the umask left.
+        os.fchmod(fd, 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _label(name: str, limit: int = 150) -> str:
     """``name`` cut to at most ``limit`` bytes on a character boundary, for a staged file's
     name (uuid + "-" + label): filesystems cap a name at 255 bytes, not characters."""
@@ -344,7 +493,7 @@ def _label(name: str, limit: int = 150) -> str:
 
 def _copy(src: Path, dest: Path) -> None:
     """Copy with the kernel doing the work (copy_file_range, which may clone; else sendfile)."""
-    fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd_out = os.open(dest, _CREATE_EXCL, 0o600)
     try:
         with open(src, "rb", buffering=0) as fsrc:
             fd_in = fsrc.fileno()
@@ -371,7 +520,7 @@ def _copy(src: Path, dest: Path) -> None:
 
 def _reflink(src: Path, dest: Path) -> bool:
     """Clone ``src`` to ``dest`` copy-on-write; False (and no dest) when unsupported."""
-    fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd_out = os.open(dest, _CREATE_EXCL, 0o600)
     try:
         with open(src, "rb", buffering=0) as fsrc:
             fcntl.ioctl(fd_out, _FICLONE, fsrc.fileno())

@@ -23,7 +23,16 @@ from ._errors import (
     UploadFailedError,
 )
 from ._events import EventCallback, EventKind, ProgressTotals, UploadEvent, _Counters
-from ._journal import Journal, JournalEntry, already_stored, load, unrecorded_uploads
+from ._journal import (
+    Journal,
+    JournalEntry,
+    already_stored,
+    announce_pending,
+    read,
+    refusal,
+    staged_problem,
+    unrecorded_uploads,
+)
 from ._registry import make_provider
 from ._retry import StallWatchdog, retrying
 from ._staging import StagedFile, Stager
@@ -76,12 +85,18 @@ class ResumeReport:
             did not record it); they were not uploaded again.
         superseded: Names of entries not uploaded because this run had already submitted the
             same name (newer content); their staged copies were deleted.
+        bad_entries: A message per journal entry refused as untrusted input, naming it and the
+            reason: a wrong type or value, a ``staged`` path outside the staged folder
+            (absolute, ``..``), a staged file that is a symbolic link or not a regular file, or
+            a name the store refuses. Nothing was uploaded, aborted or deleted for them; one
+            refused only for its name stays journalled (another store may take it).
     """
 
     uploaded: list[UploadResult]
     skipped_lines: list[str]
     already_present: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
+    bad_entries: list[str] = field(default_factory=list)
 
 
 class UploadHandle:
@@ -170,11 +185,15 @@ class AsyncUploader(_ReadSide):
         self._journal: Journal | None = None
         self._inherited: list[JournalEntry] = []
         self.journal_problems: list[str] = []
+        self.journal_bad_entries: list[str] = []
         if self._stager.persistent:
-            # Entries a previous (crashed) run left pending stay journalled until resumed.
-            self._inherited, self.journal_problems = load(self._stager.folder)
-            self._journal = Journal(self._stager.folder)
-            self._journal.compact(self._inherited)
+            try:
+                self._inherit()
+            except BaseException:
+                if self._journal is not None:
+                    self._journal.close()
+                self._stager.close()  # the folder lock
+                raise
         self._listeners: list[EventCallback] = [on_event] if on_event is not None else []
         self._counters = _Counters()
         self._counter_lock = threading.Lock()
@@ -200,6 +219,35 @@ class AsyncUploader(_ReadSide):
         self._submitted: set[str] = set()
         self._live_ids: set[str] = set()
         self._queues: list[asyncio.Queue[UploadEvent | None]] = []
+
+    def _inherit(self) -> None:
+        """Read what a previous run left in the journal; keep only what may be acted on.
+
+        The journal is untrusted input: a bad entry (wrong types, a ``staged`` path outside the
+        staged folder, a staged file that is a link, a name this store refuses) is reported and
+        never acted on. Entries a previous (crashed) run left pending stay journalled until
+        resumed, and are announced.
+        """
+        folder = self._stager.folder
+        found = read(folder)
+        self.journal_problems = found.skipped_lines
+        self.journal_bad_entries = list(found.bad_entries)
+        keep: list[JournalEntry] = []
+        for entry in found.entries:
+            refused = refusal(self.provider, folder, entry)
+            if refused is None:
+                self._inherited.append(entry)
+                keep.append(entry)
+                continue
+            why, keep_it = refused
+            msg = entry.describe(folder, why)
+            log.warning(msg)
+            self.journal_bad_entries.append(msg)
+            if keep_it:
+                keep.append(entry)
+        self._journal = Journal(folder)
+        self._journal.compact(keep)
+        announce_pending(folder, len(self._inherited))
 
     def __repr__(self) -> str:
         return (
@@ -748,7 +796,7 @@ class AsyncUploader(_ReadSide):
         if self._journal is not None:
             # What is still pending on disk (failed, cancelled, or inherited and not resumed)
             # stays journalled; everything done is dropped.
-            pending, _ = load(self._stager.folder)
+            pending = read(self._stager.folder, log_problems=False).entries
             self._journal.compact(pending)
             self._journal.close()
         self._stager.close()
@@ -799,6 +847,7 @@ class AsyncUploader(_ReadSide):
             skipped_lines=list(self.journal_problems),
             already_present=present,
             superseded=superseded,
+            bad_entries=list(self.journal_bad_entries),
         )
         self._raise_failures("while resuming")
         return report
@@ -814,6 +863,14 @@ class AsyncUploader(_ReadSide):
         assert self._journal is not None
         for entry in entries:
             path = self._stager.folder / entry.staged
+            why = staged_problem(self._stager.folder, entry)
+            if why is not None:
+                # Replaced since this uploader read the journal: refused, never followed.
+                msg = entry.describe(self._stager.folder, why)
+                log.warning(msg)
+                self.journal_bad_entries.append(msg)
+                self._journal.done(entry.id)
+                continue
             if isinstance(self.provider, MultipartProvider):
                 # The crashed run's own uploads: always safe to abort.
                 for upload_id in entry.multipart_ids:
@@ -827,7 +884,7 @@ class AsyncUploader(_ReadSide):
                     if upload_id not in entry.multipart_ids and upload_id not in self._live_ids:
                         await self._abort(self.provider, entry.name, upload_id)
             try:
-                actual = path.stat().st_size
+                actual = path.lstat().st_size
             except FileNotFoundError:
                 actual = -1
             if actual != entry.size:
