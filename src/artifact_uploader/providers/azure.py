@@ -588,7 +588,9 @@ class AzureProvider:
                 ours = await anyio.to_thread.run_sync(_md5_of, data)
                 if not stored or bytes(stored) != ours:
                     return None
-                md5 = ours
+                # Put Blob's Content-MD5 is the service's own computation: a confirmation. A
+                # large put's is the value we sent with the block list: not one.
+                md5 = ours if data.length <= _SINGLE_PUT_MAX else None
         except Exception as exc:
             log.debug("could not check whether %r landed: %s", name, type(exc).__name__)
             return None
