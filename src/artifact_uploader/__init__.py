@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._commit import CheckpointError as CheckpointError
+from ._commit import CheckpointNotCommittedError as CheckpointNotCommittedError
+from ._commit import CommittedCheckpoint as CommittedCheckpoint
+from ._commit import latest_checkpoint as latest_checkpoint
+from ._commit import list_checkpoints as list_checkpoints
+from ._commit import prune_checkpoints as prune_checkpoints
+from ._commit import resume_checkpoints as resume_checkpoints
 from ._config import PartPolicy as PartPolicy
 from ._config import RetryPolicy as RetryPolicy
 from ._download import DestinationExistsError as DestinationExistsError
@@ -55,6 +62,8 @@ from .providers.local import LocalProvider as LocalProvider
 from .providers.memory import MemoryProvider as MemoryProvider
 
 if TYPE_CHECKING:
+    from ._dcp import CheckpointReader as CheckpointReader
+    from ._dcp import CheckpointWriter as CheckpointWriter
     from ._hf import HFUploadCallback as HFUploadCallback
     from ._lightning import LightningUploadCallback as LightningUploadCallback
     from .providers.azure import AzureProvider as AzureProvider
@@ -67,7 +76,12 @@ __version__ = "0.1.0"
 # so that `from artifact_uploader import *` works without every extra installed.
 _LAZY = {"S3Provider": "s3", "GCSProvider": "gs", "AzureProvider": "az"}
 # Trainer integrations, likewise: their module raises MissingDependencyError naming the extra.
-_LAZY_INTEGRATIONS = {"HFUploadCallback": "._hf", "LightningUploadCallback": "._lightning"}
+_LAZY_INTEGRATIONS = {
+    "HFUploadCallback": "._hf",
+    "LightningUploadCallback": "._lightning",
+    "CheckpointReader": "._dcp",
+    "CheckpointWriter": "._dcp",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -84,7 +98,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncUploader",
+    "CheckpointError",
+    "CheckpointNotCommittedError",
     "Checksum",
+    "CommittedCheckpoint",
     "ConfigError",
     "DependencyFailedError",
     "DestinationExistsError",
@@ -129,4 +146,8 @@ __all__ = [
     "UploaderClosedError",
     "__version__",
     "is_transient",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "resume_checkpoints",
 ]
