@@ -8,7 +8,9 @@ scripted loopback GCS server of ``test_provider_gcs`` for answers fake-gcs-serve
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import logging
 import os
 import traceback
 import uuid
@@ -609,3 +611,28 @@ async def test_engine_reports_refused_credentials_for_gcs(script: Script, tmp_pa
             await up.upload(_file(tmp_path, b"x"), "x")
         up._take_failures()
     assert "credentials" in str(info.value) and "storage.objects.create" in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_debug_logs_carry_no_secrets(
+    azurite_server: AzuriteServer,
+    azure_container: AzureContainer,
+    url_echo: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sas = _sas(azurite_server, azure_container.name)
+    az = AzureProvider(azure_container.name, account_url=azurite_server.account_url, sas_token=sas)
+    gcs = GCSProvider("bkt", api_root=url_echo, token=GCS_TOKEN)
+    for p in (az, gcs):
+        await p.open(verify=False)
+        try:
+            with contextlib.suppress(ProviderError):
+                await p.put("l.bin", FileSlice.whole(_file(tmp_path, b"l")), overwrite=True)
+            with contextlib.suppress(ProviderError):
+                await p.get_range("missing.bin", 0, 1)
+        finally:
+            await p.aclose()
+    assert caplog.records  # the SDKs did log at DEBUG
+    assert _sig(sas) not in caplog.text and GCS_TOKEN not in caplog.text

@@ -71,7 +71,7 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
-from ._redact import Redactor
+from ._redact import Redactor, install_log_filter
 
 # Azure's limits for block blobs (service versions 2019-12-12 and later).
 _MAX_BLOCK_SIZE = 4000 * MiB
@@ -318,6 +318,7 @@ class AzureProvider:
         # The one redaction path: the key, SAS and connection string, anything shaped like a
         # SAS signature, an account key or a bearer token.
         self._redactor = Redactor((account_key, self._sas_token, connection_string))
+        self._log_filter: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -466,6 +467,8 @@ class AzureProvider:
             message = self._redactor.scrub(str(exc)).splitlines()[0]
             raise ConfigError(f"Azure: {message}") from None
         self._service = service
+        # DEBUG logs of the SDK (azure-core logs URLs and headers) are scrubbed too.
+        self._log_filter = install_log_filter(self._redactor, ("azure", "aiohttp"))
         self._container = service.get_container_client(self.container)
         if verify:
             try:
@@ -493,6 +496,9 @@ class AzureProvider:
         """Close the clients (and a credential this provider created). Idempotent."""
         service, self._service, self._container = self._service, None, None
         self._in_doubt.clear()
+        log_filter, self._log_filter = self._log_filter, None
+        if log_filter is not None:
+            log_filter()
         if service is not None:
             await service.close()
         await self._close_credential()

@@ -61,7 +61,7 @@ import math
 import mimetypes
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, BinaryIO, Final, Protocol, cast
 from urllib.parse import quote, urlsplit
@@ -96,7 +96,7 @@ from ._protocol import (
     parse_retry_after,
     split_store_uri,
 )
-from ._redact import Redactor
+from ._redact import Redactor, install_log_filter
 
 log = logging.getLogger("artifact_uploader")
 
@@ -299,6 +299,7 @@ class GCSProvider:
         # Every message and exception chain this provider raises goes through it: the access
         # token (static or refreshed) and anything shaped like a bearer token.
         self._redactor = Redactor(sources=(self._token_values,))
+        self._log_filter: Callable[[], None] | None = None
 
     def _token_values(self) -> list[object]:
         """The access tokens held now (read at every scrub: refreshed tokens change)."""
@@ -460,6 +461,8 @@ class GCSProvider:
                 f"cannot load GCS credentials from {self.service_file!r}: {type(exc).__name__}"
             ) from exc
         self._session = session
+        # DEBUG logs of the libraries underneath (gcloud-aio-*, aiohttp) are scrubbed too.
+        self._log_filter = install_log_filter(self._redactor, ("gcloud", "aiohttp"))
         if not verify:
             return
         try:
@@ -477,6 +480,9 @@ class GCSProvider:
     async def aclose(self) -> None:
         storage, session = self._storage, self._session
         self._storage = self._session = None
+        log_filter, self._log_filter = self._log_filter, None
+        if log_filter is not None:
+            log_filter()
         self._in_doubt.clear()
         if storage is not None:
             # A background token refresh the library may have started would outlive the session.
