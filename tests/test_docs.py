@@ -19,7 +19,8 @@ Markers, on the line right before a fenced block in ``docs/**/*.md`` or ``README
 
 Every example runs in a fresh working directory holding a few small input files
 (:data:`INPUT_FILES`, including the folder ``checkpoint-2/`` as a trainer would have saved it),
-with every ``/tmp/example-<word>`` path in it pointing into that directory instead.
+with every ``/tmp/example-<word>`` path in it pointing into that directory instead. An example
+that imports ``composer`` gets tests/_composer_shim.py's torchvision workaround first.
 
 Every ``python`` block of ``README.md`` must be marked ``run``. Unmarked ``python`` blocks of
 the docs are still checked: they must compile, and every keyword argument they pass to a class or
@@ -250,6 +251,11 @@ def test_marked_example_runs(
             assert old in code, f"{block.where}: the example must use {old!r}"
             code = code.replace(old, new)
 
+    if re.search(r"^(from|import) composer\b", code, re.MULTILINE):
+        # Composer's import needs the test suite's torchvision workaround first.
+        from tests._composer_shim import import_composer
+
+        import_composer()
     exec(compile(code, block.where, "exec"), {"__name__": "__main__"})
 
     printed = capsys.readouterr().out
