@@ -738,6 +738,8 @@ async def test_token_failure_is_permission_denied_without_secrets(
     finally:
         await p.aclose()
     assert "access token" in str(info.value)
+    assert "credentials were refused" in str(info.value)
+    assert "check the token source passed as 'token'" in str(info.value)
     assert SECRET_TOKEN not in str(info.value)
     assert script.seen == []  # nothing reached the storage API
 

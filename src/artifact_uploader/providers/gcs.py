@@ -940,7 +940,7 @@ class GCSProvider:
         try:
             token = await self._storage.token.get()
         except Exception as exc:
-            raise _auth_error(exc) from exc
+            raise _auth_error(exc, self._credential_source()) from exc
         if not token:
             raise PermissionDeniedError("no GCS access token could be obtained")
         return {"Authorization": f"Bearer {token}"}
@@ -1088,7 +1088,7 @@ class GCSProvider:
             # It becomes the __cause__ of what we raise: its repr must not carry the token.
             _redact_request_headers(exc)
             if not self._is_storage_url(exc):
-                return _auth_error(exc)
+                return _auth_error(exc, self._credential_source())
             status = exc.status
             detail = _error_detail(exc.message)
             retry_after = parse_retry_after(exc.headers)
@@ -1433,7 +1433,7 @@ def _error_detail(message: str) -> str:
     return (message or "no detail")[:300]
 
 
-def _auth_error(exc: Exception) -> ProviderError:
+def _auth_error(exc: Exception, source: str) -> ProviderError:
     """A failure to obtain an access token (the token endpoint's body is never quoted)."""
     status = getattr(exc, "status", None)
     if isinstance(status, int) and (status in (408, 429) or status >= 500):
@@ -1447,4 +1447,6 @@ def _auth_error(exc: Exception) -> ProviderError:
     return PermissionDeniedError(
         f"could not obtain a GCS access token: {type(exc).__name__}"
         + (f" ({status})" if status else "")
+        + f"; the credentials were refused or unusable: check the {source}",
+        status=status if isinstance(status, int) else None,
     )
