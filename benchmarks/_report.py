@@ -15,7 +15,7 @@ TOOL_LABEL = {
 }
 PART_MIB = 8
 # What the README promises for --quick, measured on this project's 2-core machine.
-QUICK_TIME = "about 1.5 minutes on 2 idle cores"
+QUICK_TIME = "under 2 minutes on 2 idle cores, about 3 on 2 busy ones"
 # The loop cannot run faster because uploads run beside it: a ratio above this is noise.
 INTERFERENCE_MAX = 1.0
 

@@ -2,7 +2,7 @@
 
 Run from the repository root (after the README's set-up)::
 
-    .venv/bin/python benchmarks/bench_s3.py --quick   # ~1.5 min on 2 idle cores; a temp folder
+    .venv/bin/python benchmarks/bench_s3.py --quick   # < 2 min on 2 idle cores; a temp folder
     .venv/bin/python benchmarks/bench_s3.py           # the full run; writes docs/benchmarks.*
 
 It starts its own moto server on a free loopback port, and a latency proxy in front of it for
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="smaller workloads, concurrency 1 and 16 only (~1.5 min on 2 idle cores)",
+        help="smaller workloads, concurrency 1 and 16 only (< 2 min on 2 idle cores)",
     )
     ap.add_argument("--repeat", type=int, help="runs per cell, median kept (default 3; quick 1)")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="proxy delay; 0 skips it")
