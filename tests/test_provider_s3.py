@@ -21,6 +21,7 @@ from artifact_uploader._errors import (
     IntegrityError,
     InvalidObjectNameError,
     ObjectExistsError,
+    ObjectNotFoundError,
     PermissionDeniedError,
     ProviderError,
     StoreNotFoundError,
@@ -28,9 +29,10 @@ from artifact_uploader._errors import (
 )
 from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice, PartResult
-from artifact_uploader.providers._protocol import MultipartProvider
+from artifact_uploader.providers._protocol import Checksum, MultipartProvider
 from artifact_uploader.providers.s3 import S3Provider
-from artifact_uploader.testing import MultipartConformance
+from artifact_uploader.testing import MultipartConformance, ReadConformance
+from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.moto import MotoServer, list_multipart_uploads, list_s3_keys, read_s3_object
 from tests.servers.s3_faults import FaultServer, s3_error
 
@@ -615,6 +617,146 @@ class TestS3Conformance(MultipartConformance):
     @pytest.fixture
     def missing_store(self, moto_server: MotoServer) -> Iterator[S3Provider]:
         yield S3Provider.from_uri(f"s3://missing-{uuid.uuid4().hex[:12]}", moto_server.options())
+
+
+class _OwnedS3Provider(S3Provider):
+    """Stays open when an engine closes it: ReadConformance stores objects through engines of
+    its own, which close their provider on exit, while the fixture owns this one."""
+
+    async def aclose(self) -> None:
+        return None
+
+    async def close_for_real(self) -> None:
+        await S3Provider.aclose(self)
+
+
+class TestS3ReadConformance(ReadConformance):
+    @pytest_asyncio.fixture
+    async def provider(self, moto_server: MotoServer, s3_bucket: str) -> AsyncIterator[S3Provider]:
+        p = _OwnedS3Provider.from_uri(
+            f"s3://{s3_bucket}/t-{uuid.uuid4().hex[:8]}", moto_server.options()
+        )
+        await p.open()
+        yield p
+        await p.close_for_real()
+
+    @pytest_asyncio.fixture
+    async def corrupting_provider(
+        self, provider: S3Provider, moto_server: MotoServer
+    ) -> AsyncIterator[S3Provider]:
+        """The same objects, read through the fault proxy flipping a byte of every GET answer
+        (HEAD answers pass untouched)."""
+        proxy = FaultProxy(moto_server.endpoint_url)
+        proxy.start()
+        proxy.script(*[Fault("corrupt-response")] * 50, method="GET")
+        p = _OwnedS3Provider.from_uri(
+            f"s3://{provider.bucket}/{provider.prefix}",
+            moto_server.options(endpoint_url=proxy.endpoint_url),
+        )
+        await p.open()
+        try:
+            yield p
+        finally:
+            await p.close_for_real()
+            assert proxy.counts["corrupt-response"] >= 1
+            proxy.stop()
+
+
+# -- the read side -------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_head_single_part_reports_crc32c_md5_and_no_null_version(
+    s3: S3Provider, tmp_path: Path
+) -> None:
+    data = os.urandom(5000)
+    put = await s3.put("h.bin", FileSlice.whole(write(tmp_path, data)), overwrite=True)
+    assert put.version is None  # unversioned bucket: S3 says "null"
+    info = await s3.head("h.bin")
+    assert info.name == "h.bin" and info.size == 5000
+    assert info.etag == f'"{hashlib.md5(data).hexdigest()}"'
+    assert info.version is None
+    assert info.last_modified is not None
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert set(info.checksums) == {Checksum("crc32c", crc32c_b64(data)), Checksum("md5", md5)}
+
+
+@pytest.mark.asyncio
+async def test_head_multipart_reports_composite_checksums_with_part_size(
+    s3: S3Provider, tmp_path: Path
+) -> None:
+    part = 5 * MiB
+    data = os.urandom(2 * part + 123)
+    path = write(tmp_path, data)
+    upload_id = await s3.create_multipart("mp.bin", overwrite=True)
+    parts = [
+        await s3.put_part("mp.bin", upload_id, n, FileSlice(path, (n - 1) * part, size))
+        for n, size in ((1, part), (2, part), (3, 123))
+    ]
+    result = await s3.complete_multipart("mp.bin", upload_id, parts, overwrite=True)
+    chunks = [data[:part], data[part : 2 * part], data[2 * part :]]
+    raw_crcs = b"".join(base64.b64decode(crc32c_b64(c)) for c in chunks)
+    composite = crc32c_b64(raw_crcs)
+    raw_md5s = b"".join(hashlib.md5(c).digest() for c in chunks)
+    composite_md5 = base64.b64encode(hashlib.md5(raw_md5s).digest()).decode()
+    # Issue 14: a multipart result carries the checksum S3 confirmed, and no "null" version.
+    assert result.version is None
+    assert result.checksum_algorithm == "crc32c"
+    assert result.checksum is not None and result.checksum.split("-")[0] == composite
+    info = await s3.head("mp.bin")
+    assert info.size == len(data) and info.version is None
+    assert set(info.checksums) == {
+        Checksum("crc32c", composite, part_size=part, parts=3),
+        Checksum("md5", composite_md5, part_size=part, parts=3),
+    }
+
+
+@pytest.mark.asyncio
+async def test_get_range_conditional_short_and_missing(s3: S3Provider, tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    await s3.put("r.bin", FileSlice.whole(write(tmp_path, data)), overwrite=True)
+    info = await s3.head("r.bin")
+    assert await s3.get_range("r.bin", 10, 90, etag=info.etag) == data[10:100]
+    assert await s3.get_range("r.bin", 999, 1) == data[999:]
+    # Past the end: S3 sends what there is; fewer bytes than asked is worth another try.
+    with pytest.raises(ProviderError) as short:
+        await s3.get_range("r.bin", 900, 200)
+    assert short.value.transient
+    # The object changed since head: 412, not transient.
+    await s3.put("r.bin", FileSlice.whole(write(tmp_path, b"other")), overwrite=True)
+    with pytest.raises(ProviderError) as changed:
+        await s3.get_range("r.bin", 0, 5, etag=info.etag)
+    assert changed.value.status == 412 and not changed.value.transient
+    with pytest.raises(ObjectNotFoundError):
+        await s3.get_range("nope.bin", 0, 5)
+    with pytest.raises(ObjectNotFoundError):
+        await s3.head("nope.bin")
+
+
+@pytest.mark.asyncio
+async def test_list_pages_relative_names_and_delete(
+    moto_server: MotoServer, s3_bucket: str, moto_s3: Any, tmp_path: Path
+) -> None:
+    # A sibling prefix that shares the store prefix's first letters must not be listed.
+    moto_s3.put_object(Bucket=s3_bucket, Key="pre/fixture/other.bin", Body=b"x")
+    p = S3Provider.from_uri(f"s3://{s3_bucket}/pre/fix", moto_server.options())
+    await p.open()
+    try:
+        src = write(tmp_path, b"abc")
+        names = [f"d/{i:04d}.bin" for i in range(1005)] + ["e.bin"]
+        for name in names:
+            moto_s3.put_object(Bucket=s3_bucket, Key=p.key(name), Body=b"abc")
+        await p.put("d/x.bin", FileSlice.whole(src), overwrite=True)
+        listed = [info async for info in p.list()]  # more than one page of 1000
+        assert [i.name for i in listed] == sorted([*names, "d/x.bin"])
+        assert all(i.size == 3 and i.etag for i in listed)
+        assert [i.name async for i in p.list("e")] == ["e.bin"]
+        await p.delete("e.bin")
+        await p.delete("e.bin")  # already gone: not an error
+        assert [i.name async for i in p.list("e")] == []
+        assert list_s3_keys(moto_s3, s3_bucket, "pre/fixture/") == ["pre/fixture/other.bin"]
+    finally:
+        await p.aclose()
 
 
 # -- end to end through the engine ---------------------------------------------------------

@@ -269,7 +269,9 @@ CREDS = {"key": "AKIAEXAMPLEKEY", "secret": "transport-secret-0123456789", "regi
     ],
 )
 async def test_direct_path_only_over_tls_or_loopback(endpoint: str, direct: bool) -> None:
-    provider = S3Provider.from_uri("s3://bkt", {**CREDS, "endpoint_url": endpoint})
+    provider = S3Provider.from_uri(
+        "s3://bkt", {**CREDS, "endpoint_url": endpoint, "allow_http": True}
+    )
     await provider.open(verify=False)  # no request is sent
     try:
         assert (provider._direct is not None) is direct
@@ -288,7 +290,8 @@ async def test_payload_is_signed_over_plain_http_to_a_remote_host(
     src = tmp_path / "f.bin"
     src.write_bytes(b"signed body")
     provider = S3Provider.from_uri(
-        "s3://bkt/pre", {**CREDS, "endpoint_url": "http://s3.example.test:9000"}
+        "s3://bkt/pre",
+        {**CREDS, "endpoint_url": "http://s3.example.test:9000", "allow_http": True},
     )
     await provider.open(verify=False)
     try:

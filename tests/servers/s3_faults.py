@@ -8,13 +8,15 @@ Run as a script (``python s3_faults.py [PORT]``, default 0: the kernel picks and
 
 - ``GET /__faults__``: readiness probe.
 - ``POST /__faults__`` with a JSON list of ``{"status", "headers", "body"}``: the next requests
-  get these responses in order; once the list is used up every request gets 200 with an ETag.
+  get these responses in order; once the list is used up every request gets 200 with the
+  body's MD5 as ETag.
 - ``GET /__faults__/requests``: JSON list of ``{"method", "path", "headers"}`` seen so far
   (cleared by each ``POST /__faults__``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
@@ -73,7 +75,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
             canned = _STATE.queue.pop(0) if _STATE.queue else None
         if canned is None:
-            self._reply(200, {"ETag": '"d41d8cd98f00b204e9800998ecf8427e"'}, b"")
+            # As S3 answers a PUT: the ETag is the MD5 of the body it received.
+            etag = hashlib.md5(payload, usedforsecurity=False).hexdigest()
+            self._reply(200, {"ETag": f'"{etag}"'}, b"")
             return
         body = str(canned.get("body", "")).encode()
         headers = dict(canned.get("headers", {}))

@@ -97,6 +97,11 @@ class DirectS3:
         return f"DirectS3({self._origin!r}, region={self._region!r})"
 
     @property
+    def endpoint(self) -> str:
+        """The origin requests go to (scheme, host, port)."""
+        return self._origin
+
+    @property
     def region(self) -> str:
         """The region requests are signed for."""
         return self._region
@@ -233,10 +238,16 @@ class DirectS3:
             data=payload,
             headers=headers,
             skip_auto_headers=("Content-Type",),
+            # Never: the body and the session token would go wherever Location points.
+            allow_redirects=False,
         ) as resp:
             data = await resp.read()
             status = resp.status
             got = resp.headers
+            if 300 <= status < 400 and got.get("Location"):
+                # An HTTP redirect (not S3's wrong-region answer, which carries no Location):
+                # reported as it is, for the provider to refuse.
+                raise _client_error(op, status, got, data)
             if status >= 300:
                 region = got.get("x-amz-bucket-region")
                 if region and region != self._region:
@@ -253,6 +264,9 @@ class DirectS3:
                 "ETag": got.get("ETag"),
                 "VersionId": got.get("x-amz-version-id"),
                 "ChecksumCRC32C": got.get("x-amz-checksum-crc32c"),
+                # What decides whether the ETag is the body's MD5.
+                "ServerSideEncryption": got.get("x-amz-server-side-encryption"),
+                "SSECustomerAlgorithm": got.get("x-amz-server-side-encryption-customer-algorithm"),
             }
 
     async def _sign(self, method: str, path: str, query: str, headers: dict[str, str]) -> None:

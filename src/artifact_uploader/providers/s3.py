@@ -21,16 +21,20 @@ aborted and retried: keep ``stall_timeout`` above part size / slowest expected u
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiobotocore
+import aiobotocore.httpsession
 import aiobotocore.session
 import aiohttp
 import botocore
@@ -44,6 +48,7 @@ from .._errors import (
     InvalidObjectNameError,
     MissingDependencyError,
     ObjectExistsError,
+    ObjectNotFoundError,
     PermissionDeniedError,
     ProviderError,
     StoreNotFoundError,
@@ -51,7 +56,9 @@ from .._errors import (
 from .._retry import note_progress, self_timed
 from .._types import FileSlice, PartResult, PutResult
 from ._protocol import (
+    Checksum,
     MiB,
+    ObjectInfo,
     PartLimits,
     check_common_name,
     join_key,
@@ -108,6 +115,10 @@ _DENIED_CODES: Final = frozenset(
 # The store received a body that does not match the checksum we sent: corrupted in transit, so a
 # new attempt (which re-reads the staged file) may succeed.
 _DIGEST_CODES: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+# An ETag that is an MD5: of the body, or of the parts' MD5s with the part count.
+_MD5_ETAG: Final = re.compile(r"[0-9a-fA-F]{32}(-[0-9]{1,5})?")
+# "No such object" as GetObject (NoSuchKey) and HeadObject (a bare 404, no body) answer it.
+_MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
 
 # Connection-level failures that a new attempt may get past.
 _TRANSIENT_EXCEPTIONS: Final = (
@@ -187,6 +198,38 @@ def _composite_crc32c(part_checksums: Sequence[str]) -> str:
     return f"{_crc32c_b64(raw)}-{len(part_checksums)}"
 
 
+class _NoRedirectSession(aiobotocore.httpsession.AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore's HTTP session with aiohttp's redirect following switched off: a 3xx answer
+    reaches botocore (and the provider) as the error it is."""
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        return _NoRedirects(await super()._get_session(proxy_url))
+
+
+class _NoRedirects:
+    """An aiohttp ClientSession whose requests never follow redirects."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["allow_redirects"] = False
+        return self._session.request(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def _is_aws_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint`` is Amazon S3 itself (which verifies the checksums we send)."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    return urlsplit(endpoint).scheme == "https" and (
+        host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    )
+
+
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -228,6 +271,16 @@ class S3Provider:
         connect_timeout: Seconds to wait for a connection.
         read_timeout: Seconds to wait for data on an open connection.
         use_ssl: Use HTTPS when no ``endpoint_url`` is given (the seed's ``secure``).
+        allow_http: Allow plain HTTP to a host that is not loopback (obstore's name for it).
+            Off by default: credentials, signatures and bodies would cross the network in the
+            clear. Checked against the endpoint however it was configured (this argument,
+            ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, the config file). Loopback hosts
+            (``127.0.0.1``, ``::1``, ``localhost``) never need it.
+        check_etag: Compare the ETag of every PutObject / UploadPart / Complete answer with
+            the MD5 of what was sent (skipped where SSE-KMS or SSE-C make the ETag something
+            else), so a body changed on the way is caught even by a store that verifies no
+            checksum. None (default): on for every endpoint but AWS's own, which verifies our
+            CRC32C itself; True / False force it.
     """
 
     scheme = "s3"
@@ -249,6 +302,8 @@ class S3Provider:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         use_ssl: bool = True,
+        allow_http: bool = False,
+        check_etag: bool | None = None,
     ) -> None:
         _check_bucket(bucket)
         self.bucket = bucket
@@ -298,6 +353,18 @@ class S3Provider:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.use_ssl = use_ssl
+        if not isinstance(allow_http, bool):
+            raise ConfigError(f"S3 option allow_http must be a bool, got {allow_http!r}")
+        self.allow_http = allow_http
+        if check_etag is not None and not isinstance(check_etag, bool):
+            raise ConfigError(f"S3 option check_etag must be a bool or None, got {check_etag!r}")
+        self.check_etag = check_etag
+        # The endpoint the client resolved at open (argument, environment or config file).
+        self._resolved_endpoint: str | None = None
+        # Known now when the endpoint is explicit (so a bad one fails here, at the call that
+        # gave it); else at open, once botocore has resolved it.
+        if self.endpoint_url is not None or not use_ssl:
+            self._check_http(self.endpoint_url or "http://s3.amazonaws.com")
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
         # PutObject / UploadPart without botocore's per-request machinery, when equivalent.
@@ -322,9 +389,10 @@ class S3Provider:
 
         Options: ``region``, ``endpoint_url``, ``key`` / ``secret`` / ``token``, ``checksum``,
         ``checksum_mode``, ``verify``, ``max_pool_connections``, ``connect_timeout``,
-        ``read_timeout``; botocore's names ``aws_access_key_id``, ``aws_secret_access_key``,
-        ``aws_session_token``, ``region_name``; and the seed's ``host``, ``port``, ``secure``
-        (which make ``endpoint_url``) and ``api_version`` (ignored: S3 has one API version).
+        ``read_timeout``, ``allow_http``, ``check_etag``; botocore's names
+        ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``, ``region_name``;
+        and the seed's ``host``, ``port``, ``secure`` (which make ``endpoint_url``) and
+        ``api_version`` (ignored: S3 has one API version).
 
         Raises:
             ConfigError: A malformed URI, an unknown option or a bad option value.
@@ -381,6 +449,12 @@ class S3Provider:
             raise ConfigError("S3 option 'port' needs 'host' as well")
         elif secure is not None:
             kwargs["use_ssl"] = secure
+        for name in ("allow_http", "check_etag"):
+            if name in opts:
+                value = opts.pop(name)
+                if not isinstance(value, bool) and not (name == "check_etag" and value is None):
+                    raise ConfigError(f"S3 option {name!r} must be a bool, got {value!r}")
+                kwargs[name] = value
 
         if "checksum" in opts:
             value = opts.pop("checksum")
@@ -415,7 +489,7 @@ class S3Provider:
                 f"unknown option(s) for the S3 store: {', '.join(sorted(opts))}; known: "
                 "key, secret, token, region, endpoint_url, host, port, secure, api_version, "
                 "checksum, checksum_mode, verify, max_pool_connections, connect_timeout, "
-                "read_timeout"
+                "read_timeout, allow_http, check_etag"
             )
         return cls(bucket, parts.path, **kwargs)
 
@@ -454,60 +528,37 @@ class S3Provider:
         if self._client is not None:
             return
         session = aiobotocore.session.AioSession()
-        config = AioConfig(
-            region_name=self.region,
-            max_pool_connections=self.max_pool_connections,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            # The engine retries transient errors itself: one attempt per call. (botocore's
-            # "max_attempts" counts retries only, so 1 would still mean two attempts.)
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            # Parameters come from this module, not from users; validating them costs CPU per call.
-            parameter_validation=False,
-            tcp_keepalive=True,
-            # A fixed User-Agent: botocore otherwise rebuilds its feature-tagged one on every
-            # request, which costs about a fifth of the client CPU of a small PutObject.
-            user_agent=_USER_AGENT,
-            request_checksum_calculation=self.checksum_mode,
-            response_checksum_validation=self.checksum_mode,
-            s3={
-                # Custom endpoints (MinIO, moto, Ceph...) rarely have wildcard DNS for buckets.
-                "addressing_style": "path" if self.endpoint_url else "auto",
-                # Our CRC32C header already protects the body against corruption: skip the
-                # SHA-256 of every payload. Not against tampering, though: without TLS (to a
-                # non-loopback host) or without our checksum, leave botocore's default, which
-                # signs payloads over plain HTTP.
-                **({"payload_signing_enabled": False} if self._unsigned_payload_ok() else {}),
-            },
+        # First guess from the arguments; botocore may resolve another endpoint (from
+        # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or the config file): then the client is made
+        # again with the signing and addressing that endpoint needs.
+        guess = self.endpoint_url or ("https" if self.use_ssl else "http") + "://s3.amazonaws.com"
+        custom = self.endpoint_url is not None
+        stack, client = await self._create_client(
+            session, unsigned=self._unsigned_payload_ok(guess), path_style=custom
         )
-        creds = self._credentials
-        stack = AsyncExitStack()
+        resolved = str(getattr(client.meta, "endpoint_url", None) or guess)
         try:
-            client = await stack.enter_async_context(
-                session.create_client(
-                    "s3",
-                    region_name=self.region,
-                    endpoint_url=self.endpoint_url,
-                    use_ssl=self.use_ssl,
-                    verify=self.verify,
-                    aws_access_key_id=creds.key if creds else None,
-                    aws_secret_access_key=creds.secret if creds else None,
-                    aws_session_token=creds.token if creds else None,
-                    config=config,
-                )
-            )
-        except botocore.exceptions.BotoCoreError as exc:
+            self._check_http(resolved)
+        except ConfigError:
             await stack.aclose()
-            self._redactor.scrub_exception(exc)
-            raise ProviderError(
-                self._scrub(f"cannot create the S3 client for bucket {self.bucket!r}: {exc}")
-            ) from exc
+            raise
+        if self._unsigned_payload_ok(resolved) != self._unsigned_payload_ok(guess) or (
+            not custom and not _is_aws_endpoint(resolved)
+        ):
+            await stack.aclose()
+            stack, client = await self._create_client(
+                session,
+                unsigned=self._unsigned_payload_ok(resolved),
+                path_style=custom or not _is_aws_endpoint(resolved),
+            )
+        self._resolved_endpoint = resolved
+        creds = self._credentials
         if creds is None:
             source = _chain_secrets(client)
             if source is not None:
                 self._redactor.add_source(source)
         stack.callback(install_log_filter(self._redactor, _SDK_LOGGERS))
-        if self._unsigned_payload_ok():
+        if self._unsigned_payload_ok(resolved):
             # Only with our own CRC32C, over TLS or loopback: the fast path sends
             # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to botocore.
             try:
@@ -525,7 +576,8 @@ class S3Provider:
                 raise
             if direct is not None:
                 stack.push_async_callback(direct.aclose)
-                self._direct = direct
+                if self._unsigned_payload_ok(direct.endpoint):
+                    self._direct = direct
         self._client = client
         self._stack = stack
         if not verify:
@@ -558,15 +610,88 @@ class S3Provider:
         if stack is not None:
             await stack.aclose()
 
-    def _unsigned_payload_ok(self) -> bool:
-        """Whether bodies may go out with UNSIGNED-PAYLOAD: with our CRC32C, and over TLS or to a
-        loopback host (on plain HTTP anyone on the path could rewrite body and CRC together)."""
+    def _unsigned_payload_ok(self, endpoint: str) -> bool:
+        """Whether bodies to ``endpoint`` may go out with UNSIGNED-PAYLOAD: with our CRC32C, and
+        over TLS or to a loopback host (on plain HTTP anyone on the path could rewrite body and
+        CRC together). Decided on the endpoint the client resolved, however it was configured."""
         if not self.checksum:
             return False
-        if self.endpoint_url is None:
-            return self.use_ssl
-        parts = urlsplit(self.endpoint_url)
+        parts = urlsplit(endpoint)
         return parts.scheme == "https" or _is_loopback(parts.hostname)
+
+    def _check_http(self, endpoint: str) -> None:
+        """Refuse plain HTTP to a non-loopback host unless ``allow_http``."""
+        parts = urlsplit(endpoint)
+        if parts.scheme == "https" or self.allow_http or _is_loopback(parts.hostname):
+            return
+        raise ConfigError(
+            f"S3 endpoint {self._scrub(endpoint)!r} is plain HTTP to a host that is not "
+            "loopback: credentials, signatures and data would cross the network in the clear. "
+            "Use https://, or pass allow_http=True if this network is trusted"
+        )
+
+    @property
+    def _check_etag(self) -> bool:
+        if self.check_etag is not None:
+            return self.check_etag
+        # AWS verifies the CRC32C we send; other stores may store whatever arrives.
+        return not (self.checksum and _is_aws_endpoint(self._resolved_endpoint or ""))
+
+    async def _create_client(
+        self, session: Any, *, unsigned: bool, path_style: bool
+    ) -> tuple[AsyncExitStack, Any]:
+        config = AioConfig(
+            region_name=self.region,
+            max_pool_connections=self.max_pool_connections,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            # The engine retries transient errors itself: one attempt per call. (botocore's
+            # "max_attempts" counts retries only, so 1 would still mean two attempts.)
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            # Parameters come from this module, not from users; validating them costs CPU per call.
+            parameter_validation=False,
+            tcp_keepalive=True,
+            # A fixed User-Agent: botocore otherwise rebuilds its feature-tagged one on every
+            # request, which costs about a fifth of the client CPU of a small PutObject.
+            user_agent=_USER_AGENT,
+            request_checksum_calculation=self.checksum_mode,
+            response_checksum_validation=self.checksum_mode,
+            # aiohttp follows redirects by default; no redirect is ever followed (a body and a
+            # session token would go wherever the Location points).
+            http_session_cls=_NoRedirectSession,
+            s3={
+                # Custom endpoints (MinIO, moto, Ceph...) rarely have wildcard DNS for buckets.
+                "addressing_style": "path" if path_style else "auto",
+                # Our CRC32C header already protects the body against corruption: skip the
+                # SHA-256 of every payload. Not against tampering, though: without TLS (to a
+                # non-loopback host) or without our checksum, leave botocore's default, which
+                # signs payloads over plain HTTP.
+                **({"payload_signing_enabled": False} if unsigned else {}),
+            },
+        )
+        creds = self._credentials
+        stack = AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                session.create_client(
+                    "s3",
+                    region_name=self.region,
+                    endpoint_url=self.endpoint_url,
+                    use_ssl=self.use_ssl,
+                    verify=self.verify,
+                    aws_access_key_id=creds.key if creds else None,
+                    aws_secret_access_key=creds.secret if creds else None,
+                    aws_session_token=creds.token if creds else None,
+                    config=config,
+                )
+            )
+        except botocore.exceptions.BotoCoreError as exc:
+            await stack.aclose()
+            self._redactor.scrub_exception(exc)
+            raise ProviderError(
+                self._scrub(f"cannot create the S3 client for bucket {self.bucket!r}: {exc}")
+            ) from exc
+        return stack, client
 
     def _live_client(self) -> Any:
         if self._client is None:
@@ -596,6 +721,9 @@ class S3Provider:
         note_progress()
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
         ours = self._add_checksum(params, body)
+        # The MD5 to compare the answer's ETag with, hashed in a worker thread while the body
+        # is on its way.
+        md5 = _Md5(body) if self._check_etag else None
         if not overwrite:
             params["IfNoneMatch"] = "*"
         token = ("put", key, str(data.path), data.offset, data.length)
@@ -609,7 +737,10 @@ class S3Provider:
                 # Our earlier send of this very request may have been stored with its answer
                 # lost: then the object is ours, not a conflict.
                 landed = await self._landed(
-                    name, size=data.length, checksum=ours, etag=_md5_hex(body)
+                    name,
+                    size=data.length,
+                    checksum=ours,
+                    etag=await md5.hexdigest() if md5 else _md5_hex(body),
                 )
                 if landed is not None:
                     self._in_doubt.discard(token)
@@ -618,11 +749,17 @@ class S3Provider:
                 self._in_doubt.discard(token)
             raise error from exc
         self._in_doubt.discard(token)
-        return PutResult(
-            etag=_strip_etag(resp.get("ETag")),
-            version=resp.get("VersionId"),
-            **self._checked(name, "PutObject", ours, resp.get("ChecksumCRC32C")),
-        )
+        etag = _strip_etag(resp.get("ETag"))
+        try:
+            if md5 is not None:
+                self._check_md5(name, "PutObject", resp, etag, await md5.hexdigest())
+            checked = self._checked(name, "PutObject", ours, resp.get("ChecksumCRC32C"))
+        except IntegrityError:
+            # The store holds something else than we sent: do not leave it there as if it were
+            # the object (only if it is still the one this request wrote).
+            await self._discard(name, resp.get("ETag"))
+            raise
+        return PutResult(etag=etag, version=_version(resp.get("VersionId")), **checked)
 
     async def create_multipart(self, name: str, *, overwrite: bool) -> str:
         """CreateMultipartUpload (with CRC32C as the checksum algorithm when enabled).
@@ -662,6 +799,7 @@ class S3Provider:
             "Body": body,
         }
         ours = self._add_checksum(params, body)
+        md5 = _Md5(body) if self._check_etag else None
         try:
             resp = await (self._direct or client).upload_part(**params)
         except Exception as exc:
@@ -674,7 +812,12 @@ class S3Provider:
                 uri=self.uri(name),
                 transient=True,
             )
-        checked = self._checked(name, f"UploadPart {part_number}", ours, resp.get("ChecksumCRC32C"))
+        op = f"UploadPart {part_number}"
+        if md5 is not None:
+            # A mismatch is transient: the retry uploads the same part number again, which
+            # replaces the damaged part.
+            self._check_md5(name, op, resp, _strip_etag(etag), await md5.hexdigest())
+        checked = self._checked(name, op, ours, resp.get("ChecksumCRC32C"))
         # Complete needs every part's checksum once the upload declared CRC32C: fall back to ours
         # when the server does not echo it.
         return PartResult(part_number, etag, checked["checksum"] or ours)
@@ -734,16 +877,33 @@ class S3Provider:
                 self._in_doubt.discard(token)
             raise error from exc
         self._in_doubt.discard(token)
+        etag = _strip_etag(resp.get("ETag"))
+        expected = _multipart_etag(ordered)
         theirs = resp.get("ChecksumCRC32C")
-        if ours is not None and isinstance(theirs, str) and not theirs.endswith(f"-{len(ordered)}"):
-            # A FULL_OBJECT checksum (no "-N"): not comparable with the composite of the parts,
-            # whose checksums S3 already verified one by one.
-            ours = None
-        return PutResult(
-            etag=_strip_etag(resp.get("ETag")),
-            version=resp.get("VersionId"),
-            **self._checked(name, "CompleteMultipartUpload", ours, theirs),
-        )
+        checksum_type = resp.get("ChecksumType")
+        if self.checksum and ours is not None and not theirs:
+            # Some servers (moto among them) leave the checksum out of Complete's answer but
+            # report it on HEAD: ask, rather than report a checksum nobody confirmed.
+            theirs, checksum_type = await self._stored_checksum(name)
+        try:
+            if self._check_etag and expected is not None and etag and "-" in etag:
+                self._check_md5(name, "CompleteMultipartUpload", resp, etag, expected)
+            if isinstance(theirs, str) and ours is not None:
+                if checksum_type == "FULL_OBJECT":
+                    # Not comparable with the composite of the parts (each of which the store
+                    # checked already).
+                    ours = None
+                else:
+                    # S3 writes the composite as "<crc>-N"; some servers leave "-N" out.
+                    ours = ours if theirs.endswith(f"-{len(ordered)}") else ours.split("-")[0]
+            checked = self._checked(name, "CompleteMultipartUpload", ours, theirs)
+        except IntegrityError as exc:
+            # The parts were checked one by one, so the assembled object is not what we sent:
+            # nothing to retry. Remove it rather than leave a damaged object behind.
+            exc.transient = False
+            await self._discard(name, resp.get("ETag"))
+            raise
+        return PutResult(etag=etag, version=_version(resp.get("VersionId")), **checked)
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
         """AbortMultipartUpload; an upload that is already gone is not an error."""
@@ -758,6 +918,189 @@ class S3Provider:
             raise self._map(exc, "AbortMultipartUpload", name) from exc
         except Exception as exc:
             raise self._map(exc, "AbortMultipartUpload", name) from exc
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def head(self, name: str) -> ObjectInfo:
+        """HeadObject (with ``ChecksumMode=ENABLED``): size, ETag, version, checksums.
+
+        Checksums reported, each only where S3 recorded it: the object's CRC32C (whole-object,
+        or COMPOSITE over the parts of a multipart upload, with ``part_size`` / ``parts`` from a
+        second HEAD of part 1), and the MD5 in a plain ETag (or the MD5-of-MD5s of a multipart
+        ETag) unless SSE-KMS or SSE-C made the ETag something else.
+
+        Raises:
+            ObjectNotFoundError: No such object.
+        """
+        client = self._live_client()
+        key = self.key(name)
+        try:
+            resp = await client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except Exception as exc:
+            raise self._map(exc, "HeadObject", name, missing=True) from exc
+        size = resp.get("ContentLength")
+        if not isinstance(size, int) or size < 0:
+            raise ProviderError(
+                f"S3 HeadObject of {self.uri(name)!r} returned no valid size",
+                name=name,
+                uri=self.uri(name),
+                transient=True,
+            )
+        etag = resp.get("ETag") if isinstance(resp.get("ETag"), str) else None
+        parts = _etag_parts(etag)
+        part_size: int | None = None
+        checksum_type = resp.get("ChecksumType")
+        if parts is not None:
+            # A multipart object: part 1's size (every part but the last has it when the
+            # uploader used one part size) and how S3 combined the part checksums.
+            try:
+                first = await client.head_object(
+                    Bucket=self.bucket, Key=key, PartNumber=1, ChecksumMode="ENABLED"
+                )
+            except Exception as exc:
+                raise self._map(exc, "HeadObject (part 1)", name, missing=True) from exc
+            count = first.get("PartsCount")
+            length = first.get("ContentLength")
+            if (
+                count == parts
+                and isinstance(length, int)
+                and length > 0
+                # Uniform parts: (N-1) full parts and a last one of 1..part_size bytes.
+                and (parts - 1) * length < size <= parts * length
+                and first.get("ETag") == etag
+            ):
+                part_size = length
+            checksum_type = checksum_type or first.get("ChecksumType")
+        checksums: list[Checksum] = []
+        crc = resp.get("ChecksumCRC32C")
+        if isinstance(crc, str) and crc:
+            value, _, suffix = crc.partition("-")
+            composite = bool(suffix) or (parts is not None and checksum_type != "FULL_OBJECT")
+            if _is_b64_digest(value, 4):
+                if not composite:
+                    checksums.append(Checksum("crc32c", value))
+                elif part_size is not None and parts is not None:
+                    checksums.append(Checksum("crc32c", value, part_size=part_size, parts=parts))
+        if etag is not None and _etag_is_md5(resp):
+            digest, _, _ = etag.strip('"').partition("-")
+            try:
+                raw = bytes.fromhex(digest)
+            except ValueError:
+                raw = b""
+            if len(raw) == 16:
+                md5 = base64.b64encode(raw).decode("ascii")
+                if parts is None:
+                    checksums.append(Checksum("md5", md5))
+                elif part_size is not None:
+                    checksums.append(Checksum("md5", md5, part_size=part_size, parts=parts))
+        modified = resp.get("LastModified")
+        return ObjectInfo(
+            name=name,
+            size=size,
+            etag=etag,
+            version=_version(resp.get("VersionId")),
+            last_modified=modified if isinstance(modified, datetime) else None,
+            checksums=tuple(checksums),
+        )
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        """One ranged GetObject, conditional on ``etag`` (``If-Match``) when given.
+
+        Raises:
+            ObjectNotFoundError: No such object.
+            ProviderError: 412 when the object changed (not transient); fewer bytes than asked
+                (transient); more than asked (the server ignored the range; not transient).
+        """
+        if offset < 0 or length < 1:
+            raise ValueError(f"get_range needs offset >= 0 and length >= 1, got {offset}, {length}")
+        client = self._live_client()
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.key(name),
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
+        if etag is not None:
+            params["IfMatch"] = etag
+        op = f"GetObject (bytes {offset}-{offset + length - 1})"
+        try:
+            resp = await client.get_object(**params)
+            stream = resp["Body"]
+            try:
+                chunks: list[bytes] = []
+                got = 0
+                # Never more than asked (plus one byte to notice a server ignoring the range):
+                # memory stays bounded by the range whatever the server sends.
+                while got <= length:
+                    chunk = await stream.read(length + 1 - got)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    note_progress()
+            finally:
+                stream.close()
+        except Exception as exc:
+            raise self._map(exc, op, name, missing=True) from exc
+        data = b"".join(chunks)
+        if len(data) < length:
+            raise ProviderError(
+                f"S3 {op} of {self.uri(name)!r}: got {len(data)} of {length} bytes",
+                name=name,
+                uri=self.uri(name),
+                transient=True,
+            )
+        if len(data) > length:
+            raise ProviderError(
+                f"S3 {op} of {self.uri(name)!r}: the server sent more than the range asked for",
+                name=name,
+                uri=self.uri(name),
+            )
+        return data
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """ListObjectsV2, page by page: every object under the store's prefix whose name starts
+        with ``prefix``, names relative to the store's prefix, in S3's (UTF-8 binary) order."""
+        client = self._live_client()
+        base = f"{self.prefix}/" if self.prefix else ""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
+        while True:
+            try:
+                page = await client.list_objects_v2(**params)
+            except Exception as exc:
+                raise self._map(exc, "ListObjectsV2", None) from exc
+            for entry in page.get("Contents") or ():
+                key = entry.get("Key")
+                size = entry.get("Size")
+                # The answer is input: only keys under what was asked for, with a size.
+                if not isinstance(key, str) or not key.startswith(base + prefix):
+                    continue
+                if not isinstance(size, int) or size < 0 or key == base:
+                    continue
+                modified = entry.get("LastModified")
+                etag = entry.get("ETag")
+                yield ObjectInfo(
+                    name=key[len(base) :],
+                    size=size,
+                    etag=etag if isinstance(etag, str) else None,
+                    last_modified=modified if isinstance(modified, datetime) else None,
+                )
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not isinstance(token, str) or not token:
+                return
+            params["ContinuationToken"] = token
+
+    async def delete(self, name: str) -> None:
+        """DeleteObject; a missing object is not an error."""
+        client = self._live_client()
+        try:
+            await client.delete_object(Bucket=self.bucket, Key=self.key(name))
+        except Exception as exc:
+            error = self._map(exc, "DeleteObject", name, missing=True)
+            if isinstance(error, ObjectNotFoundError):
+                return
+            raise error from exc
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -791,10 +1134,56 @@ class S3Provider:
         log.info("%s: an earlier attempt had stored it (its answer was lost)", self.uri(name))
         return PutResult(
             etag=stored_etag,
-            version=head.get("VersionId"),
+            version=_version(head.get("VersionId")),
             checksum_algorithm="crc32c" if verified else None,
             checksum=checksum if verified else None,
         )
+
+    async def _stored_checksum(self, name: str) -> tuple[str | None, str | None]:
+        """The CRC32C (and its type) HeadObject reports for ``name``; (None, None) on any
+        failure (the result then claims no checksum)."""
+        try:
+            head = await self._live_client().head_object(
+                Bucket=self.bucket, Key=self.key(name), ChecksumMode="ENABLED"
+            )
+        except Exception as exc:
+            log.debug("could not read the checksum of %r: %s", name, type(exc).__name__)
+            return None, None
+        crc, kind = head.get("ChecksumCRC32C"), head.get("ChecksumType")
+        return (crc if isinstance(crc, str) else None), (kind if isinstance(kind, str) else None)
+
+    def _check_md5(
+        self, name: str, op: str, resp: dict[str, Any], etag: str | None, ours: str
+    ) -> None:
+        """Compare an answer's ETag with our MD5 where it is one (not with SSE-KMS / SSE-C).
+
+        Raises:
+            IntegrityError: (transient) the store holds other bytes than we sent.
+        """
+        if not etag or not _etag_is_md5(resp) or not _MD5_ETAG.fullmatch(etag):
+            # Not an MD5 (some S3-compatible stores use other entity tags): nothing to compare.
+            return
+        if etag.lower() != ours.lower():
+            raise IntegrityError(
+                f"S3 {op} of {self.uri(name)!r}: the store's ETag {etag} is not the MD5 of "
+                f"what we sent ({ours}): the body was changed on the way",
+                name=name,
+                uri=self.uri(name),
+                transient=True,
+            )
+
+    async def _discard(self, name: str, etag: object) -> None:
+        """Best effort: delete ``name`` if it is still the object with ``etag`` (a damaged
+        object this provider just wrote). Failures are logged, never raised."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(name)}
+        if isinstance(etag, str) and etag:
+            params["IfMatch"] = etag
+        try:
+            await self._live_client().delete_object(**params)
+        except Exception as exc:
+            log.warning(
+                "%s: could not remove the damaged object: %s", self.uri(name), type(exc).__name__
+            )
 
     def _checked(
         self, name: str, op: str, ours: str | None, theirs: object
@@ -831,7 +1220,13 @@ class S3Provider:
         return self._redactor.scrub(text)
 
     def _map(
-        self, exc: BaseException, op: str, name: str | None, *, conditional: bool = False
+        self,
+        exc: BaseException,
+        op: str,
+        name: str | None,
+        *,
+        conditional: bool = False,
+        missing: bool = False,
     ) -> ProviderError:
         """Turn an SDK / transport exception into the library's error tree.
 
@@ -854,6 +1249,17 @@ class S3Provider:
             detail = f"{code} (HTTP {status})" + (f": {message}" if message else "")
             text = self._scrub(f"S3 {op} of {where} failed: {detail}")
             kw["status"] = status
+            location = headers.get("location") or headers.get("Location")
+            if status is not None and 300 <= status < 400 and location:
+                return ProviderError(
+                    self._scrub(
+                        f"S3 {op} of {where}: the endpoint answered with a redirect (HTTP "
+                        f"{status}) to {str(location)[:300]!r}. Redirects are never followed "
+                        "(the request, its body and credentials would go to that host): "
+                        "configure the endpoint the store really lives at"
+                    ),
+                    **kw,
+                )
             if status == 412 or code == "PreconditionFailed":
                 if conditional:
                     return ObjectExistsError(
@@ -868,6 +1274,10 @@ class S3Provider:
                         f"S3 bucket {self.bucket!r} does not exist ({op} of {where}: {code})"
                     ),
                     **kw,
+                )
+            if missing and name is not None and (code in _MISSING_CODES or status == 404):
+                return ObjectNotFoundError(
+                    self._scrub(f"object {uri!r} does not exist (S3 {op}: {code})"), **kw
                 )
             if code in _DIGEST_CODES:
                 return IntegrityError(text, transient=True, **kw)
@@ -891,6 +1301,10 @@ class S3Provider:
                 "key/secret or configure the default chain (env, profile, instance role)",
                 **kw,
             )
+        if isinstance(exc, botocore.exceptions.FlexibleChecksumError):
+            # botocore checked a response body against the checksum S3 sent with it: the bytes
+            # were damaged on the way, so another attempt may read them whole.
+            return IntegrityError(self._scrub(f"S3 {op} of {where}: {exc}"), transient=True, **kw)
         if isinstance(exc, _TRANSIENT_EXCEPTIONS):
             return ProviderError(
                 self._scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"),
@@ -905,6 +1319,64 @@ class S3Provider:
         return ProviderError(
             self._scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"), **kw
         )
+
+
+def _version(value: object) -> str | None:
+    """S3's version id; None for an unversioned bucket, which S3 reports as the string "null"."""
+    if not isinstance(value, str) or not value or value == "null":
+        return None
+    return value
+
+
+def _etag_parts(etag: str | None) -> int | None:
+    """The part count of a multipart ETag (``"hex-N"``); None for a single-part one."""
+    if etag is None:
+        return None
+    _, dash, count = etag.strip('"').rpartition("-")
+    if not dash or not count.isdigit() or not 1 <= int(count) <= 10_000:
+        return None
+    return int(count)
+
+
+def _etag_is_md5(resp: dict[str, Any]) -> bool:
+    """Whether the ETag in a HeadObject answer is the MD5 of the data (of the parts' MD5s for a
+    multipart object): not with SSE-KMS (aws:kms, aws:kms:dsse) or SSE-C."""
+    sse = resp.get("ServerSideEncryption")
+    if isinstance(sse, str) and sse.startswith("aws:kms"):
+        return False
+    return not resp.get("SSECustomerAlgorithm")
+
+
+def _is_b64_digest(value: str, size: int) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) == size
+    except (ValueError, TypeError):
+        return False
+
+
+# Bodies from this size are hashed in a worker thread (hashlib releases the GIL), alongside the
+# request; smaller ones right away.
+_THREADED_MD5: Final = 256 * 1024
+
+
+class _Md5:
+    """The MD5 of a request body, computed while the request is in flight."""
+
+    __slots__ = ("_done", "_future")
+
+    def __init__(self, body: bytes | memoryview) -> None:
+        self._done: str | None = None
+        self._future: asyncio.Future[str] | None = None
+        if len(body) < _THREADED_MD5:
+            self._done = _md5_hex(body)
+        else:
+            self._future = asyncio.ensure_future(asyncio.to_thread(_md5_hex, body))
+
+    async def hexdigest(self) -> str:
+        if self._done is None:
+            assert self._future is not None
+            self._done = await asyncio.shield(self._future)
+        return self._done
 
 
 def _md5_hex(body: bytes | memoryview) -> str:
