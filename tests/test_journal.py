@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
 import json
 import os
 import signal
@@ -13,8 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from artifact_uploader import MemoryProvider, Uploader, UploaderClosedError, UploadFailedError
-from artifact_uploader._journal import JOURNAL_FILE, Journal, JournalEntry, load
+from artifact_uploader import (
+    Checksum,
+    MemoryProvider,
+    ObjectInfo,
+    Uploader,
+    UploaderClosedError,
+    UploadFailedError,
+)
+from artifact_uploader._checksums import digest
+from artifact_uploader._journal import (
+    JOURNAL_FILE,
+    Journal,
+    JournalEntry,
+    already_stored,
+    load,
+    unrecorded_uploads,
+)
+from artifact_uploader.providers._protocol import MultipartListing
 from tests._pending import leave_pending
 from tests.conftest import read_line, reaped, resumed, wait_until
 
@@ -139,3 +158,118 @@ def test_a_closed_journal_refuses_a_pending_record(tmp_path: Path) -> None:
         journal.pending(entry)
     journal.done("x")  # only logged: the object is durable whatever the journal says
     assert load(tmp_path) == ([], [])
+
+
+# -- what resume asks the store: only through the provider protocol ---------------------------
+
+
+class _Described(MemoryProvider):
+    """A memory store whose ``head`` reports the checksums a test chooses (or none)."""
+
+    def __init__(self, checksums: tuple[Checksum, ...] | None) -> None:
+        super().__init__("described")
+        self.checksums = checksums
+
+    async def head(self, name: str) -> ObjectInfo:
+        info = await super().head(name)
+        if self.checksums is None:
+            return info
+        return dataclasses.replace(info, checksums=self.checksums)
+
+
+def _composite(algorithm: str, data: bytes, part_size: int) -> str:
+    parts = [data[i : i + part_size] for i in range(0, len(data), part_size)] or [b""]
+    raw = b"".join(digest(algorithm, p) for p in parts)
+    return base64.b64encode(digest(algorithm, raw)).decode()
+
+
+def _b64(algorithm: str, data: bytes) -> str:
+    return base64.b64encode(digest(algorithm, data)).decode()
+
+
+DATA = bytes(range(256)) * 40  # 10240 bytes: 3 parts of 4096
+
+
+@pytest.mark.parametrize(
+    "checksums",
+    [
+        pytest.param((Checksum("md5", _b64("md5", DATA)),), id="md5"),
+        pytest.param((Checksum("crc32c", _b64("crc32c", DATA)),), id="crc32c"),
+        pytest.param(
+            (Checksum("md5", _composite("md5", DATA, 4096), part_size=4096, parts=3),),
+            id="composite-md5",
+        ),
+        pytest.param(
+            (Checksum("crc32c", _composite("crc32c", DATA, 4096), part_size=4096, parts=3),),
+            id="composite-crc32c",
+        ),
+        pytest.param(
+            (Checksum("md5", _composite("md5", DATA, 4096) + "-3", part_size=4096, parts=3),),
+            id="composite-md5-suffixed",
+        ),
+        pytest.param((), id="none: read back"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_already_stored_compares_through_head_checksums(
+    tmp_path: Path, checksums: tuple[Checksum, ...]
+) -> None:
+    staged = tmp_path / "staged.bin"
+    staged.write_bytes(DATA)
+    store = _Described(checksums)
+    store.objects["obj"] = DATA
+    assert await already_stored(store, "obj", staged, len(DATA), None)
+    # The same size, one byte different: never taken for the same object.
+    store.objects["obj"] = DATA[:-1] + b"\x00"
+    if checksums:
+        # head() still reports the old checksum: the staged file must match it, and it does;
+        # a staged file that differs must not.
+        other = tmp_path / "other.bin"
+        other.write_bytes(DATA[:-1] + b"\x00")
+        assert not await already_stored(store, "obj", other, len(DATA), None)
+    else:
+        assert not await already_stored(store, "obj", staged, len(DATA), None)
+    assert not await already_stored(store, "missing", staged, len(DATA), None)
+    assert not await already_stored(store, "obj", staged, len(DATA) + 1, None)
+
+
+@pytest.mark.asyncio
+async def test_already_stored_without_a_read_side_is_false(tmp_path: Path) -> None:
+    class WriteOnly:
+        scheme = "s3"  # a scheme alone no longer makes the helper reach into internals
+
+        def __init__(self) -> None:
+            self._client = object()
+
+    staged = tmp_path / "staged.bin"
+    staged.write_bytes(DATA)
+    assert not await already_stored(WriteOnly(), "obj", staged, len(DATA), None)
+
+
+class _Listing(MemoryProvider):
+    """A memory store that can name an object's unfinished multipart uploads."""
+
+    async def list_multipart_uploads(self, name: str) -> list[str]:
+        return [i for i, m in list(self.multipart_uploads.items()) if m.name == name]
+
+
+def test_resume_aborts_an_upload_the_journal_never_recorded(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    leave_pending(staging, {"big": b"b" * 10})
+    store = _Listing("m")
+    assert isinstance(store, MultipartListing)
+    # A crash right after CreateMultipartUpload: the store has it, the journal does not.
+    orphan = asyncio.run(store.create_multipart("big", overwrite=True))
+    other = asyncio.run(store.create_multipart("big-other", overwrite=True))
+    report = Uploader.resume(staging, store)
+    assert store.objects["big"] == b"b" * 10 and len(report.uploaded) == 1
+    assert orphan not in store.multipart_uploads
+    assert other in store.multipart_uploads, "an upload of another name was aborted"
+
+
+@pytest.mark.asyncio
+async def test_unrecorded_uploads_needs_the_listing_capability() -> None:
+    store = MemoryProvider("m")
+    await store.create_multipart("big", overwrite=True)
+    assert not isinstance(store, MultipartListing)
+    assert await unrecorded_uploads(store, "big") == []

@@ -17,7 +17,6 @@ sub-folder (``staged/<id>-...``): never absolute, never ``..``, never another fo
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import IO, Any
 
 from ._errors import StagingError, UploaderClosedError
 from ._staging import _CREATE_EXCL, STAGED_DIR, _check_own_file, _refused
+from .providers._protocol import Checksum
 
 JOURNAL_FILE = "journal.jsonl"
 TMP_FILE = "journal.tmp"
@@ -475,9 +475,12 @@ def _shell_quote(text: str) -> str:
 
 # -- what a resume asks the store ----------------------------------------------------------------
 #
-# The provider protocol has no read or listing call, so these two helpers know the built-in
-# stores that can answer. Any other store (or any error while asking) gives the conservative
-# answer: "not known to be there" / "no unrecorded uploads".
+# Only through the provider protocol: ``head`` (size and the checksums the store recorded),
+# ``get_range`` (to compare bytes when the store recorded no checksum) and
+# ``list_multipart_uploads``. Any other store, or any error while asking, gives the
+# conservative answer: "not known to be there" / "no unrecorded uploads".
+
+_COMPARE_CHUNK = 8 * 1024 * 1024
 
 
 async def already_stored(
@@ -486,62 +489,46 @@ async def already_stored(
     """True only when the store provably holds exactly the bytes of ``path`` as ``name``.
 
     Used by resume for ``overwrite=False`` entries: the upload may have landed just before the
-    crash, with its ``done`` line lost (or never written). Local and memory stores compare the
-    bytes; S3 compares the size and the MD5 ETag (single PUT, or the multipart ETag recomputed
-    with ``part_size``); GCS and Azure compare the size and the MD5 the store keeps for the
-    object. Anything else, or any doubt, is False.
+    crash, with its ``done`` line lost (or never written). The store's ``head`` must report
+    ``size`` bytes and a checksum the staged file matches (CRC32C or MD5, whole-object or
+    composite per part; ``part_size`` is this uploader's part size, used when a composite
+    checksum does not carry its own). A store that recorded no usable checksum is read back
+    and compared byte for byte. Anything else, or any doubt, is False.
     """
     import anyio.to_thread
 
-    from .providers.local import LocalProvider
-    from .providers.memory import MemoryProvider
+    from .providers._protocol import ReadableProvider
 
+    if not isinstance(provider, ReadableProvider):
+        return False
     try:
-        if isinstance(provider, LocalProvider):
-            target = provider.root / name
-            return await anyio.to_thread.run_sync(_same_file, target, path)
-        if isinstance(provider, MemoryProvider):
-            stored = provider.objects.get(name)
-            return stored is not None and stored == await anyio.to_thread.run_sync(path.read_bytes)
-        client = getattr(provider, "_client", None)
-        if getattr(provider, "scheme", None) == "s3" and client is not None:
-            head = await client.head_object(Bucket=provider.bucket, Key=provider.key(name))
-            if head.get("ContentLength") != size:
-                return False
-            etag = str(head.get("ETag") or "").strip('"')
-            return await anyio.to_thread.run_sync(_etag_matches, etag, path, size, part_size)
-        scheme = getattr(provider, "scheme", None)
-        storage = getattr(provider, "_storage", None)
-        if scheme == "gs" and storage is not None:
-            key = f"{provider.prefix}/{name}" if provider.prefix else name
-            meta = await storage.download_metadata(provider.bucket, key)
-            if int(meta.get("size", -1)) != size:
-                return False
-            md5 = await anyio.to_thread.run_sync(_md5, path)
-            return bool(meta.get("md5Hash")) and meta["md5Hash"] == base64.b64encode(md5).decode()
-        if scheme == "az" and getattr(provider, "_container", None) is not None:
-            props = await provider._blob(name).get_blob_properties()
-            stored = props.content_settings.content_md5
-            if props.size != size or not stored:
-                return False
-            return bytes(stored) == await anyio.to_thread.run_sync(_md5, path)
+        info = await provider.head(name)
+        if info.size != size:
+            return False
+        # CRC32C first: cheaper to compute than MD5.
+        for checksum in sorted(info.checksums, key=lambda c: c.algorithm != "crc32c"):
+            same = await anyio.to_thread.run_sync(_file_matches, path, checksum, size, part_size)
+            if same is not None:
+                return same
+        return await _same_bytes(provider, name, path, size, info.etag)
     except Exception as exc:
         log.debug("could not compare %r with the stored object: %s", name, type(exc).__name__)
     return False
 
 
 async def unrecorded_uploads(provider: Any, name: str) -> list[str]:
-    """Ids of unfinished multipart uploads of ``name`` in the store (S3 and memory stores).
+    """Ids of unfinished multipart uploads of ``name`` in the store, where it can list them.
 
     A crash between CreateMultipartUpload reaching the server and its id reaching the journal
     leaves an upload the journal cannot name; resume aborts these as well.
     """
-    from .providers.memory import MemoryProvider
+    from .providers._protocol import MultipartListing
 
     try:
-        if isinstance(provider, MemoryProvider):
-            with provider._lock:
-                return [i for i, m in provider.multipart_uploads.items() if m.name == name]
+        if isinstance(provider, MultipartListing):
+            return [str(i) for i in await provider.list_multipart_uploads(name)]
+        # Transitional, until the S3 provider implements MultipartListing: the same listing
+        # through its client. Remove with that change.
         client = getattr(provider, "_client", None)
         if getattr(provider, "scheme", None) == "s3" and client is not None:
             key = provider.key(name)
@@ -554,32 +541,85 @@ async def unrecorded_uploads(provider: Any, name: str) -> list[str]:
     return []
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    import filecmp
+def _file_matches(
+    path: Path, checksum: Checksum, size: int, default_part_size: int | None
+) -> bool | None:
+    """Whether ``path`` has ``checksum``; None when it cannot be compared (unknown shape,
+    no CRC32C implementation, a malformed value)."""
+    from ._checksums import crc32c_available, decode_b64
 
-    return a.is_file() and filecmp.cmp(a, b, shallow=False)
+    algorithm = checksum.algorithm
+    if algorithm not in ("crc32c", "md5") or (algorithm == "crc32c" and not crc32c_available()):
+        return None
+    # S3 reports a composite value bare, Azure's composite MD5 as "<base64>-N".
+    value, _, suffix = checksum.value.partition("-")
+    want = decode_b64(value, 4 if algorithm == "crc32c" else 16)
+    if want is None:
+        return None
+    composite = checksum.parts is not None or checksum.part_size is not None or bool(suffix)
+    if not composite:
+        return _file_digest(path, algorithm, None)[0] == want
+    parts = checksum.parts
+    if parts is None and suffix.isdigit():
+        parts = int(suffix)
+    part_size = checksum.part_size or default_part_size
+    if parts is None or part_size is None or part_size < 1:
+        return None
+    if (-(-size // part_size) if size else 1) != parts:
+        return None
+    digests = _file_digest(path, algorithm, part_size)
+    return _raw_digest(algorithm, b"".join(digests)) == want
 
 
-def _md5(path: Path) -> bytes:
+def _file_digest(path: Path, algorithm: str, part_size: int | None) -> list[bytes]:
+    """Raw digests of ``path`` (one, or one per ``part_size`` bytes), read in bounded chunks."""
     import hashlib
 
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.digest()
+    from ._checksums import crc32c
+
+    out: list[bytes] = []
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            left = part_size
+            crc, md5, got = 0, hashlib.md5(usedforsecurity=False), 0
+            while left is None or left > 0:
+                chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if left is not None:
+                    left -= len(chunk)
+                if algorithm == "crc32c":
+                    crc = crc32c(chunk, crc)
+                else:
+                    md5.update(chunk)
+            if got == 0 and out:
+                return out
+            out.append(crc.to_bytes(4, "big") if algorithm == "crc32c" else md5.digest())
+            if part_size is None or got < part_size:
+                return out
 
 
-def _etag_matches(etag: str, path: Path, size: int, part_size: int | None) -> bool:
-    import hashlib
+def _raw_digest(algorithm: str, data: bytes) -> bytes:
+    from ._checksums import digest
 
-    digest, _, count = etag.partition("-")
-    if not count:
-        return _md5(path).hex() == digest
-    if part_size is None or not count.isdigit() or -(-size // part_size) != int(count):
-        return False
-    parts = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(part_size):
-            parts += hashlib.md5(chunk, usedforsecurity=False).digest()
-    return hashlib.md5(parts, usedforsecurity=False).hexdigest() == digest
+    return digest(algorithm, data)
+
+
+async def _same_bytes(provider: Any, name: str, path: Path, size: int, etag: str | None) -> bool:
+    """Read the stored object back (bounded chunks, conditional on ``etag``) and compare."""
+    import anyio.to_thread
+
+    offset = 0
+    f = await anyio.to_thread.run_sync(path.open, "rb")
+    try:
+        while offset < size:
+            n = min(_COMPARE_CHUNK, size - offset)
+            stored = await provider.get_range(name, offset, n, etag=etag)
+            mine = await anyio.to_thread.run_sync(f.read, n)
+            if stored != mine:
+                return False
+            offset += n
+        return bool(await anyio.to_thread.run_sync(f.read, 1) == b"")
+    finally:
+        f.close()

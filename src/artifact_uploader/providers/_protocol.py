@@ -13,6 +13,8 @@ Capabilities, as small protocols:
   in one request; a provider may stream a large file in that one call, as GCS resumable uploads do).
 - :class:`MultipartProvider`: adds create / put_part / complete / abort. The engine uses it for
   files at or above ``PartPolicy.threshold``, uploading parts concurrently.
+- :class:`MultipartListing`: adds ``list_multipart_uploads(name)``, the ids of an object's
+  unfinished multipart uploads, so a resume can abort one its journal never recorded.
 - :class:`ReadableProvider`: the read side -- ``head`` (what the store recorded: size, entity tag,
   checksums), ``get_range`` (one ranged GET), ``list`` and ``delete``. The engine's ``download``
   splits large objects into ranges fetched concurrently under the same semaphore and verifies the
@@ -122,6 +124,20 @@ class MultipartProvider(Provider, Protocol):
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
         """Discard an unfinished upload and its parts. Must not raise if it is already gone."""
+        ...
+
+
+@runtime_checkable
+class MultipartListing(MultipartProvider, Protocol):
+    """A multipart backend that can name the unfinished uploads of one object.
+
+    Resume uses it to abort the upload a crash left between CreateMultipartUpload reaching the
+    store and its id reaching the journal (nothing else knows that id). A backend without it
+    leaves such uploads to the store's lifecycle rule for incomplete multipart uploads.
+    """
+
+    async def list_multipart_uploads(self, name: str) -> Sequence[str]:
+        """Ids of the unfinished multipart uploads of exactly ``name`` (not of longer names)."""
         ...
 
 
