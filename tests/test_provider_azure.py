@@ -975,3 +975,21 @@ def test_sync_uploader_reads_back_from_azure(
     assert info.checksums[0].parts == 4
     assert result.name == "ckpt/ep1.pt" and result.checksum_algorithm == "md5"
     assert (tmp_path / "out" / "ep1.pt").read_bytes() == data
+
+
+@pytest.mark.asyncio
+async def test_engine_retries_a_reported_md5_mismatch_then_fails_leaving_nothing(
+    tamper: tuple[_TamperProxy, AzureProvider], azure_container: AzureContainer, tmp_path: Path
+) -> None:
+    proxy, p = tamper
+    bogus = base64.b64encode(b"\x01" * 16)
+    proxy.downstream_edit = lambda b: re.sub(
+        rb"(?i)(content-md5: )[A-Za-z0-9+/=]{24}", rb"\g<1>" + bogus, b
+    )
+    retry = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0)
+    async with AsyncUploader(p, retry=retry) as up:
+        with pytest.raises(IntegrityError) as info:
+            await up.upload(_write(tmp_path, b"checkpoint bytes").path, "m.bin", overwrite=False)
+        up._take_failures()
+    assert info.value.attempts == 3
+    assert not await azure_container.exists("m.bin")  # each unconfirmed write was removed
