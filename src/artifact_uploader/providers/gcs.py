@@ -713,9 +713,10 @@ class GCSProvider:
         try:
             headers = await self._auth_headers()
             headers["Range"] = f"bytes={offset}-{offset + length - 1}"
-            # The body is read as it arrives; no transparent decompression (a gzip-encoded
-            # object is read as stored, which is what its checksums describe).
-            headers["Accept-Encoding"] = "identity"
+            # Accepting gzip stops GCS from decompressing an object stored gzip-encoded (it
+            # would then ignore the range, and its checksums describe the stored bytes); with
+            # auto_decompress off, the bytes arrive exactly as stored.
+            headers["Accept-Encoding"] = "gzip"
             async with session.get(
                 self._object_url(key, media=True),
                 params=params,
