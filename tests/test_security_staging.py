@@ -99,6 +99,23 @@ def test_absolute_staged_path_is_neither_uploaded_nor_deleted(tmp_path: Path) ->
     assert report.uploaded == []
 
 
+def test_bad_entries_reach_the_report_in_process_mode(tmp_path: Path) -> None:
+    # use_procs: the parent reads and refuses; the child resumes and builds the report.
+    folder = _staging(tmp_path)
+    victim = _victim(tmp_path)
+    root = tmp_path / "store"
+    root.mkdir()
+    good = _pending("good")
+    (folder / good["staged"]).write_bytes(VICTIM)
+    _write_entries(folder, _pending("stolen", staged=str(victim)), good)
+    report = Uploader.resume(folder, f"file://{root}", use_procs=True)
+    assert victim.read_bytes() == VICTIM
+    assert not (root / "stolen").exists()
+    assert (root / "good").read_bytes() == VICTIM
+    assert [r.name for r in report.uploaded] == ["good"]
+    assert len(report.bad_entries) == 1 and "'stolen'" in report.bad_entries[0]
+
+
 def test_dotdot_staged_path_is_neither_uploaded_nor_deleted(tmp_path: Path) -> None:
     folder = _staging(tmp_path)
     victim = _victim(tmp_path)

@@ -191,3 +191,18 @@ def test_long_non_ascii_file_name_stages(tmp_path: Path, mode: str) -> None:
     with Uploader(store, staging=mode) as up:
         up.submit(src, "model.bin").result(timeout=10)
     assert store.objects["model.bin"] == b"weights"
+
+
+def test_our_own_leftovers_in_a_staging_folder_are_reused(tmp_path: Path) -> None:
+    # What a crashed run of this user leaves (a rewrite cut short, a lock, a staged folder a
+    # umask left open) is ours: taken over and made private again, not refused.
+    folder = tmp_path / "staging"
+    (folder / "staged").mkdir(parents=True)
+    folder.chmod(0o700)
+    (folder / "staged").chmod(0o777)
+    (folder / "journal.tmp").write_text('{"op": "pending", "half-writ')
+    (folder / "lock").write_text("")
+    with Uploader(MemoryProvider("m"), staging_dir=folder):
+        assert (folder / "staged").stat().st_mode & 0o777 == 0o700
+    assert not (folder / "journal.tmp").exists()
+    assert (folder / JOURNAL_FILE).stat().st_mode & 0o777 == 0o600
