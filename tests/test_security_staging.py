@@ -33,7 +33,14 @@ from artifact_uploader import (
     Uploader,
     UploadFailedError,
 )
-from artifact_uploader._journal import JOURNAL_FILE, MAX_LINE, load, pending_count, read
+from artifact_uploader._journal import (
+    JOURNAL_FILE,
+    MAX_LINE,
+    load,
+    pending_count,
+    read,
+    resuming,
+)
 from tests._pending import leave_pending
 
 VICTIM = b"the victim's data, never to be uploaded, deleted or changed"
@@ -364,15 +371,18 @@ def test_pending_entries_from_an_earlier_run_are_announced_at_start(
     assert f"artifact-uploader resume {folder} --to URI" in msg
     # Not resumed: still there (and announced again next time).
     assert store.objects == {} and pending_count(folder) == 2
+    # An uploader built only to resume the folder at once need not be told to resume it.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="artifact_uploader"):
-        Uploader.resume(folder, store)
+        with resuming(), Uploader(store, staging_dir=folder) as up:
+            up.resume_pending()
+    assert store.objects == {"a": b"1", "b": b"2"}
+    assert _announcements(caplog) == []
+    # Once resumed, the folder is empty and nothing more is said.
+    with caplog.at_level(logging.WARNING, logger="artifact_uploader"):
         with Uploader(store, staging_dir=folder):
             pass
-    assert store.objects == {"a": b"1", "b": b"2"}
-    # Announced by the resume's own start; the folder is then empty and nothing more is said.
-    assert len(_announcements(caplog)) == 1
-    assert pending_count(folder) == 0
+    assert _announcements(caplog) == [] and pending_count(folder) == 0
 
 
 def test_logger_failed_copies_are_announced_at_the_next_start(

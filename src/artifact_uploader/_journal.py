@@ -17,12 +17,15 @@ sub-folder (``staged/<id>-...``): never absolute, never ``..``, never another fo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import re
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -324,9 +327,24 @@ def pending_count(folder: str | os.PathLike[str]) -> int:
     return len(read(Path(folder), log_problems=False).entries)
 
 
+# Set while an uploader is built only to resume its folder at once (Uploader.resume, the CLI's
+# resume command, ObjectStoreLogger(resume=True)): telling the user to resume is then noise.
+_quiet = contextvars.ContextVar("artifact_uploader_quiet_pending", default=False)
+
+
+@contextlib.contextmanager
+def resuming() -> Iterator[None]:
+    """Build uploaders in this block without announcing pending entries (they are resumed)."""
+    token = _quiet.set(True)
+    try:
+        yield
+    finally:
+        _quiet.reset(token)
+
+
 def announce_pending(folder: Path, count: int) -> None:
     """Warn that ``count`` uploads of an earlier run wait in ``folder``; name how to finish them."""
-    if count < 1:
+    if count < 1 or _quiet.get():
         return
     log.warning(
         "staging folder %r holds %d upload(s) an earlier run left unfinished; they are not "
