@@ -416,17 +416,17 @@ def _open_private_dir(folder: Path) -> int:
             link owned by another user.
         OSError: It cannot be created or opened.
     """
+    fresh = False
     try:
         lst = os.lstat(folder)
     except FileNotFoundError:
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # The umask can only take bits away from 0700: a fresh folder passes the check.
             os.mkdir(folder, 0o700)
+            fresh = True
         except FileExistsError:
             pass  # created meanwhile: checked below like any existing folder
-        else:
-            # Fresh: 0700 whatever the umask.
-            os.chmod(folder, 0o700, follow_symlinks=False)
         lst = os.lstat(folder)
     if stat.S_ISLNK(lst.st_mode) and lst.st_uid != os.geteuid():
         # The user may point at their folder through their own link; a link someone else
@@ -439,6 +439,8 @@ def _open_private_dir(folder: Path) -> int:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _check_owner_and_mode(os.fstat(fd), folder, "staging folder")
+        if fresh:
+            os.fchmod(fd, 0o700)  # whatever owner bits the umask took away
     except BaseException:
         os.close(fd)
         raise
