@@ -253,7 +253,7 @@ def test_a_group_or_world_writable_staging_folder_is_refused(tmp_path: Path, mod
 def test_a_fresh_staging_folder_is_created_0700_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o277)  # even one that takes the owner's own write bit away
     try:
-        with Uploader(MemoryProvider("m"), staging_dir=tmp_path / "new" / "staging") as up:
+        with Uploader(MemoryProvider("m"), staging_dir=tmp_path / "staging") as up:
             folder = Path(up.staging_folder)
             assert stat.S_IMODE(folder.stat().st_mode) == 0o700
             assert stat.S_IMODE((folder / "staged").stat().st_mode) == 0o700
