@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import shlex
 import signal
 import struct
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,16 @@ from typing import Any
 import pytest
 
 from artifact_uploader import __version__
-from artifact_uploader._cli import collect, find_bench_script, parse_provider_kwargs
+from artifact_uploader._cli import (
+    build_parser,
+    collect,
+    find_bench_script,
+    parse_provider_kwargs,
+    resume_command,
+)
 from artifact_uploader._journal import load
 from tests.conftest import reaped, wait_until
+from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.moto import (
     MOTO_KEY,
     MOTO_REGION,
@@ -71,8 +79,16 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+def run_in_pty(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    poke: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> tuple[int, str]:
     """Run the console script with a pseudo-terminal as stdin/stdout/stderr.
+
+    ``poke(proc)``, if given, is called while it runs (at least every 50 ms), e.g. to send a
+    signal once a condition holds.
 
     Returns:
         (exit code, everything it wrote to the terminal).
@@ -101,7 +117,9 @@ def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) ->
                     f"{args} still running after {DEADLINE}s; output so far:\n"
                     + b"".join(chunks).decode(errors="replace")
                 )
-            ready, _, _ = select.select([master], [], [], remaining)
+            if poke is not None:
+                poke(proc)
+            ready, _, _ = select.select([master], [], [], min(remaining, 0.05 if poke else 1.0))
             if not ready:
                 continue
             try:
@@ -535,11 +553,16 @@ def test_ctrl_c_reports_what_was_not_uploaded_then_resume_finishes_it(
         out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 130, err
     assert "uploaded" in out  # the summary table
-    assert "interrupted" in err
+    # Each file once, as interrupted: the uploader's cancellation is not a timeout.
     for name in files:
-        assert f"failed to upload {name}" in err
+        assert err.count(f"not uploaded (interrupted): {name} ") == 1, err
+    assert "TimeoutError" not in err and "failed" not in err.replace("failed │", ""), err
     assert "staged copy kept at " + str(staging) in err
-    assert f"resume {staging} --to s3://bucket/pre" in err
+    # The hint carries the options given, so it targets the same store.
+    assert (
+        f"resume {staging} --to s3://bucket/pre --provider-kwarg "
+        f"endpoint_url={hanging_s3.endpoint} --provider-kwarg read_timeout=60\n" in err
+    ), err
     pending, _ = load(staging)
     assert sorted(e.name for e in pending) == sorted(files)
     # The journal does not bind the store: finish into a local folder.
@@ -550,6 +573,200 @@ def test_ctrl_c_reports_what_was_not_uploaded_then_resume_finishes_it(
     assert sorted(o["name"] for o in doc["uploaded"]) == sorted(files)
     assert local_objects(store) == files
     assert load(staging) == ([], [])
+
+
+def _printed_resume_command(err: str) -> list[str]:
+    """The resume command the CLI printed (on the line after its lead), as argv for SCRIPT."""
+    lines = err.splitlines()
+    found = [line.strip() for line in lines if line.strip().startswith("artifact-uploader resume ")]
+    assert len(found) == 1, err
+    argv = shlex.split(found[0])
+    return [str(SCRIPT), *argv[1:]]
+
+
+def _start_put_through_stalling_proxy(
+    tmp_path: Path, proxy: FaultProxy, bucket: str, *extra: str
+) -> tuple[subprocess.Popen[str], dict[str, bytes]]:
+    """A put to moto (credentials from the environment) whose two PUTs the proxy holds."""
+    files = {"one.bin": os.urandom(1000), "two/three.bin": os.urandom(2000)}
+    for name, data in files.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    proxy.script(Fault("stall", body_fraction=1.0), Fault("stall", body_fraction=1.0), method="PUT")
+    proc = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "put",
+            "src",
+            "--to",
+            f"s3://{bucket}/run 1",
+            "--provider-kwarg",
+            f"endpoint_url={proxy.endpoint_url}",
+            "--provider-kwarg",
+            f"region={MOTO_REGION}",
+            "--provider-kwarg",
+            "read_timeout=60",
+            *extra,
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Readiness: both PUTs are held by the proxy (the command is blocked waiting on them).
+        wait_until(lambda: proxy.counts["stall"] == 2, timeout=DEADLINE, what="two held PUTs")
+    except BaseException:
+        with reaped(proc):
+            raise
+    return proc, files
+
+
+def _finish_with_printed_command(
+    tmp_path: Path, err: str, proxy: FaultProxy, moto_s3: Any, bucket: str, files: dict[str, bytes]
+) -> Path:
+    """Run the printed resume command as printed; the objects land in the same store."""
+    argv = _printed_resume_command(err)
+    staging = Path(argv[2])
+    assert staging.is_dir() and sorted(e.name for e in load(staging)[0]) == sorted(files)
+    proxy.reset()  # the proxy forwards from now on
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert done.returncode == 0, done.stderr
+    for name, data in files.items():
+        assert read_s3_object(moto_s3, bucket, f"run 1/{name}") == data
+    assert load(staging) == ([], [])
+    return staging
+
+
+def test_ctrl_c_resume_hint_copied_as_printed_finishes_into_the_same_store(
+    tmp_path: Path, fault_proxy: FaultProxy, moto_s3: Any, s3_bucket: str
+) -> None:
+    # No --staging-dir: the private staging folder under $TMPDIR is kept and named.
+    proc, files = _start_put_through_stalling_proxy(tmp_path, fault_proxy, s3_bucket, "--json")
+    with reaped(proc):
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["interrupted"] is True and doc["uploaded"] == []
+    assert {f["name"]: f["error"] for f in doc["failed"]} == dict.fromkeys(
+        files, "interrupted before it finished"
+    )
+    assert "TimeoutError" not in err
+    assert "endpoint_url=" + fault_proxy.endpoint_url in err
+    staging = _finish_with_printed_command(tmp_path, err, fault_proxy, moto_s3, s3_bucket, files)
+    assert Path(doc["staging_dir"]) == staging
+
+
+def test_second_ctrl_c_stops_at_once_and_prints_a_resume_command_that_works(
+    tmp_path: Path, fault_proxy: FaultProxy, moto_s3: Any, s3_bucket: str
+) -> None:
+    proc, files = _start_put_through_stalling_proxy(tmp_path, fault_proxy, s3_bucket)
+    with reaped(proc):
+        assert proc.stderr is not None
+        proc.send_signal(signal.SIGINT)
+        lines: list[str] = []
+        # The first Ctrl-C's note, then the second Ctrl-C lands while uploads are still held.
+        for line in proc.stderr:
+            lines.append(line)
+            if "Ctrl-C again to stop now" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=DEADLINE)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert "interrupted again: stopped now" in err
+    assert "Traceback" not in err
+    staging = _finish_with_printed_command(tmp_path, err, fault_proxy, moto_s3, s3_bucket, files)
+    # It said where the kept copies are, and that the folder may be deleted instead.
+    assert f"staged copies in {staging}" in err and f"rm -r {staging}" in err
+
+
+def test_ctrl_c_in_a_terminal_names_each_file_once(
+    tmp_path: Path, fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    files = {"one.bin": os.urandom(1000), "two/three.bin": os.urandom(2000)}
+    for name, data in files.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    fault_proxy.script(
+        Fault("stall", body_fraction=1.0), Fault("stall", body_fraction=1.0), method="PUT"
+    )
+    sent: list[bool] = []
+
+    def interrupt_when_held(proc: subprocess.Popen[bytes]) -> None:
+        if not sent and fault_proxy.counts["stall"] == 2:
+            proc.send_signal(signal.SIGINT)
+            sent.append(True)
+
+    code, out = run_in_pty(
+        [
+            "put",
+            "src",
+            "--to",
+            f"s3://{s3_bucket}",
+            "--provider-kwarg",
+            f"endpoint_url={fault_proxy.endpoint_url}",
+            "--provider-kwarg",
+            "read_timeout=60",
+        ],
+        cwd=tmp_path,
+        poke=interrupt_when_held,
+    )
+    assert sent and code == 130, out
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    for name in files:
+        # Not once above the bar as a failure and again in the report: once, as interrupted.
+        assert plain.count(f"not uploaded (interrupted): {name} ") == 1, plain
+        assert f"{name}:" not in plain, plain
+    assert "TimeoutError" not in plain and "failed:" not in plain
+
+
+def test_resume_command_keeps_public_options_and_hides_secrets() -> None:
+    args = build_parser().parse_args(
+        [
+            "put",
+            "x",
+            "--to",
+            "s3://b/p q",
+            "--provider-kwarg",
+            "endpoint_url=http://127.0.0.1:9000",
+            "--provider-kwarg",
+            "secret=TOPSECRET-1234",
+            "--provider-kwarg",
+            "key=AKIAEXAMPLE",
+            "--concurrency",
+            "3",
+        ]
+    )
+    args.store = args.to
+    command, hidden = resume_command(args, "/var/tmp/stage dir")
+    assert "TOPSECRET" not in command and "AKIAEXAMPLE" not in command
+    assert hidden == ["secret", "key"]
+    words = shlex.split(command)
+    # The program as the user ran it (under pytest, `python -m ...`), then the command.
+    assert words[: words.index("resume")] in (
+        ["artifact-uploader"],
+        ["python", "-m", "artifact_uploader"],
+    )
+    assert words[words.index("resume") :] == [
+        "resume",
+        "/var/tmp/stage dir",
+        "--to",
+        "s3://b/p q",
+        "--provider-kwarg",
+        "endpoint_url=http://127.0.0.1:9000",
+        "--provider-kwarg",
+        "secret=<secret>",
+        "--provider-kwarg",
+        "key=<key>",
+        "--concurrency",
+        "3",
+    ]
 
 
 def test_resume_a_journal_left_by_a_killed_process_in_a_terminal(

@@ -20,11 +20,14 @@ command prints is scrubbed of them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._errors import (
@@ -410,9 +414,14 @@ class _Progress:
         self._progress = progress
 
     def end(self) -> None:
-        """Stop the bar (idempotent), leaving its last state on the terminal."""
+        """Stop the bar (idempotent), leaving its last state on the terminal.
+
+        Events after this (uploads cancelled after Ctrl-C) are not printed: the final report
+        names each of them once.
+        """
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
 
     def refuse(self) -> None:
         self.refused += 1
@@ -521,6 +530,64 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# What a failure caused by Ctrl-C is called in the report (and in --json's "error").
+INTERRUPTED = "interrupted before it finished"
+
+
+def _describe_failure(exc: BaseException, interrupted: bool) -> str:
+    """A failure's description; uploads that Ctrl-C cut short are "interrupted".
+
+    After Ctrl-C the uploader is closed with a short timeout and cancels what is still in
+    flight, reporting each as a TimeoutError: the user stopped them, nothing timed out.
+    """
+    if interrupted and isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+        return INTERRUPTED
+    return _describe(exc)
+
+
+def resume_command(args: argparse.Namespace, staging_dir: str) -> tuple[str, list[str]]:
+    """The ``resume`` command that finishes ``staging_dir`` into the same store.
+
+    It carries ``--to`` and every ``--provider-kwarg`` the user gave, shell-quoted, so that,
+    copied as printed, it targets the same store (endpoint, region...). A secret option's
+    value is never printed: it becomes a ``<KEY>`` placeholder.
+
+    Returns:
+        The command line, and the keys whose values were replaced by placeholders.
+    """
+    words = [*_prog().split(), "resume", staging_dir, "--to", args.store]
+    hidden: list[str] = []
+    for item in args.provider_kwarg:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key.lower() in _PUBLIC_OPTIONS:
+            words += ["--provider-kwarg", f"{key}={value}"]
+        else:
+            words += ["--provider-kwarg", f"{key}=<{key}>"]
+            hidden.append(key)
+    if args.concurrency != DEFAULT_CONCURRENCY:
+        words += ["--concurrency", str(args.concurrency)]
+    return shlex.join(words), hidden
+
+
+def _print_resume_hint(
+    output: _Output, args: argparse.Namespace, staging_dir: str, lead: str
+) -> None:
+    """``lead``, then the resume command on a line of its own (easy to copy)."""
+    command, hidden = resume_command(args, staging_dir)
+    output.error(f"{lead}\n  {command}")
+    if hidden:
+        output.error(_hidden_note(hidden))
+
+
+def _hidden_note(hidden: Sequence[str]) -> str:
+    names = ", ".join(f"<{k}>" for k in hidden)
+    return (
+        f"  (replace {names} with the value(s) you gave: secrets are not printed; or leave "
+        "them out and give the credentials through the provider's environment variables)"
+    )
+
+
 def _run_put(
     args: argparse.Namespace, output: _Output, options: dict[str, Any], items: list[_Item]
 ) -> tuple[int, _Outcome]:
@@ -552,54 +619,26 @@ def _run_put(
         output.error(f"nothing was uploaded ({len(items)} file(s))")
         return code, outcome
     outcome.staging_dir = up.staging_folder
-    left = [] if own_staging else _read_journal(Path(staging_dir))[0]
-    if left:
-        output.error(
-            f"note: {staging_dir} holds {len(left)} upload(s) left by an earlier run; "
-            f"`{_prog()} resume {staging_dir} --to URI` finishes them"
-        )
     by_name = {i.name: i for i in items}
     futures: list[tuple[_Item, concurrent.futures.Future[UploadResult]]] = []
     close_error: UploadFailedError | None = None
-    progress.begin(len(items), sum(i.size for i in items))
-    try:
+
+    def stop_now() -> NoReturn:
+        _stop_now(output, args, up.staging_folder, own=own_staging, again=True)
+
+    with _CtrlC(stop_now):
         try:
-            for index, item in enumerate(items):
-                try:
-                    future = up.submit(item.source, item.name, overwrite=not args.no_overwrite)
-                except (SourceFileError, StagingError, ConfigError) as exc:
-                    # Refused before staging (missing, unreadable, a name the store refuses).
-                    outcome.failed.append((item.name, str(item.source), _describe(exc), None))
-                    progress.refuse()
-                    continue
-                except KeyboardInterrupt:
-                    outcome.not_started = items[index:]
-                    raise
-                futures.append((item, future))
-            concurrent.futures.wait([f for _, f in futures])
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-            # Stop the bar first so the notes below are not drawn over.
+            _run_put_uploads(args, output, up, items, outcome, progress, futures, own_staging)
+            try:
+                up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if outcome.interrupted else None)
+            except UploadFailedError as exc:
+                close_error = exc
+            except KeyboardInterrupt:
+                # The first Ctrl-C, during a normal close (a second one goes to stop_now).
+                progress.end()
+                _stop_now(output, args, up.staging_folder, own=own_staging, again=False)
+        finally:
             progress.end()
-            output.error(
-                f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to finish "
-                "(Ctrl-C again to stop now)"
-            )
-        try:
-            up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if outcome.interrupted else None)
-        except UploadFailedError as exc:
-            close_error = exc
-        except KeyboardInterrupt:
-            output.error(
-                f"interrupted again: stopped without cleaning up; staged copies are in "
-                f"{up.staging_folder}"
-            )
-            sys.stderr.flush()
-            sys.stdout.flush()
-            # The loop thread may still be busy: leave without joining it.
-            os._exit(EXIT_INTERRUPTED)
-    finally:
-        progress.end()
     outcome.seconds = time.monotonic() - start
     for item, future in futures:
         if future.done() and not future.cancelled() and future.exception() is None:
@@ -609,7 +648,12 @@ def _run_put(
             item_or_none = by_name.get(failure.name)
             source = str(item_or_none.source) if item_or_none else ""
             outcome.failed.append(
-                (failure.name, source, _describe(failure.cause), failure.staged_path)
+                (
+                    failure.name,
+                    source,
+                    _describe_failure(failure.cause, outcome.interrupted),
+                    failure.staged_path,
+                )
             )
     kept = any(staged for *_, staged in outcome.failed)
     if own_staging and not (kept and (outcome.interrupted or args.staging == "move")):
@@ -623,6 +667,131 @@ def _run_put(
     return (EXIT_FAILED if outcome.failed else EXIT_OK), outcome
 
 
+def _run_put_uploads(
+    args: argparse.Namespace,
+    output: _Output,
+    up: Uploader,
+    items: list[_Item],
+    outcome: _Outcome,
+    progress: _Progress,
+    futures: list[tuple[_Item, concurrent.futures.Future[UploadResult]]],
+    own_staging: bool,
+) -> None:
+    """Submit every item and wait for them; a (first) Ctrl-C marks the outcome interrupted."""
+    index = 0
+    try:
+        if not own_staging:
+            _announce_leftovers(output, args, up.staging_folder)
+        progress.begin(len(items), sum(i.size for i in items))
+        for item in items:
+            try:
+                future = up.submit(item.source, item.name, overwrite=not args.no_overwrite)
+            except (SourceFileError, StagingError, ConfigError) as exc:
+                # Refused before staging (missing, unreadable, a name the store refuses).
+                outcome.failed.append((item.name, str(item.source), _describe(exc), None))
+                progress.refuse()
+            else:
+                futures.append((item, future))
+            index += 1
+        concurrent.futures.wait([f for _, f in futures])
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        # What submit() had not taken yet (the item being staged included) did not start.
+        outcome.not_started = items[index:]
+        # Stop the bar first so the notes below are not drawn over.
+        progress.end()
+        output.error(
+            f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to finish "
+            "(Ctrl-C again to stop now)"
+        )
+
+
+def _announce_leftovers(output: _Output, args: argparse.Namespace, staging_dir: str) -> None:
+    """Warn when a persistent staging folder holds uploads an earlier run left pending."""
+    left = _read_journal(Path(staging_dir))[0]
+    if left:
+        _print_resume_hint(
+            output,
+            args,
+            staging_dir,
+            f"warning: {staging_dir} holds {len(left)} upload(s) left by an earlier run; "
+            "this run does not upload them. To finish them:",
+        )
+
+
+def _stop_now(
+    output: _Output,
+    args: argparse.Namespace,
+    staging_dir: str,
+    *,
+    own: bool,
+    again: bool,
+) -> NoReturn:
+    """Leave at once (a second Ctrl-C), saying truthfully what stays behind.
+
+    The staging folder is journalled (the CLI always journals): every upload not confirmed
+    there is still pending with its staged copy, so ``resume`` finishes exactly those. The
+    folder is kept, not deleted: with ``--staging move`` it holds the only copy of the files,
+    and deleting gigabytes is not what a second Ctrl-C asks for.
+
+    Runs from the SIGINT handler too, possibly while the main thread is inside a write to
+    stderr: it writes with ``os.write`` (no buffered stream, no lock) and exits with
+    ``os._exit`` (the loop thread may still be busy: it is not joined).
+    """
+    what = "interrupted again" if again else "interrupted while closing"
+    command, hidden = resume_command(args, staging_dir)
+    lines = [
+        f"{what}: stopped now. Uploads that did not finish are kept, journalled, with their "
+        f"staged copies in {staging_dir}; to upload them:",
+        f"  {command}",
+    ]
+    if hidden:
+        lines.append(_hidden_note(hidden))
+    if own and getattr(args, "staging", None) != "move":
+        lines.append(
+            "  (or, to start over with `put` instead, delete that folder: "
+            f"rm -r {shlex.quote(staging_dir)})"
+        )
+    data = ("\n" + output.scrub("\n".join(lines)) + "\n").encode(errors="replace")
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(2, data) :]
+    os._exit(EXIT_INTERRUPTED)
+
+
+class _CtrlC:
+    """The SIGINT handler while uploads run (installed as a context manager).
+
+    The first Ctrl-C raises KeyboardInterrupt: the command gives uploads in flight a few
+    seconds, then reports what is left. A second one stops at once through ``second``,
+    wherever it lands, even inside the first one's report or the uploader's close, where a
+    second KeyboardInterrupt would escape the code that reports it.
+    """
+
+    def __init__(self, second: Callable[[], NoReturn]) -> None:
+        self.count = 0
+        self._second = second
+        self._previous: Any = None
+        self._installed = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+        self._second()
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+
 def _remove_own(folder: str, own: bool) -> None:
     if own:
         shutil.rmtree(folder, ignore_errors=True)
@@ -632,7 +801,10 @@ def _report_failures(output: _Output, outcome: _Outcome, args: argparse.Namespac
     for name, source, cause, staged in outcome.failed[:_MAX_LISTED]:
         kept = f" (staged copy kept at {staged})" if staged else ""
         origin = f" from {source}" if source else ""
-        output.error(f"error: failed to upload {name}{origin}: {cause}{kept}")
+        if cause == INTERRUPTED:
+            output.error(f"not uploaded (interrupted): {name}{origin}{kept}")
+        else:
+            output.error(f"error: failed to upload {name}{origin}: {cause}{kept}")
     if len(outcome.failed) > _MAX_LISTED:
         output.error(f"... and {len(outcome.failed) - _MAX_LISTED} more failed (see --json)")
     if outcome.not_started:
@@ -642,10 +814,7 @@ def _report_failures(output: _Output, outcome: _Outcome, args: argparse.Namespac
         if len(outcome.not_started) > _MAX_LISTED:
             output.error(f"  ... and {len(outcome.not_started) - _MAX_LISTED} more (see --json)")
     if any(staged for *_, staged in outcome.failed) and outcome.staging_dir:
-        output.error(
-            f"to upload what is left: {_prog()} resume {outcome.staging_dir} --to "
-            f"{args.store} [--provider-kwarg ...]"
-        )
+        _print_resume_hint(output, args, outcome.staging_dir, "to upload what is left, run:")
 
 
 def _summary_table(output: _Output, title: str, outcome: _Outcome) -> None:
@@ -796,13 +965,14 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
             for n in progress.done_names
         ]
     reported = {f.name for f in failures}
-    outcome.failed = [(f.name, "", _describe(f.cause), f.staged_path) for f in failures]
+    outcome.failed = [
+        (f.name, "", _describe_failure(f.cause, outcome.interrupted), f.staged_path)
+        for f in failures
+    ]
     # The journal is the truth for what is left (an interrupt can lose the failure list).
     for entry in load(folder)[0]:
         if entry.name not in reported:
-            outcome.failed.append(
-                (entry.name, "", "not uploaded (interrupted)", str(folder / entry.staged))
-            )
+            outcome.failed.append((entry.name, "", INTERRUPTED, str(folder / entry.staged)))
     if outcome.interrupted:
         code = EXIT_INTERRUPTED
     elif outcome.failed:
