@@ -809,6 +809,35 @@ def test_resume_reports_objects_already_in_the_store(
     assert load(staging) == ([], [])
 
 
+def test_put_announces_what_an_earlier_run_left_in_its_staging_folder(
+    tmp_path: Path, hanging_s3: _HangingS3
+) -> None:
+    staging = tmp_path / "staging"
+    proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
+    with reaped(proc):
+        proc.kill()
+    (tmp_path / "new.txt").write_bytes(b"new")
+    store = tmp_path / "store"
+    result = run(
+        ["put", "new.txt", "--to", str(store), "--staging-dir", str(staging)], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    # Once (the library's generic warning is not printed beside it), with the count...
+    assert result.stderr.count("an earlier run left unfinished") == 1, result.stderr
+    assert f"staging folder {staging} holds 2 upload(s)" in result.stderr
+    # ...and the exact command, which finishes them as printed.
+    argv = _printed_resume_command(result.stderr)
+    assert argv[1:] == ["resume", str(staging), "--to", store.as_uri()]
+    assert local_objects(store) == {"new.txt": b"new"}  # this run did not upload them
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert done.returncode == 0, done.stderr
+    # resume itself does not tell the user to resume.
+    assert "earlier run" not in done.stderr
+    assert local_objects(store) == {"new.txt": b"new", **files}
+
+
 def test_resume_failure_exits_1_and_names_the_object(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     store = tmp_path / "store"

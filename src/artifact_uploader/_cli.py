@@ -51,7 +51,7 @@ from ._errors import (
     UploadFailedError,
 )
 from ._events import EventKind, ProgressTotals, UploadEvent
-from ._journal import JOURNAL_FILE, JournalEntry, load
+from ._journal import JOURNAL_FILE, JournalEntry, load, pending_count, resuming
 from ._staging import STAGING_MODES
 from ._types import UploadResult
 
@@ -515,15 +515,18 @@ def _open_uploader(
 ) -> Uploader:
     from ._sync import Uploader
 
-    return Uploader(
-        args.store,
-        max_concurrency=args.concurrency,
-        staging_dir=staging_dir,
-        provider_kwargs=options,
-        staging=args.staging,
-        max_staged_bytes=MAX_STAGED_BYTES,
-        on_event=on_event,
-    )
+    # Pending entries of an earlier run are announced by the CLI itself, with the exact
+    # command (_announce_leftovers), not by the library's generic warning.
+    with resuming():
+        return Uploader(
+            args.store,
+            max_concurrency=args.concurrency,
+            staging_dir=staging_dir,
+            provider_kwargs=options,
+            staging=args.staging,
+            max_staged_bytes=MAX_STAGED_BYTES,
+            on_event=on_event,
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -707,15 +710,24 @@ def _run_put_uploads(
 
 
 def _announce_leftovers(output: _Output, args: argparse.Namespace, staging_dir: str) -> None:
-    """Warn when a persistent staging folder holds uploads an earlier run left pending."""
-    left = _read_journal(Path(staging_dir))[0]
+    """Warn when a persistent staging folder holds uploads an earlier run left pending.
+
+    The library's own warning (silenced while the uploader is built, see ``_open_uploader``)
+    names the command only in general; this one is the exact command, with this run's store
+    and options (the journal does not record the store: the user may give another ``--to``).
+    """
+    try:
+        left = pending_count(staging_dir)
+    except StagingError:
+        return  # the uploader has already accepted the folder; nothing to announce
     if left:
         _print_resume_hint(
             output,
             args,
             staging_dir,
-            f"warning: {staging_dir} holds {len(left)} upload(s) left by an earlier run; "
-            "this run does not upload them. To finish them:",
+            f"warning: staging folder {staging_dir} holds {left} upload(s) an earlier run left "
+            "unfinished; this run does not upload them. To finish them (into this run's "
+            "store; give another --to if they were meant for another one):",
         )
 
 
@@ -911,13 +923,14 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
     # What the uploader will find (it reads the journal the same way), for the bar and report.
     entries, outcome.skipped_lines = _read_journal(folder)
     try:
-        up = Uploader(
-            args.store,
-            staging_dir=folder,
-            provider_kwargs=options,
-            max_concurrency=args.concurrency,
-            on_event=progress.on_event,
-        )
+        with resuming():  # built to resume its folder: no "resume me" warning
+            up = Uploader(
+                args.store,
+                staging_dir=folder,
+                provider_kwargs=options,
+                max_concurrency=args.concurrency,
+                on_event=progress.on_event,
+            )
     except (ConfigError, StagingError) as exc:
         outcome.error = f"{_prog()} resume: error: {exc}"
         code = EXIT_USAGE
