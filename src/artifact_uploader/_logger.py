@@ -35,11 +35,18 @@ class ObjectStoreLogger:
 
     The signature and semantics follow Composer's ``ObjectStoreLogger``: ``file_artifact`` blocks
     only while the file is copied into the staging folder, then the upload runs behind the
-    training loop. Failures are raised from the next ``file_artifact``, ``flush`` or ``close``.
+    training loop. Failures are raised from the next ``file_artifact``, ``flush`` or ``close``,
+    and in a Composer ``Trainer`` from ``fit_end``, so they fail ``fit()``.
+
+    In a Composer ``Trainer`` it is a Composer ``LoggerDestination`` (when Composer is imported
+    before the logger is built): checkpoints arrive through :meth:`upload_file`, Composer's
+    ``latest`` ``.symlink`` file becomes a symlink object written once its checkpoint is durable,
+    and autoresume reads checkpoints back through :meth:`download_file`.
 
     Args:
         provider: "s3", "gs" / "gcs" / "google_storage", "azure_blobs" / "az", or "file" / "local".
-        container: The bucket (a directory path for "file").
+        container: The bucket (a directory path for "file"; with ``provider_kwargs={"key":
+            folder}``, a folder inside ``folder``, as in libcloud's local driver).
         provider_kwargs: Provider options; the seed's keys (key, secret, secure, host, port,
             region, api_version) are understood.
         should_log_artifact: ``(state, log_level, artifact_name) -> bool``; False means the
