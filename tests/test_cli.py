@@ -394,6 +394,44 @@ def test_bad_usage_exits_2_with_a_clear_message(
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("to", "suggestion"),
+    [
+        ("s3:/my-bucket", "did you mean s3://my-bucket?"),
+        ("s3:bucket", "did you mean s3://bucket?"),
+        ("gs:/b", "did you mean gs://b?"),
+        ("az:container", "did you mean az://container?"),
+        ("S3:/my-bucket/pre", "did you mean s3://my-bucket/pre?"),
+        ("s3//my-bucket", "did you mean s3://my-bucket?"),
+        ("file:/tmp/x", "did you mean file:///tmp/x?"),
+        ("gcs:/b", "schemes: az, file, gs, s3"),
+    ],
+)
+@pytest.mark.parametrize("command", ["put", "resume"])
+def test_a_mistyped_store_uri_is_refused_not_written_locally(
+    tmp_path: Path, to: str, suggestion: str, command: str
+) -> None:
+    (tmp_path / "f.txt").write_bytes(b"x")
+    staging = tmp_path / "staging"
+    if command == "resume":
+        # A real journal to resume, so only the URI can be what is refused.
+        first = run(
+            ["put", "f.txt", "--to", str(tmp_path / "s"), "--staging-dir", str(staging)],
+            cwd=tmp_path,
+        )
+        assert first.returncode == 0, first.stderr
+        args = ["resume", str(staging), "--to", to]
+    else:
+        args = ["put", "f.txt", "--to", to]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run(args, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"--to {to!r} looks like a store URI but is not a well-formed one" in result.stderr
+    assert suggestion in result.stderr
+    # Nothing written where the mistyped URI would have made a local folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_two_sources_with_one_name_are_refused_before_uploading(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.txt").write_bytes(b"1")

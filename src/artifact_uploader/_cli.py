@@ -253,13 +253,44 @@ def parse_provider_kwargs(items: Sequence[str]) -> tuple[dict[str, Any], _Scrubb
     return options, _Scrubber(secrets)
 
 
-def _store_uri(to: str) -> str:
-    """``--to`` as a store URI: a plain local path becomes a ``file://`` URI."""
+# "scheme:" at the start (two characters or more, so a drive-letter-like "c:" is not one).
+_SCHEME_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _store_uri(to: str, what: str = "--to") -> str:
+    """``--to`` as a store URI: a plain local path becomes a ``file://`` URI.
+
+    Text that looks like a URI but is not a well-formed one (``s3:/bucket``, ``s3:bucket``,
+    ``gs:/b``, ``az:container``, ``s3//bucket``) is refused instead of being taken as a local
+    folder named ``s3:``: uploads would land on the local disk and the command report success.
+    ``scheme://...`` is left to the library, which checks the scheme and the rest.
+
+    Raises:
+        _UsageError: Empty, or URI-like but malformed (the message suggests the fix).
+    """
+    if not to:
+        raise _UsageError(f"{what} must not be empty")
     if "://" in to:
         return to
-    if not to:
-        raise _UsageError("--to must not be empty")
+    schemes = sorted(_known_schemes())
+    match = _SCHEME_LIKE.match(to) or re.match(rf"({'|'.join(schemes)})/+", to, re.IGNORECASE)
+    if match:
+        scheme = match.group(1).lower()
+        rest = to[match.end() :].lstrip("/")
+        fix = f"file:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
+        hint = f"did you mean {fix}? " if scheme in schemes else ""
+        raise _UsageError(
+            f"{what} {to!r} looks like a store URI but is not a well-formed one "
+            f"(expected scheme://..., schemes: {', '.join(schemes)}); {hint}"
+            f"for a local folder of that name, write ./{to}"
+        )
     return Path(to).expanduser().absolute().as_uri()
+
+
+def _known_schemes() -> frozenset[str]:
+    from ._registry import _SCHEMES
+
+    return frozenset(_SCHEMES)
 
 
 # -- collecting the files ----------------------------------------------------------------------
