@@ -283,6 +283,49 @@ def test_json_output_lists_the_objects(
     assert json.loads(out)["uploaded"][0]["name"] == "model.pt"
 
 
+def test_json_types_for_a_small_and_a_multipart_object(
+    tmp_path: Path, moto_server: MotoServer, moto_s3: Any, s3_bucket: str
+) -> None:
+    import base64
+
+    import google_crc32c
+
+    small = os.urandom(1000)
+    big = os.urandom(17 * 1024 * 1024)  # over the default 16 MiB threshold: two parts
+    (tmp_path / "small.bin").write_bytes(small)
+    (tmp_path / "big.bin").write_bytes(big)
+    result = run(
+        [
+            "put",
+            "small.bin",
+            "big.bin",
+            "--to",
+            f"s3://{s3_bucket}/j",
+            "--provider-kwarg",
+            f"endpoint_url={moto_server.endpoint_url}",
+            "--json",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    objects = {o["name"]: o for o in json.loads(result.stdout)["uploaded"]}
+    for name, data in (("small.bin", small), ("big.bin", big)):
+        obj = objects[name]
+        assert read_s3_object(moto_s3, s3_bucket, f"j/{name}") == data
+        assert obj["size"] == len(data) and isinstance(obj["size"], int)
+        # No versioning on the bucket: JSON null, not the string "null".
+        assert obj["version"] is None, obj
+        assert isinstance(obj["etag"], str) and obj["etag"], obj
+        # Both carry the store's CRC32C (the multipart one: its composite), as the store
+        # itself reports it.
+        assert obj["checksum_algorithm"] == "crc32c", obj
+        stored = moto_s3.head_object(Bucket=s3_bucket, Key=f"j/{name}", ChecksumMode="ENABLED")
+        assert obj["checksum"] == stored["ChecksumCRC32C"], (obj, stored)
+    whole = base64.b64encode(google_crc32c.Checksum(small).digest()).decode()
+    assert objects["small.bin"]["checksum"] == whole
+    assert isinstance(objects["big.bin"]["checksum"], str)
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 
