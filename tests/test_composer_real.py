@@ -215,9 +215,15 @@ def test_templated_object_names_symlink_points_at_the_stored_object(
     reader = store.logger(object_name=TEMPLATE, run_name="tmpl")
     try:
         reader.download_file(LATEST, str(tmp_path / "latest.pt"))
+        # Composer's own get_file on the symlink name: it reads the symlink's text (the stored
+        # name) and asks the logger for that name, which is found as it is.
+        from composer.utils import get_file
+
+        get_file(LATEST + ".symlink", str(tmp_path / "via-get-file.pt"), object_store=reader)
     finally:
         reader.close()
     assert (tmp_path / "latest.pt").read_bytes() == (workdir / EP2).read_bytes()
+    assert (tmp_path / "via-get-file.pt").read_bytes() == (workdir / EP2).read_bytes()
 
 
 @pytest.mark.parametrize("object_name", ["{artifact_name}", TEMPLATE], ids=["plain", "templated"])
