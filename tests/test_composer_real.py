@@ -168,12 +168,14 @@ def test_logger_state_round_trips_through_a_composer_checkpoint(
     assert loaded == [logger_state]
 
 
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "procs"])
 def test_a_failed_final_checkpoint_fails_fit_and_keeps_the_old_latest(
     composer: Any,
     workdir: Path,
     moto_server: MotoServer,
     s3_bucket: str,
     fault_proxy: FaultProxy,
+    use_procs: bool,
 ) -> None:
     from artifact_uploader import RetryPolicy
 
@@ -184,6 +186,7 @@ def test_a_failed_final_checkpoint_fails_fit_and_keeps_the_old_latest(
         s3_bucket,
         provider_kwargs=moto_server.options(endpoint_url=fault_proxy.endpoint_url),
         retry=RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0),
+        use_procs=use_procs,
     )
     trainer = make_trainer(composer, logger)
     with pytest.raises(UploadFailedError) as info:
