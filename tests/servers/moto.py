@@ -112,26 +112,21 @@ def start_server(
     return f"http://127.0.0.1:{port}", log_path, proc
 
 
-# moto computes S3's composite CRC32C of a multipart upload with the optional ``crc32c``
-# package and silently falls back to zlib's CRC32 without it, so the checksum it reports for a
-# multipart object would be wrong. Give it that module, backed by google-crc32c (a dependency of
-# the library), before moto's server starts.
-_MOTO_MAIN = (
-    "import importlib.machinery, sys, types, google_crc32c\n"
-    "crc32c = types.ModuleType('crc32c')\n"
-    "crc32c.__spec__ = importlib.machinery.ModuleSpec('crc32c', None)\n"
-    "crc32c.crc32c = lambda data, value=0: google_crc32c.extend(value, bytes(data))\n"
-    "sys.modules.setdefault('crc32c', crc32c)\n"
-    "from moto.server import main\n"
-    "sys.argv[0] = 'moto_server'\n"
-    "main()\n"
-)
-
-
 def start_moto_server(log_dir: Path) -> MotoServer:
-    """Start moto's server on a port of its choosing and wait until it answers."""
+    """Start moto's server on a port of its choosing and wait until it answers.
+
+    It runs through ``_moto_main.py``, which makes two of moto's answers as S3 gives them (the
+    composite CRC32C of multipart objects, the start times of multipart uploads).
+    """
     endpoint, log_path, proc = start_server(
-        [sys.executable, "-c", _MOTO_MAIN, "-H", "127.0.0.1", "-p", "0"],
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_moto_main.py")),
+            "-H",
+            "127.0.0.1",
+            "-p",
+            "0",
+        ],
         "/moto-api/",
         log_dir,
         "moto_server",

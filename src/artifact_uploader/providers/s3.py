@@ -27,9 +27,10 @@ import hashlib
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -115,6 +116,13 @@ _DENIED_CODES: Final = frozenset(
 # The store received a body that does not match the checksum we sent: corrupted in transit, so a
 # new attempt (which re-reads the staged file) may succeed.
 _DIGEST_CODES: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+# Pages of ListMultipartUploads read for one key at most (1,000 uploads each).
+_MAX_UPLOAD_PAGES: Final = 10
+# Seconds added to the window in which an orphaned upload may have started (clock resolution,
+# time between send and the store's stamp).
+_ORPHAN_MARGIN: Final = 1.0
+# Start times further than this from our clock are not trusted (a store that reports none).
+_CLOCK_TRUST: Final = 3600.0
 # An ETag that is an MD5: of the body, or of the parts' MD5s with the part count.
 _MD5_ETAG: Final = re.compile(r"[0-9a-fA-F]{32}(-[0-9]{1,5})?")
 # "No such object" as GetObject (NoSuchKey) and HeadObject (a bare 404, no body) answer it.
@@ -373,6 +381,8 @@ class S3Provider:
         # cancel) or a transient error. If the engine's retry of one meets "already exists"
         # (or, for Complete, "no such upload"), the first send may have landed: see _landed.
         self._in_doubt: set[tuple[object, ...]] = set()
+        # Keys whose CreateMultipartUpload went unanswered, and since when (monotonic clock).
+        self._create_doubt: dict[str, float] = {}
 
     def __repr__(self) -> str:
         # Bucket, prefix and endpoint only: never credentials.
@@ -607,6 +617,7 @@ class S3Provider:
         stack, self._stack, self._client = self._stack, None, None
         self._direct = None
         self._in_doubt.clear()
+        self._create_doubt.clear()
         if stack is not None:
             await stack.aclose()
 
@@ -767,22 +778,87 @@ class S3Provider:
         ``overwrite`` is honoured at :meth:`complete_multipart`, where S3 checks the condition.
         """
         client = self._live_client()
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(name)}
+        key = self.key(name)
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if self.checksum:
             params["ChecksumAlgorithm"] = "CRC32C"
+        # A Create whose answer is lost may still have started an upload that nobody holds the
+        # id of: remember since when (monotonic clock) the outcome is in doubt, and once a
+        # retry succeeds, abort the uploads of this key that the store started in that window.
+        doubt = self._create_doubt.get(key)
+        started = time.monotonic()
         try:
             resp = await client.create_multipart_upload(**params)
+            upload_id = resp.get("UploadId")
+            if not isinstance(upload_id, str) or not upload_id:
+                raise ProviderError(
+                    f"S3 CreateMultipartUpload for {self.uri(name)!r} returned no UploadId",
+                    name=name,
+                    uri=self.uri(name),
+                    transient=True,
+                )
         except Exception as exc:
-            raise self._map(exc, "CreateMultipartUpload", name) from exc
-        upload_id = resp.get("UploadId")
-        if not isinstance(upload_id, str) or not upload_id:
-            raise ProviderError(
-                f"S3 CreateMultipartUpload for {self.uri(name)!r} returned no UploadId",
-                name=name,
-                uri=self.uri(name),
-                transient=True,
-            )
+            error = self._map(exc, "CreateMultipartUpload", name)
+            if error.transient and doubt is None:
+                self._create_doubt[key] = started
+            raise error from exc
+        if doubt is not None:
+            self._create_doubt.pop(key, None)
+            await self._abort_orphans(name, upload_id, time.monotonic() - doubt)
         return upload_id
+
+    async def _abort_orphans(self, name: str, ours: str, window: float) -> None:
+        """Abort the uploads of ``name`` that an unanswered Create started: in progress for
+        exactly this key and initiated, by the store's clock, within ``window`` seconds (plus a
+        margin) before ``ours``, the upload this attempt holds. Uploads started earlier (someone
+        else's) are left alone. Best effort: failures are logged, the upload goes on."""
+        client = self._live_client()
+        key = self.key(name)
+        found: list[tuple[str, datetime]] = []
+        mine: datetime | None = None
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        try:
+            for _ in range(_MAX_UPLOAD_PAGES):
+                page = await client.list_multipart_uploads(**params)
+                for upload in page.get("Uploads") or ():
+                    uid, when = upload.get("UploadId"), upload.get("Initiated")
+                    if upload.get("Key") != key or not isinstance(uid, str):
+                        continue
+                    if not isinstance(when, datetime) or when.tzinfo is None:
+                        continue
+                    if uid == ours:
+                        mine = when
+                    else:
+                        found.append((uid, when))
+                if not page.get("IsTruncated"):
+                    break
+                params["KeyMarker"] = page.get("NextKeyMarker")
+                params["UploadIdMarker"] = page.get("NextUploadIdMarker")
+        except Exception as exc:
+            log.warning(
+                "%s: could not look for an upload orphaned by a lost answer: %s",
+                self.uri(name),
+                type(exc).__name__,
+            )
+            return
+        now = datetime.now(UTC)
+        if mine is None or abs((now - mine).total_seconds()) > _CLOCK_TRUST:
+            # The store does not report when uploads started (or its clock is far off): an
+            # orphan cannot be told from someone else's upload, so none is aborted.
+            log.warning(
+                "%s: cannot tell an upload orphaned by a lost answer from others (the store's "
+                "upload start times are missing or implausible); none aborted",
+                self.uri(name),
+            )
+            return
+        earliest = mine - timedelta(seconds=window + _ORPHAN_MARGIN)
+        for uid, when in found:
+            if earliest <= when <= mine + timedelta(seconds=_ORPHAN_MARGIN):
+                log.info("%s: aborting an upload whose Create answer was lost", self.uri(name))
+                try:
+                    await self.abort_multipart(name, uid)
+                except ProviderError as exc:
+                    log.warning("%s: could not abort it: %s", self.uri(name), exc)
 
     async def put_part(
         self, name: str, upload_id: str, part_number: int, data: FileSlice
@@ -876,15 +952,17 @@ class S3Provider:
             if not error.transient:
                 self._in_doubt.discard(token)
             raise error from exc
-        self._in_doubt.discard(token)
         etag = _strip_etag(resp.get("ETag"))
         expected = _multipart_etag(ordered)
         theirs = resp.get("ChecksumCRC32C")
         checksum_type = resp.get("ChecksumType")
         if self.checksum and ours is not None and not theirs:
             # Some servers (moto among them) leave the checksum out of Complete's answer but
-            # report it on HEAD: ask, rather than report a checksum nobody confirmed.
+            # report it on HEAD: ask, rather than report a checksum nobody confirmed. A
+            # transient failure of that HEAD is retried as Complete's own: the upload stays
+            # "in doubt", so the retry finds the object and checks it (see _landed).
             theirs, checksum_type = await self._stored_checksum(name)
+        self._in_doubt.discard(token)
         try:
             if self._check_etag and expected is not None and etag and "-" in etag:
                 self._check_md5(name, "CompleteMultipartUpload", resp, etag, expected)
@@ -1126,7 +1204,12 @@ class S3Provider:
             return None
         theirs = head.get("ChecksumCRC32C")
         stored_etag = _strip_etag(head.get("ETag"))
-        verified = checksum is not None and theirs == checksum
+        # S3 writes a composite checksum as "<crc>-N"; some servers leave "-N" out.
+        verified = (
+            checksum is not None
+            and isinstance(theirs, str)
+            and (theirs == checksum or theirs == checksum.split("-")[0])
+        )
         # Without a comparable checksum (checksum=None, or a full-object CRC32C for a multipart
         # upload) the ETag decides: the MD5 (of the parts' MD5s) unless SSE-KMS changed it.
         if not verified and (etag is None or stored_etag != etag):
@@ -1140,13 +1223,20 @@ class S3Provider:
         )
 
     async def _stored_checksum(self, name: str) -> tuple[str | None, str | None]:
-        """The CRC32C (and its type) HeadObject reports for ``name``; (None, None) on any
-        failure (the result then claims no checksum)."""
+        """The CRC32C (and its type) HeadObject reports for ``name``; (None, None) when the
+        store will not say (the result then claims no checksum).
+
+        Raises:
+            ProviderError: A transient failure (retried by the engine).
+        """
         try:
             head = await self._live_client().head_object(
                 Bucket=self.bucket, Key=self.key(name), ChecksumMode="ENABLED"
             )
         except Exception as exc:
+            error = self._map(exc, "HeadObject", name)
+            if error.transient:
+                raise error from exc
             log.debug("could not read the checksum of %r: %s", name, type(exc).__name__)
             return None, None
         crc, kind = head.get("ChecksumCRC32C"), head.get("ChecksumType")
@@ -1267,7 +1357,9 @@ class S3Provider:
                     )
                 return ProviderError(text, **kw)
             if code in _DENIED_CODES or status == 403:
-                return PermissionDeniedError(text, **kw)
+                return PermissionDeniedError(
+                    self._scrub(_denied_text(op, where, code, detail)), **kw
+                )
             if code == "NoSuchBucket" or (name is None and status == 404):
                 return StoreNotFoundError(
                     self._scrub(
@@ -1319,6 +1411,40 @@ class S3Provider:
         return ProviderError(
             self._scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"), **kw
         )
+
+
+# What a 403 means, by error code, and what to check.
+_CREDENTIALS_REFUSED: Final = {
+    "InvalidAccessKeyId": "the access key id is not known to the store",
+    "SignatureDoesNotMatch": "the secret access key does not match the access key id",
+    "InvalidToken": "the session token is not valid",
+    "ExpiredToken": "the session token has expired",
+    "TokenRefreshRequired": "the session token must be refreshed",
+    "InvalidClientTokenId": "the access key id or session token is not valid",
+    "UnrecognizedClientException": "the access key id or session token is not valid",
+}
+
+
+def _denied_text(op: str, where: str, code: str, detail: str) -> str:
+    """A 403 that says the credentials were refused (or lack a permission) and what to check."""
+    check = (
+        "check the access key id, secret key and session token this provider uses (its key / "
+        "secret / token options, else AWS_ACCESS_KEY_ID with the matching secret key and "
+        "session token in the environment, AWS_PROFILE or the instance role), that they have "
+        "not expired, and the region and endpoint"
+    )
+    reason = _CREDENTIALS_REFUSED.get(code)
+    if reason is not None:
+        return f"S3 {op} of {where}: the credentials were refused ({reason}; {detail}): {check}"
+    if code in ("AccessDenied", "AllAccessDisabled", "AccountProblem"):
+        return (
+            f"S3 {op} of {where}: access denied ({detail}): the credentials were refused or "
+            f"lack the permission for {op}; {check}, and the bucket policy / IAM permissions"
+        )
+    return (
+        f"S3 {op} of {where}: forbidden ({detail}): the credentials were refused or lack the "
+        f"permission; {check}, and the bucket policy / IAM permissions"
+    )
 
 
 def _version(value: object) -> str | None:
