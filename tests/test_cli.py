@@ -489,7 +489,17 @@ def test_two_sources_with_one_name_are_refused_before_uploading(tmp_path: Path) 
 def test_help_mentions_every_subcommand_and_examples(tmp_path: Path) -> None:
     result = run(["--help"], cwd=tmp_path)
     assert result.returncode == 0
-    for word in ("put", "resume", "bench", "file://", "s3://", "gs://", "az://", "endpoint_url"):
+    for word in (
+        "put",
+        "resume",
+        "get",
+        "bench",
+        "file://",
+        "s3://",
+        "gs://",
+        "az://",
+        "endpoint_url",
+    ):
         assert word in result.stdout, word
     put_help = run(["put", "--help"], cwd=tmp_path)
     assert put_help.returncode == 0
@@ -940,6 +950,136 @@ def test_resume_failure_exits_1_and_names_the_object(tmp_path: Path) -> None:
     done = run(["resume", str(staging), "--to", str(store)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (store / "a.txt").read_bytes() == b"new"
+
+
+# -- get ---------------------------------------------------------------------------------------
+
+
+def _s3_args(moto_server: MotoServer, *more: str) -> list[str]:
+    return ["--provider-kwarg", f"endpoint_url={moto_server.endpoint_url}", *more]
+
+
+def test_get_from_s3_in_a_terminal_shows_progress_and_writes_the_verified_object(
+    tmp_path: Path, moto_server: MotoServer, s3_bucket: str
+) -> None:
+    data = os.urandom(10 * 1024 * 1024)  # enough bytes for the bar to show progress
+    (tmp_path / "model.bin").write_bytes(data)
+    put = run(
+        ["put", "model.bin", "--to", f"s3://{s3_bucket}/run", *_s3_args(moto_server)], cwd=tmp_path
+    )
+    assert put.returncode == 0, put.stderr
+    (tmp_path / "out").mkdir()
+    code, out = run_in_pty(
+        ["get", f"s3://{s3_bucket}/run/model.bin", "out", *_s3_args(moto_server)], cwd=tmp_path
+    )
+    assert code == 0, out
+    assert "\x1b[2K" in out and "Downloading" in out, out  # a live bar, redrawn
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert "100%" in plain and "crc32c verified" in plain, plain
+    # DEST an existing directory: the object's base name inside it.
+    assert (tmp_path / "out" / "model.bin").read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.bin"]
+
+
+def test_get_from_a_file_store_json_quiet_and_overwrite(tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "ckpt")
+    store = tmp_path / "store"
+    assert run(["put", "ckpt", "--to", str(store)], cwd=tmp_path).returncode == 0
+    uri = (store / "sub" / "b.txt").as_uri()
+    result = run(["get", uri, "b.txt", "--json"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["exit_code"] == 0 and doc["error"] is None
+    assert doc["name"] == "b.txt" and doc["path"] == str(tmp_path / "b.txt")
+    assert doc["size"] == len(files["sub/b.txt"]) and isinstance(doc["size"], int)
+    assert (tmp_path / "b.txt").read_bytes() == files["sub/b.txt"]
+    # An existing DEST is refused (exit 1, as put's --no-overwrite) and left as it is...
+    (tmp_path / "b.txt").write_bytes(b"mine")
+    refused = run(["get", uri, "b.txt"], cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "exists; pass --overwrite" in refused.stderr
+    assert (tmp_path / "b.txt").read_bytes() == b"mine"
+    # ...and replaced with --overwrite; -q prints nothing.
+    quiet = run(["get", uri, "b.txt", "--overwrite", "-q"], cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert (tmp_path / "b.txt").read_bytes() == files["sub/b.txt"]
+    # A plain text summary on stdout otherwise.
+    again = run(["get", str(store / "a.bin"), "a.bin"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"downloaded {(store / 'a.bin').as_uri()} -> {tmp_path / 'a.bin'}" in again.stdout
+
+
+def test_get_follows_a_symlink_object(
+    tmp_path: Path, moto_server: MotoServer, moto_s3: Any, s3_bucket: str
+) -> None:
+    moto_s3.put_object(Bucket=s3_bucket, Key="run/ep1.pt", Body=b"epoch one")
+    moto_s3.put_object(Bucket=s3_bucket, Key="run/latest.pt.symlink", Body=b"ep1.pt\n")
+    result = run(
+        [
+            "get",
+            f"s3://{s3_bucket}/run/latest.pt",
+            "latest.pt",
+            "--store",
+            f"s3://{s3_bucket}/run",
+            "--json",
+            *_s3_args(moto_server),
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "latest.pt").read_bytes() == b"epoch one"
+    assert json.loads(result.stdout)["name"] == "ep1.pt"  # the object actually read
+    # file://: the object's folder is the store, so a symlink beside it resolves as is.
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "ep2.pt").write_bytes(b"epoch two")
+    (store / "latest.pt.symlink").write_text("ep2.pt")
+    local = run(["get", (store / "latest.pt").as_uri(), "l2.pt"], cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    assert (tmp_path / "l2.pt").read_bytes() == b"epoch two"
+
+
+def test_get_failures_and_their_exit_codes(
+    tmp_path: Path, moto_server: MotoServer, moto_s3: Any, s3_bucket: str, fault_proxy: FaultProxy
+) -> None:
+    missing = run(
+        ["get", f"s3://{s3_bucket}/nope.bin", "x", "--json", *_s3_args(moto_server)], cwd=tmp_path
+    )
+    assert missing.returncode == 1, missing.stderr
+    assert f"no such object: s3://{s3_bucket}/nope.bin" in missing.stderr
+    assert json.loads(missing.stdout)["ok"] is False
+    no_bucket = run(
+        ["get", "s3://no-such-bucket-here/a", "x", *_s3_args(moto_server)], cwd=tmp_path
+    )
+    assert no_bucket.returncode == 3, no_bucket.stderr
+    assert "no-such-bucket-here" in no_bucket.stderr
+    for bad in (["get", "s3:/b/x", "x"], ["get", f"s3://{s3_bucket}", "x"], ["get", "s3://b/x"]):
+        usage = run(bad, cwd=tmp_path)
+        assert usage.returncode == 2, (bad, usage.stderr)
+    # A body damaged on the way, every time: it does not verify, and nothing is left at DEST.
+    data = os.urandom(100_000)
+    (tmp_path / "d.bin").write_bytes(data)
+    assert (
+        run(
+            ["put", "d.bin", "--to", f"s3://{s3_bucket}", *_s3_args(moto_server)], cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    fault_proxy.script(*[Fault("corrupt-response")] * 20, method="GET")
+    damaged = run(
+        [
+            "get",
+            f"s3://{s3_bucket}/d.bin",
+            "out.bin",
+            "--provider-kwarg",
+            f"endpoint_url={fault_proxy.endpoint_url}",
+        ],
+        cwd=tmp_path,
+    )
+    assert damaged.returncode == 1, damaged.stderr
+    assert "IntegrityError" in damaged.stderr and "out.bin was not written" in damaged.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin"]
+    assert fault_proxy.counts["corrupt-response"] >= 1
 
 
 # -- bench -------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""The ``artifact-uploader`` command line: ``put``, ``resume`` and ``bench``.
+"""The ``artifact-uploader`` command line: ``put``, ``resume``, ``get`` and ``bench``.
 
 Output streams: the progress bar, warnings and every error go to stderr; the result (a summary
 table, or one JSON document with ``--json``) goes to stdout, so ``--json`` output can be piped.
 
 Exit codes:
 
-- 0: everything was uploaded;
-- 1: some uploads failed (each is named on stderr);
+- 0: everything was uploaded (``get``: downloaded and verified);
+- 1: some uploads failed (each is named on stderr); ``get``: no such object, the download
+  failed or did not verify, or DEST exists without ``--overwrite``;
 - 2: bad usage or configuration (argparse's own code): unknown option, malformed URI, missing
   extra, unusable staging folder, no such local file;
 - 3: the store could not be opened (missing bucket, credentials refused, unreachable):
@@ -40,10 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import unquote, urlsplit
 
 from ._errors import (
     ConfigError,
     FailedUpload,
+    ObjectNotFoundError,
     ProviderError,
     SourceFileError,
     StagingError,
@@ -136,6 +139,11 @@ examples:
 
   # for scripts: one JSON document on stdout, no progress bar
   artifact-uploader put ./ckpt --to s3://bucket/prefix --json | jq '.uploaded[].uri'
+
+  # download an object, verified against the store's checksum, written atomically
+  artifact-uploader get s3://my-bucket/runs/42/model.safetensors ./weights/
+  # ...following a .symlink object (latest.pt.symlink) written under the prefix runs/42
+  artifact-uploader get s3://my-bucket/runs/42/latest.pt . --store s3://my-bucket/runs/42
 
   # finish what a killed run left in its (persistent) staging folder
   artifact-uploader put ./ckpt --to s3://bucket/p --staging-dir /var/tmp/up   # killed...
@@ -1053,6 +1061,183 @@ def _read_journal(folder: Path) -> tuple[list[JournalEntry], list[str]]:
         logger.setLevel(level)
 
 
+# -- get ---------------------------------------------------------------------------------------
+
+_GET_DESCRIPTION = """\
+Download one object to a local file, verified against the checksum the store recorded
+(CRC32C, MD5 or a multipart composite) and written atomically: a temporary file in DEST's
+folder renamed into place, so DEST is either the whole verified object or untouched.
+
+URI is the object's full URI (s3://bucket/key, gs://..., az://..., file:///dir/name). Its
+object name is the key below the bucket (for file://, the file name in its folder); give
+--store for a store root or prefix, e.g. `--store s3://b/run1` for `s3://b/run1/latest.pt`, so
+that `.symlink` objects (latest.pt.symlink), whose text names an object relative to the store,
+are followed: `get URI` of a missing X with an X.symlink beside it downloads its target.
+
+DEST is a file path, or an existing directory (the object's base name is used there). An
+existing file is refused unless --overwrite."""
+
+
+def split_object_uri(uri: str, store: str | None) -> tuple[str, str]:
+    """``(store URI, object name)`` for the object at ``uri`` (see the ``get`` help).
+
+    Raises:
+        _UsageError: A malformed URI, one that names no object, or one outside ``store``.
+    """
+    uri = _store_uri(uri, "URI")
+    if store is not None:
+        root = _store_uri(store, "--store").rstrip("/")
+        if not uri.startswith(root + "/") or len(uri) == len(root) + 1:
+            raise _UsageError(f"URI {uri!r} is not an object inside --store {root!r}")
+        name = uri[len(root) + 1 :]
+        return root, unquote(name) if root.startswith("file:") else name
+    parts = urlsplit(uri)
+    if parts.scheme.lower() == "file":
+        folder, _, name = uri.rpartition("/")
+        if not name or folder.endswith(":/"):
+            raise _UsageError(f"URI {uri!r} names no file")
+        return folder, unquote(name)
+    name = uri.split("://", 1)[1].partition("/")[2]
+    if not name or name.endswith("/"):
+        raise _UsageError(f"URI {uri!r} names no object (expected {parts.scheme}://bucket/key)")
+    return f"{parts.scheme}://{parts.netloc}", name
+
+
+class _DownloadProgress:
+    """A byte progress bar for one download, started when the object's size is known."""
+
+    def __init__(self, output: _Output) -> None:
+        self.output = output
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._base = 0  # bytes received before this download (the uploader's running total)
+
+    def on_event(self, event: UploadEvent) -> None:
+        """The uploader's callback (its loop thread)."""
+        if not self.output.live:
+            return
+        if event.kind is EventKind.DOWNLOAD_STARTED and self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
+            progress = Progress(
+                TextColumn("[bold]Downloading"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                console=self.output.err,
+                refresh_per_second=8,
+            )
+            self._base = event.totals.bytes_received
+            self._task = progress.add_task("download", total=max(event.size, 1))
+            progress.start()
+            self._progress = progress
+        elif self._progress is not None and self._task is not None:
+            done = event.totals.bytes_received - self._base
+            if event.kind is EventKind.DOWNLOADED:
+                done = max(event.size, 1)
+            self._progress.update(self._task, completed=done)
+
+    def end(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def cmd_get(args: argparse.Namespace, output: _Output, options: dict[str, Any]) -> int:
+    from ._download import DestinationExistsError
+    from ._sync import Uploader
+
+    store, name = split_object_uri(args.uri, args.store_root)
+    args.store = store
+    dest = Path(args.dest).expanduser()
+    if dest.is_dir():
+        dest = dest / name.rsplit("/", 1)[-1]
+    doc: dict[str, Any] = {"ok": False, "uri": args.uri, "store": store, "name": name}
+    progress = _DownloadProgress(output)
+    start = time.monotonic()
+
+    def finish(code: int, error: str | None = None) -> int:
+        if error is not None:
+            output.error(error)
+        if output.json_mode:
+            doc.update(ok=code == EXIT_OK, exit_code=code, error=error)
+            output.emit_json(doc)
+        return code
+
+    try:
+        up = Uploader(
+            store,
+            provider_kwargs=options,
+            max_concurrency=args.concurrency,
+            on_event=progress.on_event,
+        )
+    except (ConfigError, StagingError) as exc:
+        return finish(EXIT_USAGE, f"{_prog()} get: error: {exc}")
+    except ProviderError as exc:
+        return finish(EXIT_STORE, f"error: cannot open the store {store}: {exc}")
+    except KeyboardInterrupt:
+        return finish(EXIT_INTERRUPTED, "interrupted while opening the store; nothing written")
+    code, error = EXIT_OK, None
+    try:
+        try:
+            result = up.download(name, dest, overwrite=args.overwrite)
+        finally:
+            progress.end()
+    except DestinationExistsError:
+        code = EXIT_FAILED
+        error = f"error: {dest} exists; pass --overwrite to replace it (nothing was downloaded)"
+    except ObjectNotFoundError as exc:
+        code, error = EXIT_FAILED, f"error: no such object: {args.uri} ({exc})"
+    except ConfigError as exc:
+        code, error = EXIT_USAGE, f"{_prog()} get: error: {exc}"
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        error = f"interrupted: the download stopped; {dest} was not written"
+    except UploadError as exc:
+        code = EXIT_FAILED
+        error = f"error: failed to download {args.uri}: {_describe(exc)} ({dest} was not written)"
+    else:
+        seconds = time.monotonic() - start
+        doc.update(
+            name=result.name,
+            uri=result.uri,
+            path=str(result.path),
+            size=result.size,
+            checksum_algorithm=result.checksum_algorithm,
+            checksum=result.checksum,
+            seconds=round(seconds, 6),
+            bytes_per_second=round(result.size / seconds, 1) if seconds > 0 else 0.0,
+        )
+        if not output.json_mode and not output.quiet:
+            verified = (
+                f", {result.checksum_algorithm} verified"
+                if result.checksum_algorithm
+                else ", not verified: the store recorded no checksum this client can check"
+            )
+            output.out.print(
+                f"downloaded {result.uri} -> {result.path} "
+                f"({_human_bytes(result.size)} in {seconds:.2f} s{verified})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    try:
+        up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if code == EXIT_INTERRUPTED else None)
+    except (UploadError, KeyboardInterrupt):
+        pass  # nothing was uploaded: the download's own outcome is the one to report
+    return finish(code, error)
+
+
 # -- bench -------------------------------------------------------------------------------------
 
 BENCH_SCRIPT = Path("benchmarks") / "bench_s3.py"
@@ -1103,14 +1288,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--to",
-        required=True,
-        metavar="URI",
-        help="the store: file:///abs/dir (or a plain local path), s3://bucket[/prefix], "
-        "gs://bucket[/prefix] or az://container[/prefix]",
-    )
+def _add_store_options(parser: argparse.ArgumentParser, *, with_to: bool = True) -> None:
+    if with_to:
+        parser.add_argument(
+            "--to",
+            required=True,
+            metavar="URI",
+            help="the store: file:///abs/dir (or a plain local path), s3://bucket[/prefix], "
+            "gs://bucket[/prefix] or az://container[/prefix]",
+        )
     parser.add_argument(
         "--provider-kwarg",
         action="append",
@@ -1200,6 +1386,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(resume)
     resume.set_defaults(handler=cmd_resume)
 
+    get = sub.add_parser(
+        "get",
+        help="download one object to a local file (verified, atomic)",
+        description=_GET_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    get.add_argument("uri", metavar="URI", help="the object: s3://bucket/key, file:///dir/name...")
+    get.add_argument("dest", metavar="DEST", help="a file path, or an existing directory")
+    get.add_argument(
+        "--overwrite", action="store_true", help="replace DEST if it exists (default: refuse)"
+    )
+    get.add_argument(
+        "--store",
+        dest="store_root",
+        metavar="URI",
+        help="the store root or prefix URI is inside (default: its bucket; for file://, its "
+        "folder); .symlink objects name their target relative to it",
+    )
+    _add_store_options(get, with_to=False)
+    get.set_defaults(handler=cmd_get)
+
     sub.add_parser(
         "bench",
         help="run the bundled S3 concurrency benchmark (source checkout only); "
@@ -1254,7 +1461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         _fail_usage(parser, str(exc))
     try:
-        args.store = _store_uri(args.to)
+        if hasattr(args, "to"):
+            args.store = _store_uri(args.to)
     except _UsageError as exc:
         _fail_usage(parser, str(exc))
     output = _Output(json_mode=args.json, quiet=args.quiet, scrub=scrub)
