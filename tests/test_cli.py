@@ -412,6 +412,36 @@ def test_secrets_are_never_echoed(tmp_path: Path, moto_server: MotoServer) -> No
         assert result.stderr.strip(), args
 
 
+@pytest.mark.parametrize("wrong", ["secret", "key"])
+def test_wrong_credentials_say_so(
+    tmp_path: Path,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    moto_iam_credentials: dict[str, str],
+    wrong: str,
+) -> None:
+    """A 403 from a store that checks signatures: the message is about the credentials."""
+    (tmp_path / "f.txt").write_bytes(b"x")
+    creds = dict(moto_iam_credentials)
+    creds[wrong] = "WRONG" + creds[wrong][5:] if wrong == "secret" else "AKIAWRONGWRONGWRONG1"
+    env = _env(AWS_ACCESS_KEY_ID=creds["key"], AWS_SECRET_ACCESS_KEY=creds["secret"])
+    result = run(
+        ["put", "f.txt", "--to", f"s3://{s3_bucket}", *_s3_args(moto_server)], cwd=tmp_path, env=env
+    )
+    # The store could not be opened (exit 3), and the message says why.
+    assert result.returncode == 3, result.stderr
+    assert "credentials were refused" in result.stderr, result.stderr
+    assert "nothing was uploaded" in result.stderr
+    assert creds["secret"] not in result.stderr + result.stdout
+    # get, the same store and credentials.
+    got = run(
+        ["get", f"s3://{s3_bucket}/f.txt", "f.out", *_s3_args(moto_server)], cwd=tmp_path, env=env
+    )
+    assert got.returncode == 3, got.stderr
+    assert "credentials were refused" in got.stderr, got.stderr
+    assert not (tmp_path / "f.out").exists()
+
+
 # -- usage -------------------------------------------------------------------------------------
 
 
