@@ -452,7 +452,7 @@ class _ReadSide:
             value = await anyio.to_thread.run_sync(
                 _finish, fd, tmp, plan, size, step, [d or b"" for d in digests]
             )
-            if plan.checksum is not None and value != plan.checksum.value:
+            if plan.checksum is not None and value != _split_count(plan.checksum.value)[0]:
                 uri = provider.uri(name)
                 raise IntegrityError(
                     f"download of {uri!r} does not match the store's {plan.checksum.algorithm} "
@@ -492,14 +492,23 @@ def _usable(checksum: Checksum, size: int) -> bool:
     width = 4 if checksum.algorithm == "crc32c" else 16
     if checksum.part_size is None:
         return decode_b64(checksum.value, width) is not None
-    # Composite: "<base64>-N", with a part layout that matches the object.
-    value, _, parts = checksum.value.rpartition("-")
-    if not value or decode_b64(value, width) is None or not parts.isdigit():
+    # Composite: base64 of the digest of the per-part digests ("-N" appended or not), with a
+    # part layout that matches the object.
+    value, parts = _split_count(checksum.value)
+    if decode_b64(value, width) is None:
         return False
     part_size, count = checksum.part_size, checksum.parts
-    if part_size <= 0 or count is None or int(parts) != count:
+    if part_size <= 0 or count is None or (parts is not None and parts != count):
         return False
     return -(-size // part_size) == count if size else count <= 1
+
+
+def _split_count(value: str) -> tuple[str, int | None]:
+    """``"<base64>-N"`` -> (base64, N); a value without the suffix -> (value, None)."""
+    head, sep, tail = value.rpartition("-")
+    if sep and head and tail.isdigit() and len(tail) <= 6:
+        return head, int(tail)
+    return value, None
 
 
 def _check_dest(dest: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -552,7 +561,7 @@ def _write_range(fd: int, data: bytes, offset: int, algorithm: str | None) -> by
 def _finish(
     fd: int, tmp: Path, plan: _Plan, size: int, step: int, digests: list[bytes]
 ) -> str | None:
-    """The checksum of what was written, in the store's notation (None: nothing to check)."""
+    """The base64 checksum of what was written (composite: without "-N"; None: unchecked)."""
     checksum = plan.checksum
     if checksum is None:
         return None
@@ -563,7 +572,7 @@ def _finish(
             whole = crc32c_b64(crc32c(b"".join(digests)))
         else:
             whole = _b64(hashlib.md5(b"".join(digests), usedforsecurity=False).digest())
-        return f"{whole}-{len(digests)}"
+        return whole
     if checksum.algorithm == "crc32c":
         crc = 0
         for i, raw in enumerate(digests):
