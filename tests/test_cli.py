@@ -910,6 +910,48 @@ def test_resume_a_journal_left_by_a_killed_process_in_a_terminal(
     assert local_objects(store) == files
 
 
+def test_ctrl_c_during_resume_reports_and_prints_its_own_command(
+    tmp_path: Path,
+    hanging_s3: _HangingS3,
+    fault_proxy: FaultProxy,
+    moto_s3: Any,
+    s3_bucket: str,
+) -> None:
+    staging = tmp_path / "staging"
+    proc, files = _start_put_that_hangs(tmp_path, hanging_s3, staging)
+    with reaped(proc):
+        proc.kill()
+    fault_proxy.script(*[Fault("stall", body_fraction=1.0)] * 2, method="PUT")
+    resume = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "resume",
+            str(staging),
+            "--to",
+            f"s3://{s3_bucket}/run 1",
+            "--provider-kwarg",
+            f"endpoint_url={fault_proxy.endpoint_url}",
+            "--provider-kwarg",
+            "read_timeout=60",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with reaped(resume):
+        wait_until(lambda: fault_proxy.counts["stall"] == 2, timeout=DEADLINE, what="held PUTs")
+        resume.send_signal(signal.SIGINT)
+        _, err = resume.communicate(timeout=DEADLINE)
+    assert resume.returncode == 130, err
+    for name in files:
+        assert err.count(f"not uploaded (interrupted): {name} ") == 1, err
+    assert "TimeoutError" not in err
+    _finish_with_printed_command(tmp_path, err, fault_proxy, moto_s3, s3_bucket, files)
+
+
 def test_resume_reports_objects_already_in_the_store(
     tmp_path: Path, hanging_s3: _HangingS3
 ) -> None:
@@ -1110,6 +1152,42 @@ def test_get_failures_and_their_exit_codes(
     assert "IntegrityError" in damaged.stderr and "out.bin was not written" in damaged.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin"]
     assert fault_proxy.counts["corrupt-response"] >= 1
+
+
+def test_ctrl_c_during_get_leaves_nothing_at_dest(
+    tmp_path: Path, moto_s3: Any, s3_bucket: str, fault_proxy: FaultProxy
+) -> None:
+    moto_s3.put_object(Bucket=s3_bucket, Key="w.bin", Body=os.urandom(100_000))
+    fault_proxy.script(Fault("stall"), method="GET")
+    proc = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "get",
+            f"s3://{s3_bucket}/w.bin",
+            "out.bin",
+            "--provider-kwarg",
+            f"endpoint_url={fault_proxy.endpoint_url}",
+            "--provider-kwarg",
+            "read_timeout=60",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with reaped(proc):
+        # Readiness: the GET is held by the proxy.
+        wait_until(lambda: fault_proxy.counts["stall"] == 1, timeout=DEADLINE, what="a held GET")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "out.bin was not written" in err, err
+    assert "Traceback" not in err
+    fault_proxy.reset()
+    # Neither the file nor a temporary one beside it.
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- bench -------------------------------------------------------------------------------------

@@ -987,28 +987,38 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
     sizes = {e.name: e.size for e in entries}
     progress.begin(len(entries), sum(sizes.values()))
     failures: list[FailedUpload] = []
-    try:
+
+    def stop_now() -> NoReturn:
+        _stop_now(output, args, str(folder), own=False, again=True)
+
+    with _CtrlC(stop_now):
         try:
-            report = up.resume_pending()
-            outcome.uploaded = [(None, r) for r in report.uploaded]
-            outcome.already_present = report.already_present
-            progress.credit(
-                len(report.already_present), sum(sizes.get(n, 0) for n in report.already_present)
-            )
-        except UploadFailedError as exc:
-            failures = exc.failures
-        except KeyboardInterrupt:
-            outcome.interrupted = True
+            try:
+                report = up.resume_pending()
+                outcome.uploaded = [(None, r) for r in report.uploaded]
+                outcome.already_present = report.already_present
+                progress.credit(
+                    len(report.already_present),
+                    sum(sizes.get(n, 0) for n in report.already_present),
+                )
+            except UploadFailedError as exc:
+                failures = exc.failures
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+                progress.end()
+                output.error(
+                    f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to "
+                    "finish (Ctrl-C again to stop now)"
+                )
+            try:
+                up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if outcome.interrupted else None)
+            except UploadFailedError as exc:
+                failures.extend(exc.failures)
+            except KeyboardInterrupt:
+                progress.end()
+                _stop_now(output, args, str(folder), own=False, again=False)
+        finally:
             progress.end()
-            output.error(
-                f"interrupted: giving uploads in flight {INTERRUPT_CLOSE_TIMEOUT:.0f}s to finish"
-            )
-        try:
-            up.close(timeout=INTERRUPT_CLOSE_TIMEOUT if outcome.interrupted else None)
-        except UploadFailedError as exc:
-            failures.extend(exc.failures)
-    finally:
-        progress.end()
     outcome.seconds = time.monotonic() - start
     if not outcome.uploaded:
         # resume_pending() raised: what it did upload is known from the events.
