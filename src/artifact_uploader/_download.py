@@ -247,7 +247,7 @@ class _ReadSide:
 
         Large objects are fetched as concurrent ranged GETs under the uploader's concurrency
         limit, each retried on transient errors; the file is checked against the checksum the
-        store recorded, then renamed into place. See :doc:`downloads` for the details.
+        store recorded, then renamed into place (see the "Downloads" page of the docs).
 
         Args:
             name: Object name, relative to the store's prefix. When it does not exist and
@@ -449,19 +449,22 @@ class _ReadSide:
                             tg.create_task(worker())
                 except BaseExceptionGroup as group:
                     raise _first_error(group) from None
-            value = await anyio.to_thread.run_sync(
-                _finish, fd, tmp, plan, size, step, [d or b"" for d in digests]
-            )
-            if plan.checksum is not None and value != _split_count(plan.checksum.value)[0]:
-                uri = provider.uri(name)
-                raise IntegrityError(
-                    f"download of {uri!r} does not match the store's {plan.checksum.algorithm} "
-                    f"{plan.checksum.value!r} (received bytes give {value!r}); nothing was "
-                    f"written to {str(dest)!r}",
-                    name=name,
-                    uri=uri,
-                )
-            await anyio.to_thread.run_sync(_publish, fd, tmp, dest, overwrite)
+            uri = provider.uri(name)
+
+            def check_and_publish(found: list[bytes]) -> None:
+                # One hop to a worker thread for the whole ending (a small object's cost).
+                value = _finish(fd, tmp, plan, size, step, found)
+                if plan.checksum is not None and value != _split_count(plan.checksum.value)[0]:
+                    raise IntegrityError(
+                        f"download of {uri!r} does not match the store's "
+                        f"{plan.checksum.algorithm} {plan.checksum.value!r} (received bytes give "
+                        f"{value!r}); nothing was written to {str(dest)!r}",
+                        name=name,
+                        uri=uri,
+                    )
+                _publish(fd, tmp, dest, overwrite)
+
+            await anyio.to_thread.run_sync(check_and_publish, [d or b"" for d in digests])
             published = True
         finally:
             with contextlib.suppress(OSError):
