@@ -290,7 +290,7 @@ def test_readme_logger_quickstart_second_run_fails_and_is_announced_as_it_says(
         exec(compiled, {"__name__": "__main__"})
     bucket = replacements["my-bucket"]
     shown = {bucket: "my-bucket", str(workdir / "example-staging"): "/tmp/example-staging"}
-    assert _as_documented(str(failed.value), shown) == documented_message("object-exists")
+    assert_documented("object-exists", _as_documented(str(failed.value), shown))
     causes = {f.name: f.cause for f in failed.value.failures}
     assert isinstance(causes["rank_0/ep1.pt"], artifact_uploader.ObjectExistsError)
     assert isinstance(causes["rank_0/latest.pt.symlink"], artifact_uploader.DependencyFailedError)
@@ -304,7 +304,7 @@ def test_readme_logger_quickstart_second_run_fails_and_is_announced_as_it_says(
         pass
     warned = [r.getMessage() for r in caplog.records if "left unfinished" in r.getMessage()]
     assert len(warned) == 1
-    assert _as_documented(warned[0], shown) == documented_message("unfinished-uploads")
+    assert_documented("unfinished-uploads", _as_documented(warned[0], shown))
     report = artifact_uploader.Uploader.resume(staging, f"s3://{bucket}")
     assert sorted(report.already_present) == ["rank_0/ep1.pt", "rank_0/latest.pt.symlink"]
     assert not list((staging / "staged").iterdir())
@@ -319,6 +319,13 @@ _DOCUMENTED = re.compile(r"^<!-- message: ([\w-]+) -->\n```text\n(.*?)\n```$", r
 def documented_message(key: str) -> str:
     """The text block marked ``<!-- message: key -->`` on the troubleshooting page."""
     return dict(_DOCUMENTED.findall(TROUBLESHOOTING.read_text(encoding="utf-8")))[key]
+
+
+def assert_documented(key: str, printed: str) -> None:
+    """The page shows ``printed`` under ``key``; if not, the failure gives the text to paste."""
+    assert printed == documented_message(key), (
+        f"docs/troubleshooting.md, <!-- message: {key} -->: the library now prints\n{printed}"
+    )
 
 
 def _as_documented(text: str, shown: dict[str, str]) -> str:
@@ -343,9 +350,7 @@ def test_troubleshooting_store_not_found_message(moto_server: MotoServer) -> Non
     bucket = f"missing-{uuid.uuid4().hex[:12]}"
     with pytest.raises(artifact_uploader.StoreNotFoundError) as raised:
         artifact_uploader.Uploader(f"s3://{bucket}/run-42", provider_kwargs=moto_server.options())
-    assert _as_documented(str(raised.value), {bucket: "my-bucket"}) == documented_message(
-        "store-not-found"
-    )
+    assert_documented("store-not-found", _as_documented(str(raised.value), {bucket: "my-bucket"}))
 
 
 def test_troubleshooting_permission_denied_message(
@@ -361,7 +366,7 @@ def test_troubleshooting_permission_denied_message(
             )
     finally:
         kill_group(server.process)
-    assert str(raised.value) == documented_message("permission-denied")
+    assert_documented("permission-denied", str(raised.value))
     assert "AKIAWRONGKEY" not in str(raised.value)
 
 
@@ -389,7 +394,7 @@ def test_troubleshooting_missing_dependency_message() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == documented_message("missing-dependency")
+    assert_documented("missing-dependency", proc.stdout.strip())
 
 
 @pytest.mark.parametrize("block", OUTPUT, ids=[b.where for b in OUTPUT])
