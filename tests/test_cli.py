@@ -807,6 +807,41 @@ def test_second_ctrl_c_stops_at_once_and_prints_a_resume_command_that_works(
     assert f"staged copies in {staging}" in err and f"rm -r {staging}" in err
 
 
+def test_ctrl_c_while_the_store_is_being_opened_stops_and_leaves_nothing(
+    tmp_path: Path, fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    (tmp_path / "f.txt").write_bytes(b"x")
+    (tmp_path / "tmp").mkdir()
+    fault_proxy.script(Fault("stall"), method="HEAD")  # the bucket check never answers
+    proc = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "put",
+            "f.txt",
+            "--to",
+            f"s3://{s3_bucket}",
+            "--provider-kwarg",
+            f"endpoint_url={fault_proxy.endpoint_url}",
+            "--provider-kwarg",
+            "read_timeout=60",
+        ],
+        cwd=tmp_path,
+        env=_env(TMPDIR=str(tmp_path / "tmp")),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with reaped(proc):
+        wait_until(lambda: fault_proxy.counts["stall"] == 1, timeout=DEADLINE, what="held HEAD")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, err
+    assert "interrupted while opening the store" in err and "nothing was uploaded" in err, err
+    # The private staging folder made for the run is gone.
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_ctrl_c_in_a_terminal_names_each_file_once(
     tmp_path: Path, fault_proxy: FaultProxy, s3_bucket: str
 ) -> None:

@@ -641,7 +641,12 @@ def _run_put(
     own_staging = args.staging_dir is None
     staging_dir = tempfile.mkdtemp(prefix="artifact-uploader-") if own_staging else args.staging_dir
     try:
-        up = _open_uploader(args, staging_dir, options, progress.on_event)
+        with _opening(
+            output,
+            f"nothing was uploaded ({len(items)} file(s))",
+            lambda: _remove_own(staging_dir, own_staging),
+        ):
+            up = _open_uploader(args, staging_dir, options, progress.on_event)
     except (ConfigError, StagingError) as exc:
         outcome.error = f"{_prog()} put: error: {exc}"
         code = EXIT_USAGE
@@ -803,6 +808,11 @@ def _stop_now(
             "  (or, to start over with `put` instead, delete that folder: "
             f"rm -r {shlex.quote(staging_dir)})"
         )
+    _exit_now(output, lines)
+
+
+def _exit_now(output: _Output, lines: Sequence[str]) -> NoReturn:
+    """Write ``lines`` to stderr and exit 130 at once (safe inside a SIGINT handler)."""
     data = ("\n" + output.scrub("\n".join(lines)) + "\n").encode(errors="replace")
     with contextlib.suppress(OSError):
         while data:
@@ -810,26 +820,47 @@ def _stop_now(
     os._exit(EXIT_INTERRUPTED)
 
 
+def _opening(output: _Output, what: str, cleanup: Callable[[], None] = lambda: None) -> _CtrlC:
+    """The SIGINT handler while the store is being opened: stop at once.
+
+    Nothing has been staged or sent yet, so there is nothing to wait for; and an interrupted
+    open can otherwise wait in the uploader's clean-up for the store's answer (up to the read
+    timeout) before the KeyboardInterrupt gets out.
+    """
+
+    def stop() -> NoReturn:
+        cleanup()
+        _exit_now(output, [f"interrupted while opening the store; {what}"])
+
+    return _CtrlC(stop, first=stop)
+
+
 class _CtrlC:
     """The SIGINT handler while uploads run (installed as a context manager).
 
-    The first Ctrl-C raises KeyboardInterrupt: the command gives uploads in flight a few
-    seconds, then reports what is left. A second one stops at once through ``second``,
+    The first Ctrl-C calls ``first`` if given (which does not return), else raises
+    KeyboardInterrupt: the command gives uploads in flight a few seconds, then reports what is
+    left. A second one stops at once through ``second``,
     wherever it lands, even inside the first one's report or the uploader's close, where a
     second KeyboardInterrupt would escape the code that reports it.
     """
 
-    def __init__(self, second: Callable[[], NoReturn]) -> None:
+    def __init__(
+        self, second: Callable[[], NoReturn], *, first: Callable[[], NoReturn] | None = None
+    ) -> None:
         self.count = 0
+        self._first = first
         self._second = second
         self._previous: Any = None
         self._installed = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        if self.count == 1:
-            raise KeyboardInterrupt
-        self._second()
+        if self.count > 1:
+            self._second()
+        if self._first is not None:
+            self._first()
+        raise KeyboardInterrupt
 
     def __enter__(self) -> _CtrlC:
         if threading.current_thread() is threading.main_thread():
@@ -962,7 +993,8 @@ def cmd_resume(args: argparse.Namespace, output: _Output, options: dict[str, Any
     # What the uploader will find (it reads the journal the same way), for the bar and report.
     entries, outcome.skipped_lines = _read_journal(folder)
     try:
-        with resuming():  # built to resume its folder: no "resume me" warning
+        with resuming(), _opening(output, "nothing was uploaded"):
+            # Built to resume its folder: no "resume me" warning.
             up = Uploader(
                 args.store,
                 staging_dir=folder,
@@ -1185,12 +1217,13 @@ def cmd_get(args: argparse.Namespace, output: _Output, options: dict[str, Any]) 
         return code
 
     try:
-        up = Uploader(
-            store,
-            provider_kwargs=options,
-            max_concurrency=args.concurrency,
-            on_event=progress.on_event,
-        )
+        with _opening(output, f"{dest} was not written"):
+            up = Uploader(
+                store,
+                provider_kwargs=options,
+                max_concurrency=args.concurrency,
+                on_event=progress.on_event,
+            )
     except (ConfigError, StagingError) as exc:
         return finish(EXIT_USAGE, f"{_prog()} get: error: {exc}")
     except ProviderError as exc:
