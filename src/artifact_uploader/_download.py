@@ -12,8 +12,9 @@ A download:
 4. fetches it as ranges of ``PartPolicy.part_size`` (objects of at least
    ``PartPolicy.threshold`` bytes; smaller ones in one GET; a composite checksum's own part
    size when the store recorded one, so every range is one of its parts), at most
-   ``max_concurrency`` at once under the semaphore (each range is held in memory only until it
-   is written), every range retried on its own and conditional on the entity tag;
+   ``max_concurrency`` at once under the semaphore (a range is written before its slot is
+   given back, so memory holds at most ``max_concurrency`` ranges across every transfer),
+   every range retried on its own and conditional on the entity tag;
 5. ``pwrite``s each range into a temporary file created ``O_EXCL`` with mode 0600 in ``dest``'s
    folder, computing its digest while the bytes are in hand;
 6. verifies the whole against what the store recorded (CRC32C, MD5, or a composite of per-part
@@ -413,7 +414,9 @@ class _ReadSide:
             numbers = iter(range(count))
 
             async def worker() -> None:
-                # Workers pull range numbers: at most max_concurrency ranges are in memory.
+                # Workers pull range numbers. A range is written before its request gives back
+                # its concurrency slot, so across every download and upload at most
+                # max_concurrency ranges are in memory.
                 for index in numbers:
                     offset = index * step
                     length = min(step, size - offset)
@@ -428,15 +431,15 @@ class _ReadSide:
                                 uri=provider.uri(name),
                                 transient=True,
                             )
-                        return data
+                        # A failed write is an OSError, not a transient ProviderError: it ends
+                        # the download rather than fetching the range again.
+                        return await anyio.to_thread.run_sync(
+                            _write_range, fd, data, o, None if plan.read_back else algorithm
+                        )
 
-                    data = await self._request(
+                    digests[index] = await self._request(
                         get, f"range {index + 1}/{count} of {name!r}", name, size
                     )
-                    digests[index] = await anyio.to_thread.run_sync(
-                        _write_range, fd, data, offset, None if plan.read_back else algorithm
-                    )
-                    del data
                     self._count(bytes_received=length)
                     self._emit(EventKind.BYTES_RECEIVED, name, size, nbytes=length)
 
