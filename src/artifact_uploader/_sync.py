@@ -153,6 +153,9 @@ class Uploader(_SyncReadSide):
     process. Use it as a context manager, or call :meth:`close`. An uploader left open at
     interpreter exit is flushed then, with a warning.
 
+    ``download``, ``head``, ``exists`` and ``list`` are the blocking twins of the engine's read
+    side (with an optional ``timeout``); with ``use_procs=True`` they run in the child process.
+
     With ``use_procs=True`` the API and behaviour are the same: staging and the journal's
     ``pending`` record (fsync'd) still happen in the caller's thread before ``submit`` returns;
     the event loop, the SDK clients, retries and checksums run in a child process (started

@@ -136,6 +136,9 @@ class AsyncUploader(_ReadSide):
     Use it as ``async with AsyncUploader("s3://bucket/prefix") as up:``. ``submit`` returns as
     soon as the file is staged; the upload runs behind the caller.
 
+    It reads back too: :meth:`download` (ranged, verified, atomic), :meth:`head`,
+    :meth:`exists` and :meth:`list`, under the same concurrency limit and retry policy.
+
     Args:
         store: A URI (``file:///abs/dir``, ``s3://bucket/prefix``, ``gs://bucket/prefix``,
             ``az://container/prefix``) or a provider instance.
