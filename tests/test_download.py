@@ -398,6 +398,9 @@ async def test_local_store_never_writes_through_a_symlink(tmp_path: Path, elsewh
         with pytest.raises(ProviderError, match="symbolic link"):
             await up.download("file-link", tmp_path / "stolen.txt")
         assert [i.name for i in await up.list()] == []
+        assert isinstance(up.provider, LocalProvider)
+        with pytest.raises(ProviderError, match="symbolic link"):
+            await up.provider.delete("link/victim.txt")
         # Overwriting the name of a link replaces the link itself, never its target.
         await up.upload(src, "file-link")
     assert sorted(p.name for p in elsewhere.rglob("*")) == ["victim.txt"]
