@@ -36,6 +36,7 @@ from ._commit import (
     CheckpointError,
     CommittedCheckpoint,
     Store,
+    StoreRunner,
     apply_retention,
     check_retention,
     check_step,
@@ -74,6 +75,13 @@ class _SaveTarget(_StoragePrefix):
 
     step: int = 0
     save_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class _RankRoot:
+    """What each rank's local plan carries to the coordinator: the root it writes to."""
+
+    root: str
 
 
 class CheckpointWriter(FileSystemWriter):
@@ -154,6 +162,7 @@ class CheckpointWriter(FileSystemWriter):
         self._best = best
         self._commit_timeout = float(commit_timeout)
         self._uploader: Uploader | None = None
+        self._uploader_rank = -1
         self._is_coordinator = False
         self._step: int | None = None
         self._metric: float | None = None
@@ -164,6 +173,10 @@ class CheckpointWriter(FileSystemWriter):
         self._commits: list[concurrent.futures.Future[CommittedCheckpoint]] = []
         self._closed = False
         self._commit_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._runner: StoreRunner | None = None
+        if dist.is_available() and dist.is_initialized():
+            # Started now, not in the first save: its start-up is not the training loop's wait.
+            self._open_uploader(dist.get_rank())
 
     def __repr__(self) -> str:
         return f"<CheckpointWriter {self.root!r} step={self._step}>"
@@ -231,6 +244,8 @@ class CheckpointWriter(FileSystemWriter):
             finally:
                 if self._commit_pool is not None:
                     self._commit_pool.shutdown(wait=True)
+                if self._runner is not None:
+                    self._runner.close()
                 shutil.rmtree(self._scratch_base, ignore_errors=True)
         with self._lock:
             commits = list(self._commits)
@@ -269,25 +284,42 @@ class CheckpointWriter(FileSystemWriter):
         if dist.is_available() and dist.is_initialized():
             self._world_size = dist.get_world_size()
         if self._uploader is None:
-            staging = None if self._staging_dir is None else self._staging_dir / f"rank-{rank}"
-            if staging is not None:
-                staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-            options = {"use_procs": False, **self._uploader_options}
-            self._uploader = Uploader(
-                self.root,
-                provider_kwargs=self._store.provider_kwargs,
-                staging_dir=staging,
-                staging="move",
-                **options,
+            self._open_uploader(rank)
+        elif self._uploader_rank != rank:
+            raise ConfigError(
+                f"this CheckpointWriter was opened for rank {self._uploader_rank}, "
+                f"not rank {rank}; create one writer per rank"
             )
 
+    def _open_uploader(self, rank: int) -> None:
+        staging = None if self._staging_dir is None else self._staging_dir / f"rank-{rank}"
+        if staging is not None:
+            staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        options = {"use_procs": False, **self._uploader_options}
+        self._uploader = Uploader(
+            self.root,
+            provider_kwargs=self._store.provider_kwargs,
+            staging_dir=staging,
+            staging="move",
+            **options,
+        )
+        self._uploader_rank = rank
+
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        # Nothing to check locally: every save goes to a fresh location.
-        return plan
+        # Every save goes to a fresh location: nothing to check in the store. The root travels
+        # to the coordinator, which refuses ranks that disagree (their shards would land where
+        # the commit never looks, and the commit would wait for them in vain).
+        return dataclasses.replace(plan, storage_data=_RankRoot(self.root))
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         if self._step is None:
             raise ConfigError("call CheckpointWriter.set_step(step) before saving")
+        roots = {p.storage_data.root for p in plans if isinstance(p.storage_data, _RankRoot)}
+        if roots != {self.root}:
+            raise ConfigError(
+                f"ranks were given different checkpoint roots: {sorted(roots | {self.root})}; "
+                "every rank's CheckpointWriter needs the same root"
+            )
         save_id = uuid.uuid4().hex
         return [
             dataclasses.replace(
@@ -372,7 +404,8 @@ class CheckpointWriter(FileSystemWriter):
                 await wait_present(s, ckpt.location, shards, deadline)
                 return ckpt
 
-            self._store.run(durable_then_publish)
+            runner = self._commit_runner()
+            runner.run(durable_then_publish)
             # .metadata only after every shard: a reader of the location alone sees no checkpoint.
             uploader.submit(
                 local / METADATA_NAME,
@@ -390,7 +423,7 @@ class CheckpointWriter(FileSystemWriter):
                     )
                 return final
 
-            final = self._store.run(publish)
+            final = runner.run(publish)
             log.info("committed checkpoint %s (%s)", final.uri, final.record)
             return final
         except BaseException as exc:
@@ -398,6 +431,12 @@ class CheckpointWriter(FileSystemWriter):
             raise
         finally:
             shutil.rmtree(local, ignore_errors=True)
+
+    def _commit_runner(self) -> StoreRunner:
+        # Only the commit thread calls this (one thread: no race creating it).
+        if self._runner is None:
+            self._runner = StoreRunner(self._store)
+        return self._runner
 
     def storage_meta(self) -> Any:
         meta = super().storage_meta()
