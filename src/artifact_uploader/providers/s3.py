@@ -12,6 +12,22 @@ over TLS and to loopback hosts; with ``checksum=None``, or over plain HTTP to an
 a man in the middle could rewrite body and checksum together), the default payload signing stays
 on and the direct request path (``_s3_direct``) is not used.
 
+Security (each promise has a test in tests/test_security_s3.py):
+
+- No redirect is followed, on either path (aiohttp's following is off for botocore's session and
+  the direct one): a 3xx with a ``Location`` is a permanent error naming where it pointed, and
+  nothing (no body, no token) goes there.
+- Payload signing and the direct path are decided on the endpoint the client resolved (argument,
+  ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, config file), and plain HTTP to a host that is
+  not loopback is refused unless ``allow_http=True``.
+- Answers are checked: the ETag of a PutObject / UploadPart / Complete against the MD5 of what was
+  sent (``check_etag``; not where SSE-KMS / SSE-C make the ETag something else) and any echoed
+  CRC32C against ours. A mismatch is a transient :class:`IntegrityError` (the damaged object is
+  removed); a result only claims a checksum the store reported.
+- Secrets (explicit, environment and refreshed credentials) are scrubbed from messages, logs and
+  every exception in the chain by the shared :mod:`._redact` path.
+- An upload orphaned by a lost CreateMultipartUpload answer is aborted when the retry succeeds.
+
 Stall watchdog: the direct path reports progress after every slice (1 MiB at most) the socket
 takes, so a slow body that keeps moving is never cut off. botocore's path (used behind proxies,
 with SigV4a, without our checksum or over plain HTTP to a remote host) reports it only once the
