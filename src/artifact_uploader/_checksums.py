@@ -1,6 +1,6 @@
 """Digests for verifying downloads: CRC32C (native, when installed) and MD5.
 
-CRC32C comes from ``google_crc32c`` or, failing that, botocore's CRT (``awscrt``); both are native
+CRC32C comes from botocore's CRT (``awscrt``) or, failing that, ``google_crc32c``; both are native
 code. Without either, CRC32C is not offered (a pure-Python loop would cost more than the
 download) and MD5 (hashlib, always present) is used instead where the store records one.
 
@@ -20,6 +20,16 @@ _Crc = Callable[[bytes | memoryview, int], int]
 
 
 def _load_crc32c() -> _Crc | None:
+    # awscrt first: about twice as fast as google_crc32c's C build here (0.05 vs 0.1 s/GiB).
+    try:
+        from awscrt import checksums  # type: ignore[import-untyped,unused-ignore]
+
+        def extend_a(data: bytes | memoryview, crc: int) -> int:
+            return int(checksums.crc32c(data, crc))
+
+        return extend_a
+    except ImportError:
+        pass
     try:
         import google_crc32c
 
@@ -31,15 +41,7 @@ def _load_crc32c() -> _Crc | None:
             return extend_g
     except ImportError:
         pass
-    try:
-        from awscrt import checksums  # type: ignore[import-untyped,unused-ignore]
-
-        def extend_a(data: bytes | memoryview, crc: int) -> int:
-            return int(checksums.crc32c(data, crc))
-
-        return extend_a
-    except ImportError:
-        return None
+    return None
 
 
 _CRC32C = _load_crc32c()

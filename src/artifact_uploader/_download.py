@@ -274,13 +274,14 @@ class _ReadSide:
         provider.check_name(name)
         if not isinstance(overwrite, bool):
             raise ConfigError(f"overwrite must be a bool, got {overwrite!r}")
+        if not isinstance(follow_symlinks, bool):
+            raise ConfigError(f"follow_symlinks must be a bool, got {follow_symlinks!r}")
         target = _check_dest(dest, overwrite)
         try:
             info = await self._resolve(provider, name, follow_symlinks)
             return await self._fetch(provider, info, target, overwrite)
         except BaseException as exc:
-            err = exc if isinstance(exc, Exception) else TimeoutError(f"download of {name!r}")
-            self._emit(EventKind.DOWNLOAD_FAILED, name, 0, error=err)
+            self._emit(EventKind.DOWNLOAD_FAILED, name, 0, error=exc)
             raise
 
     async def _read_call(
