@@ -92,6 +92,36 @@ async def test_transient_range_failures_are_retried_per_range(out: Path) -> None
     assert up.totals.bytes_received == len(data)
 
 
+class _StallsOnce(MemoryProvider):
+    """The first ranged GET never answers (a silent connection); later ones do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = 0
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        if not self.stalled:
+            self.stalled += 1
+            await asyncio.Event().wait()  # never set: only the stall watchdog ends this
+        return await super().get_range(name, offset, length, etag=etag)
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_range_is_aborted_and_retried(out: Path) -> None:
+    store = _StallsOnce()
+    data = os.urandom(3 * MiB)
+    _store(store, "m.bin", data)
+    retry = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, stall_timeout=1.0)
+    events: list[UploadEvent] = []
+    async with AsyncUploader(store, parts=SMALL, retry=retry, on_event=events.append) as up:
+        await asyncio.wait_for(up.download("m.bin", out / "m.bin"), 60)
+    assert (out / "m.bin").read_bytes() == data
+    retries = [e for e in events if e.kind is EventKind.RETRY]
+    assert len(retries) == 1 and type(retries[0].error).__name__ == "StallTimeoutError"
+
+
 @pytest.mark.asyncio
 async def test_permanent_failure_leaves_nothing(out: Path) -> None:
     store = MemoryProvider()
