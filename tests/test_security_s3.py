@@ -361,7 +361,9 @@ async def test_s3_result_claims_no_checksum_the_store_did_not_confirm(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("list_fails", [False, True], ids=["listed", "list-retried"])
 async def test_s3_upload_orphaned_by_a_lost_create_answer_is_aborted(
+    list_fails: bool,
     moto_server: MotoServer,
     moto_s3: Any,
     s3_bucket: str,
@@ -377,11 +379,17 @@ async def test_s3_upload_orphaned_by_a_lost_create_answer_is_aborted(
         moto_server, fault_proxy, s3_bucket, FAST_RETRY, events, parts=SMALL_PARTS
     ) as up:
         fault_proxy.script(Fault("lost"), match="o.bin?uploads", method="POST")
+        if list_fails:
+            # The look for orphans fails once: retried as the Create's own failure, which
+            # orphans one more upload; both are aborted.
+            fault_proxy.script(Fault("503"), match="?uploads&prefix", method="GET")
         # Uploads are told apart by when the store started them: the other one must be clearly
         # older than the margin (polled on the server's answers, with a deadline).
         wait_until(lambda: _age(moto_s3, s3_bucket, theirs) > 2.5, timeout=30, what="age")
         await (await up.submit(src, "o.bin"))
     assert fault_proxy.counts["lost"] == 1
+    assert fault_proxy.counts["503"] == (1 if list_fails else 0)
+    assert len([e for e in events if e.kind is EventKind.RETRY]) == (2 if list_fails else 1)
     assert read_s3_object(moto_s3, s3_bucket, "run/o.bin") == data
     left = [u["UploadId"] for u in list_multipart_uploads(moto_s3, s3_bucket)]
     assert left == [theirs]  # the orphan is gone, the other writer's upload is not

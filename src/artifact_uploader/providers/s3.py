@@ -819,15 +819,22 @@ class S3Provider:
                 self._create_doubt[key] = started
             raise error from exc
         if doubt is not None:
-            self._create_doubt.pop(key, None)
+            # A transient failure here is retried as this Create's own: the doubt (and its
+            # start) stays, so the next attempt aborts this attempt's upload as well.
             await self._abort_orphans(name, upload_id, time.monotonic() - doubt)
+            self._create_doubt.pop(key, None)
         return upload_id
 
     async def _abort_orphans(self, name: str, ours: str, window: float) -> None:
         """Abort the uploads of ``name`` that an unanswered Create started: in progress for
         exactly this key and initiated, by the store's clock, within ``window`` seconds (plus a
         margin) before ``ours``, the upload this attempt holds. Uploads started earlier (someone
-        else's) are left alone. Best effort: failures are logged, the upload goes on."""
+        else's) are left alone.
+
+        Raises:
+            ProviderError: A transient failure to list or abort (the engine retries the Create);
+                other failures are logged and the upload goes on.
+        """
         client = self._live_client()
         key = self.key(name)
         found: list[tuple[str, datetime]] = []
@@ -851,6 +858,9 @@ class S3Provider:
                 params["KeyMarker"] = page.get("NextKeyMarker")
                 params["UploadIdMarker"] = page.get("NextUploadIdMarker")
         except Exception as exc:
+            error = self._map(exc, "ListMultipartUploads", name)
+            if error.transient:
+                raise error from exc
             log.warning(
                 "%s: could not look for an upload orphaned by a lost answer: %s",
                 self.uri(name),
@@ -874,6 +884,8 @@ class S3Provider:
                 try:
                     await self.abort_multipart(name, uid)
                 except ProviderError as exc:
+                    if exc.transient:
+                        raise
                     log.warning("%s: could not abort it: %s", self.uri(name), exc)
 
     async def put_part(
