@@ -590,7 +590,8 @@ async def wait_present(
                 missing=tuple(sorted(pending)),
             )
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 2.0)
+        # Capped low: a late poll is latency added to every commit, a HEAD is cheap.
+        delay = min(delay * 2, 0.25)
 
 
 def latest_checkpoint(
