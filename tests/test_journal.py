@@ -246,17 +246,10 @@ async def test_already_stored_without_a_read_side_is_false(tmp_path: Path) -> No
     assert not await already_stored(WriteOnly(), "obj", staged, len(DATA), None)
 
 
-class _Listing(MemoryProvider):
-    """A memory store that can name an object's unfinished multipart uploads."""
-
-    async def list_multipart_uploads(self, name: str) -> list[str]:
-        return [i for i, m in list(self.multipart_uploads.items()) if m.name == name]
-
-
 def test_resume_aborts_an_upload_the_journal_never_recorded(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     leave_pending(staging, {"big": b"b" * 10})
-    store = _Listing("m")
+    store = MemoryProvider("m")
     assert isinstance(store, MultipartListing)
     # A crash right after CreateMultipartUpload: the store has it, the journal does not.
     orphan = asyncio.run(store.create_multipart("big", overwrite=True))
@@ -268,8 +261,44 @@ def test_resume_aborts_an_upload_the_journal_never_recorded(tmp_path: Path) -> N
 
 
 @pytest.mark.asyncio
-async def test_unrecorded_uploads_needs_the_listing_capability() -> None:
+async def test_unrecorded_uploads_lists_exactly_the_name() -> None:
     store = MemoryProvider("m")
+    mine = await store.create_multipart("big", overwrite=True)
+    await store.create_multipart("big-other", overwrite=True)
+    assert await unrecorded_uploads(store, "big") == [mine]
+    assert await unrecorded_uploads(store, "none") == []
+
+
+@pytest.mark.asyncio
+async def test_unrecorded_uploads_needs_the_listing_capability() -> None:
+    class NoListing:
+        """A multipart store without list_multipart_uploads (and with an SDK client)."""
+
+        scheme = "s3"
+
+        def __init__(self) -> None:
+            self.inner = MemoryProvider("m")
+            self._client = self  # internals are never reached into
+            self.bucket = "b"
+
+        def key(self, name: str) -> str:
+            return name
+
+        async def create_multipart(self, name: str, *, overwrite: bool) -> str:
+            return await self.inner.create_multipart(name, overwrite=overwrite)
+
+    store = NoListing()
     await store.create_multipart("big", overwrite=True)
     assert not isinstance(store, MultipartListing)
+    assert await unrecorded_uploads(store, "big") == []
+
+
+@pytest.mark.asyncio
+async def test_unrecorded_uploads_when_the_listing_fails_is_empty() -> None:
+    class Failing(MemoryProvider):
+        async def list_multipart_uploads(self, name: str) -> list[str]:
+            raise ConnectionResetError("reset")
+
+    store = Failing("m")
+    await store.create_multipart("big", overwrite=True)
     assert await unrecorded_uploads(store, "big") == []

@@ -29,7 +29,7 @@ from artifact_uploader._errors import (
 )
 from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice, PartResult
-from artifact_uploader.providers._protocol import Checksum, MultipartProvider
+from artifact_uploader.providers._protocol import Checksum, MultipartListing, MultipartProvider
 from artifact_uploader.providers.s3 import S3Provider
 from artifact_uploader.testing import MultipartConformance, ReadConformance
 from tests.servers.fault_proxy import Fault, FaultProxy
@@ -198,6 +198,29 @@ async def test_multipart_complete_refuses_existing(
     await s3.abort_multipart("m.bin", upload_id)
     assert read_s3_object(moto_s3, s3_bucket, "pre/fix/m.bin") == b"keep"
     assert list_multipart_uploads(moto_s3, s3_bucket) == []
+
+
+@pytest.mark.asyncio
+async def test_list_multipart_uploads_names_exactly_the_key(
+    s3: S3Provider, moto_s3: Any, s3_bucket: str
+) -> None:
+    assert isinstance(s3, MultipartListing)
+    mine = {await s3.create_multipart("lm.bin", overwrite=True) for _ in range(2)}
+    # A longer key with the same prefix and another store's key: never listed.
+    longer = await s3.create_multipart("lm.bin.more", overwrite=True)
+    moto_s3.create_multipart_upload(Bucket=s3_bucket, Key="lm.bin")
+    try:
+        assert set(await s3.list_multipart_uploads("lm.bin")) == mine
+        assert await s3.list_multipart_uploads("nothing.bin") == []
+    finally:
+        for uid in mine:
+            await s3.abort_multipart("lm.bin", uid)
+        await s3.abort_multipart("lm.bin.more", longer)
+        for upload in list_multipart_uploads(moto_s3, s3_bucket):
+            moto_s3.abort_multipart_upload(
+                Bucket=s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+    assert await s3.list_multipart_uploads("lm.bin") == []
 
 
 @pytest.mark.asyncio

@@ -542,18 +542,10 @@ async def unrecorded_uploads(provider: Any, name: str) -> list[str]:
     """
     from .providers._protocol import MultipartListing
 
+    if not isinstance(provider, MultipartListing):
+        return []
     try:
-        if isinstance(provider, MultipartListing):
-            return [str(i) for i in await provider.list_multipart_uploads(name)]
-        # Transitional, until the S3 provider implements MultipartListing: the same listing
-        # through its client. Remove with that change.
-        client = getattr(provider, "_client", None)
-        if getattr(provider, "scheme", None) == "s3" and client is not None:
-            key = provider.key(name)
-            resp = await client.list_multipart_uploads(Bucket=provider.bucket, Prefix=key)
-            return [
-                str(u["UploadId"]) for u in resp.get("Uploads", []) or [] if u.get("Key") == key
-            ]
+        return [str(i) for i in await provider.list_multipart_uploads(name)]
     except Exception as exc:
         log.debug("could not list multipart uploads of %r: %s", name, type(exc).__name__)
     return []

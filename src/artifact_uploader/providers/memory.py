@@ -249,6 +249,16 @@ class MemoryProvider:
             self.requests.append(("abort_multipart", name))
             self.multipart_uploads.pop(upload_id, None)
 
+    async def list_multipart_uploads(self, name: str) -> list[str]:
+        """Ids of the unfinished multipart uploads of exactly ``name``.
+
+        Like ``abort_multipart`` (both are resume's clean-up), not subject to injected faults
+        or ``pause``, so faults meant for the transfer are not consumed here.
+        """
+        with self._lock:
+            self.requests.append(("list_multipart_uploads", name))
+            return [i for i, m in self.multipart_uploads.items() if m.name == name]
+
     # -- read side --------------------------------------------------------------------------
 
     def _body(self, name: str) -> bytes:

@@ -825,6 +825,41 @@ class S3Provider:
             self._create_doubt.pop(key, None)
         return upload_id
 
+    async def list_multipart_uploads(self, name: str) -> list[str]:
+        """Ids of the unfinished multipart uploads of exactly ``name`` (ListMultipartUploads
+        with the key as prefix, paginated, uploads of longer keys left out).
+
+        Raises:
+            ProviderError: The listing failed (``transient`` as for any request).
+        """
+        try:
+            return [uid for uid, _ in await self._uploads_of(name)]
+        except Exception as exc:
+            raise self._map(exc, "ListMultipartUploads", name) from exc
+
+    async def _uploads_of(self, name: str) -> list[tuple[str, object]]:
+        """(upload id, initiated) of every unfinished upload of exactly ``name``'s key, at most
+        :data:`_MAX_UPLOAD_PAGES` pages; SDK errors propagate unmapped."""
+        client = self._live_client()
+        key = self.key(name)
+        uploads: list[tuple[str, object]] = []
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        for _ in range(_MAX_UPLOAD_PAGES):
+            page = await client.list_multipart_uploads(**params)
+            # The answer is input: only this exact key (the prefix also matches longer keys),
+            # only string ids.
+            for upload in page.get("Uploads") or ():
+                uid = upload.get("UploadId")
+                if upload.get("Key") == key and isinstance(uid, str) and uid:
+                    uploads.append((uid, upload.get("Initiated")))
+            key_marker, id_marker = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+            if not page.get("IsTruncated") or not isinstance(key_marker, str):
+                break
+            params["KeyMarker"] = key_marker
+            if isinstance(id_marker, str):
+                params["UploadIdMarker"] = id_marker
+        return uploads
+
     async def _abort_orphans(self, name: str, ours: str, window: float) -> None:
         """Abort the uploads of ``name`` that an unanswered Create started: in progress for
         exactly this key and initiated, by the store's clock, within ``window`` seconds (plus a
@@ -835,28 +870,16 @@ class S3Provider:
             ProviderError: A transient failure to list or abort (the engine retries the Create);
                 other failures are logged and the upload goes on.
         """
-        client = self._live_client()
-        key = self.key(name)
         found: list[tuple[str, datetime]] = []
         mine: datetime | None = None
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
         try:
-            for _ in range(_MAX_UPLOAD_PAGES):
-                page = await client.list_multipart_uploads(**params)
-                for upload in page.get("Uploads") or ():
-                    uid, when = upload.get("UploadId"), upload.get("Initiated")
-                    if upload.get("Key") != key or not isinstance(uid, str):
-                        continue
-                    if not isinstance(when, datetime) or when.tzinfo is None:
-                        continue
-                    if uid == ours:
-                        mine = when
-                    else:
-                        found.append((uid, when))
-                if not page.get("IsTruncated"):
-                    break
-                params["KeyMarker"] = page.get("NextKeyMarker")
-                params["UploadIdMarker"] = page.get("NextUploadIdMarker")
+            for uid, when in await self._uploads_of(name):
+                if not isinstance(when, datetime) or when.tzinfo is None:
+                    continue
+                if uid == ours:
+                    mine = when
+                else:
+                    found.append((uid, when))
         except Exception as exc:
             error = self._map(exc, "ListMultipartUploads", name)
             if error.transient:
