@@ -385,6 +385,48 @@ def test_pending_entries_from_an_earlier_run_are_announced_at_start(
     assert _announcements(caplog) == [] and pending_count(folder) == 0
 
 
+@pytest.mark.parametrize("use_procs", [False, True], ids=["threads", "procs"])
+def test_resume_is_not_told_to_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, use_procs: bool
+) -> None:
+    # Uploader.resume builds its uploader only to resume the folder at once.
+    folder = tmp_path / "staging"
+    leave_pending(folder, {"a": b"1", "b": b"2"})
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    with caplog.at_level(logging.WARNING, logger="artifact_uploader"):
+        report = Uploader.resume(folder, f"file://{store_dir}", use_procs=use_procs)
+    assert sorted(r.name for r in report.uploaded) == ["a", "b"]
+    assert (store_dir / "a").read_bytes() == b"1" and pending_count(folder) == 0
+    assert _announcements(caplog) == []
+
+
+def test_logger_with_resume_is_not_told_to_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "staging"
+    leave_pending(folder, {"a": b"1"})
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    with caplog.at_level(logging.WARNING, logger="artifact_uploader"):
+        logger = ObjectStoreLogger(
+            "file", str(store_dir), upload_staging_folder=folder, use_procs=False, resume=True
+        )
+        logger.close()
+    assert logger.resume_report is not None
+    assert [r.name for r in logger.resume_report.uploaded] == ["a"]
+    assert (store_dir / "a").read_bytes() == b"1"
+    assert _announcements(caplog) == []
+    # Without resume=True the same leftovers are announced (the warning is not just gone).
+    leave_pending(folder, {"b": b"2"})
+    with caplog.at_level(logging.WARNING, logger="artifact_uploader"):
+        ObjectStoreLogger(
+            "file", str(store_dir), upload_staging_folder=folder, use_procs=False
+        ).close()
+    (msg,) = _announcements(caplog)
+    assert "1 upload(s)" in msg
+
+
 def test_logger_failed_copies_are_announced_at_the_next_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._config import PartPolicy, RetryPolicy, check_positive_int
 from ._errors import ConfigError, FailedUpload, ObjectNotFoundError, UploadFailedError
+from ._journal import resuming
 from ._naming import NameTemplate, default_run_name
 from ._registry import provider_from_seed
 from ._sync import Uploader
@@ -102,17 +103,20 @@ class ObjectStoreLogger:
         self._explicit_run_name = run_name is not None
         self.run_name = run_name or default_run_name()
         self.should_log_artifact = should_log_artifact
-        self._uploader = Uploader(
-            provider_from_seed(provider, container, provider_kwargs),
-            max_concurrency=num_concurrent_uploads,
-            staging_dir=upload_staging_folder,
-            max_staged_bytes=max_staged_bytes,
-            staging=staging,
-            retry=retry,
-            parts=parts,
-            verify=verify,
-            use_procs=use_procs,
-        )
+        # With resume=True the pending entries are resumed right below: no warning telling the
+        # user to resume them.
+        with resuming() if resume else contextlib.nullcontext():
+            self._uploader = Uploader(
+                provider_from_seed(provider, container, provider_kwargs),
+                max_concurrency=num_concurrent_uploads,
+                staging_dir=upload_staging_folder,
+                max_staged_bytes=max_staged_bytes,
+                staging=staging,
+                retry=retry,
+                parts=parts,
+                verify=verify,
+                use_procs=use_procs,
+            )
         self._latest: dict[str, concurrent.futures.Future[UploadResult]] = {}
         self.resume_report: ResumeReport | None = None
         if resume:

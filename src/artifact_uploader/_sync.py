@@ -21,6 +21,7 @@ from ._config import PartPolicy, RetryPolicy
 from ._download import _SyncReadSide
 from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError
 from ._events import EventCallback, ProgressTotals
+from ._journal import resuming
 from ._procs import ProcessBackend, close_unopened
 from ._types import UploadResult
 from ._uploader import AsyncUploader, ResumeReport, _Prepared
@@ -440,7 +441,8 @@ class Uploader(_SyncReadSide):
             UploadFailedError: Some entries could not be uploaded (they stay journalled, except
                 one whose staged copy is missing or short: reported once, then dropped).
         """
-        with cls(
-            store, staging_dir=staging_folder, provider_kwargs=provider_kwargs, **options
-        ) as up:
+        # Built only to resume its folder at once: no "resume them" warning first.
+        with resuming():
+            up = cls(store, staging_dir=staging_folder, provider_kwargs=provider_kwargs, **options)
+        with up:
             return up.resume_pending()
