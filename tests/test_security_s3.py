@@ -104,6 +104,46 @@ def test_redactor_scrubs_known_values_shapes_and_the_whole_chain(
     assert "<redacted>" in text
 
 
+def test_redactor_keeps_the_types_of_what_it_scrubs() -> None:
+    import collections
+
+    import aiohttp
+    import multidict
+    import yarl
+
+    token = "ya29.secret-bearer-token-value"
+    sas_url = yarl.URL("https://a.blob.core.windows.net/c/b?sv=2021&sig=abc%2Fdef%3D&se=x")
+    headers = multidict.CIMultiDictProxy(
+        multidict.CIMultiDict({"Authorization": f"Bearer {token}", "Range": "bytes=0-9"})
+    )
+    info = aiohttp.RequestInfo(sas_url, "GET", headers, sas_url)
+    error = aiohttp.ClientResponseError(info, (), status=403, message=f"denied {token}")
+    Pair = collections.namedtuple("Pair", "label value")
+    opaque = object()
+    other = RuntimeError(Pair("key", f"Bearer {token}"), opaque, 7)
+    other.__cause__ = error
+
+    assert Redactor([token]).scrub_exception(other) is other
+    text = render(other)
+    assert token not in text and "abc%2Fdef%3D" not in text
+    # Named tuples stay named tuples; URLs stay URLs; headers stay header mappings.
+    assert isinstance(error.request_info, aiohttp.RequestInfo)
+    assert isinstance(error.request_info.real_url, yarl.URL)
+    assert error.request_info.real_url.host == "a.blob.core.windows.net"
+    assert error.request_info.real_url.query["sv"] == "2021"
+    assert isinstance(error.request_info.headers, multidict.CIMultiDictProxy)
+    assert error.request_info.headers["Range"] == "bytes=0-9"
+    assert token not in error.request_info.headers["Authorization"]
+    assert error.status == 403 and token not in error.message
+    pair, kept, number = other.args
+    assert type(pair) is Pair and pair.label == "key" and token not in pair.value
+    # Objects it does not know are left as they are (same object), as is what holds no secret.
+    assert kept is opaque and number == 7
+    clean = yarl.URL("https://example.com/x?a=1")
+    assert Redactor().scrub_value(clean) is clean
+    assert Redactor().scrub_value(Pair("a", "b")) == Pair("a", "b")
+
+
 # -- finding 6: secrets in errors when a server echoes request headers --------------------
 
 

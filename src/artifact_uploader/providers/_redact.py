@@ -16,10 +16,11 @@ every exception in the chain, in place, before it is raised on to the caller.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 REDACTED: Final = "<redacted>"
@@ -146,9 +147,14 @@ class Redactor:
         return text
 
     def scrub_value(self, value: Any, _depth: int = 0) -> Any:
-        """``value`` with secrets removed from the strings in it (str, bytes, and plain tuples,
-        lists and dicts of them). Returns ``value`` itself when nothing changed; other objects
-        (and container subclasses such as named tuples) are returned as they are."""
+        """``value`` with secrets removed from the strings in it, its type kept.
+
+        Handled: str, bytes; plain tuples, lists and dicts; named tuples (rebuilt with
+        ``_make``, so aiohttp's ``RequestInfo`` keeps ``.real_url``); ``yarl.URL`` (rebuilt from
+        its scrubbed text: a SAS signature in a query); ``multidict`` headers (rebuilt as the
+        same type). Returns ``value`` itself when nothing changed, and any other object as it
+        is: its text is not known to round-trip, and a wrong type breaks the code that reads it.
+        """
         if _depth > _MAX_DEPTH:
             return value
         if isinstance(value, str):
@@ -158,17 +164,42 @@ class Redactor:
             text = bytes(value).decode("utf-8", "replace")
             clean = self.scrub(text)
             return value if clean == text else clean.encode("utf-8")
-        if type(value) in (tuple, list):
+        kind = type(value)
+        if kind in (tuple, list) or _is_namedtuple(value):
             items = [self.scrub_value(v, _depth + 1) for v in value]
             if all(a is b for a, b in zip(items, value, strict=True)):
                 return value
-            return tuple(items) if type(value) is tuple else items
-        if type(value) is dict:
+            if kind is list:
+                return items
+            if kind is tuple:
+                return tuple(items)
+            try:
+                return kind._make(items)
+            except Exception:
+                return value
+        if kind is dict:
             scrubbed = {k: self.scrub_value(v, _depth + 1) for k, v in value.items()}
             if all(scrubbed[k] is v for k, v in value.items()):
                 return value
             return scrubbed
+        rebuild = _rebuilders().get(kind)
+        if rebuild is not None:
+            return self._rebuilt(value, rebuild, _depth)
         return value
+
+    def _rebuilt(self, value: Any, rebuild: Callable[[Any, Any], Any], depth: int) -> Any:
+        """``value`` rebuilt by ``rebuild`` from its scrubbed parts, or ``value`` itself."""
+        try:
+            if isinstance(value, Mapping):
+                items = [(k, self.scrub_value(v, depth + 1)) for k, v in value.items()]
+                if all(v is w for (_, v), w in zip(items, value.values(), strict=True)):
+                    return value
+                return rebuild(value, items)
+            text = str(value)
+            clean = self.scrub(text)
+            return value if clean == text else rebuild(value, clean)
+        except Exception:
+            return value
 
     def scrub_exception(self, exc: BaseException) -> BaseException:
         """Scrub ``exc`` and every exception in its ``__cause__`` / ``__context__`` chain, in
@@ -206,6 +237,7 @@ class Redactor:
                 continue
             if (
                 isinstance(value, str | bytes | dict | list | tuple)
+                or type(value) in _rebuilders()
                 or name in _TEXT_ATTRS
                 or name == "__notes__"
             ):
@@ -215,6 +247,34 @@ class Redactor:
                         setattr(exc, name, clean)
                     except Exception:
                         continue
+
+
+def _is_namedtuple(value: object) -> bool:
+    return isinstance(value, tuple) and hasattr(type(value), "_make") and hasattr(value, "_fields")
+
+
+@functools.cache
+def _rebuilders() -> dict[type, Callable[[Any, Any], Any]]:
+    """Types (other than containers) whose secrets are scrubbed, each with how to rebuild one of
+    the same type: yarl's URL from its scrubbed text; multidict's header mappings from their
+    scrubbed items. Looked up only if those libraries are installed (the SDKs bring them)."""
+    found: dict[type, Callable[[Any, Any], Any]] = {}
+    try:
+        import yarl
+
+        found[yarl.URL] = lambda _old, text: yarl.URL(text, encoded=True)
+    except ImportError:
+        pass
+    try:
+        import multidict as md
+
+        found[md.MultiDict] = lambda _old, items: md.MultiDict(items)
+        found[md.CIMultiDict] = lambda _old, items: md.CIMultiDict(items)
+        found[md.MultiDictProxy] = lambda _old, items: md.MultiDictProxy(md.MultiDict(items))
+        found[md.CIMultiDictProxy] = lambda _old, items: md.CIMultiDictProxy(md.CIMultiDict(items))
+    except ImportError:
+        pass
+    return found
 
 
 class RedactingFilter(logging.Filter):
