@@ -86,3 +86,16 @@ class TestLocalConformance(ProviderConformance, ReadConformance):
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory")
         return LocalProvider(blocker / "root")
+
+
+@pytest.mark.asyncio
+async def test_read_conformance_engines_borrow_the_fixture_provider(tmp_path: Path) -> None:
+    # The fixture owns its provider: the engines the mixin starts must neither reopen nor close
+    # it, and a multipart store stays multipart through them.
+    provider = MemoryProvider("borrowed")
+    await provider.open()
+    provider.opened = False
+    await ReadConformance()._store(provider, tmp_path, "big.bin", b"x" * (9 * 1024 * 1024))
+    assert not provider.closed and not provider.opened
+    assert provider.count("create_multipart") == 1
+    assert provider.objects["big.bin"] == b"x" * (9 * 1024 * 1024)

@@ -526,10 +526,10 @@ class TestAzureConformance(MultipartConformance):
         return _key_provider(azurite_server, f"missing-{uuid.uuid4().hex[:12]}")
 
 
-def _owned(
+def _provider_on(
     server: AzuriteServer, container: str, prefix: str, account_url: str | None = None
-) -> _OwnedAzureProvider:
-    return _OwnedAzureProvider(
+) -> AzureProvider:
+    return AzureProvider(
         container,
         prefix,
         account_name=server.account_name,
@@ -538,26 +538,15 @@ def _owned(
     )
 
 
-class _OwnedAzureProvider(AzureProvider):
-    """Stays open when an engine closes it: ReadConformance stores objects through engines of
-    its own, which close their provider on exit, while the fixture owns this one."""
-
-    async def aclose(self) -> None:
-        return None
-
-    async def close_for_real(self) -> None:
-        await AzureProvider.aclose(self)
-
-
 class TestAzureReadConformance(ReadConformance):
     @pytest_asyncio.fixture
     async def provider(
         self, azurite_server: AzuriteServer, azure_container: AzureContainer
     ) -> AsyncIterator[AzureProvider]:
-        p = _owned(azurite_server, azure_container.name, f"t-{uuid.uuid4().hex[:8]}")
+        p = _provider_on(azurite_server, azure_container.name, f"t-{uuid.uuid4().hex[:8]}")
         await p.open()
         yield p
-        await p.close_for_real()
+        await p.aclose()
 
     @pytest_asyncio.fixture
     async def corrupting_provider(
@@ -568,7 +557,7 @@ class TestAzureReadConformance(ReadConformance):
         proxy = FaultProxy(f"http://{azurite_server.host}:{azurite_server.port}")
         proxy.start()
         proxy.script(*[Fault("corrupt-response")] * 50, method="GET")
-        p = _owned(
+        p = _provider_on(
             azurite_server,
             provider.container,
             provider.prefix,
@@ -578,7 +567,7 @@ class TestAzureReadConformance(ReadConformance):
         try:
             yield p
         finally:
-            await p.close_for_real()
+            await p.aclose()
             assert proxy.counts["corrupt-response"] >= 1
             proxy.stop()
 

@@ -814,28 +814,15 @@ class TestGCSConformance(ProviderConformance):
         return GCSProvider(f"missing-{uuid.uuid4().hex[:8]}", api_root=fake_gcs_server.api_root)
 
 
-class _OwnedGCSProvider(GCSProvider):
-    """Stays open when an engine closes it: ReadConformance stores objects through engines of
-    its own, which close their provider on exit, while the fixture owns this one."""
-
-    async def aclose(self) -> None:
-        return None
-
-    async def close_for_real(self) -> None:
-        await GCSProvider.aclose(self)
-
-
 class TestGCSReadConformance(ReadConformance):
     @pytest_asyncio.fixture
     async def provider(
         self, fake_gcs_server: FakeGCSServer, gcs_bucket: str
     ) -> AsyncIterator[GCSProvider]:
-        p = _OwnedGCSProvider(
-            gcs_bucket, f"t-{uuid.uuid4().hex[:8]}", api_root=fake_gcs_server.api_root
-        )
+        p = GCSProvider(gcs_bucket, f"t-{uuid.uuid4().hex[:8]}", api_root=fake_gcs_server.api_root)
         await p.open()
         yield p
-        await p.close_for_real()
+        await p.aclose()
 
     @pytest_asyncio.fixture
     async def corrupting_provider(
@@ -846,12 +833,12 @@ class TestGCSReadConformance(ReadConformance):
         proxy = FaultProxy(fake_gcs_server.api_root)
         proxy.start()
         proxy.script(*[Fault("corrupt-response")] * 50, match="/download/", method="GET")
-        p = _OwnedGCSProvider(provider.bucket, provider.prefix, api_root=proxy.endpoint_url)
+        p = GCSProvider(provider.bucket, provider.prefix, api_root=proxy.endpoint_url)
         await p.open()
         try:
             yield p
         finally:
-            await p.close_for_real()
+            await p.aclose()
             assert proxy.counts["corrupt-response"] >= 1
             proxy.stop()
 

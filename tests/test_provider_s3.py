@@ -642,26 +642,13 @@ class TestS3Conformance(MultipartConformance):
         yield S3Provider.from_uri(f"s3://missing-{uuid.uuid4().hex[:12]}", moto_server.options())
 
 
-class _OwnedS3Provider(S3Provider):
-    """Stays open when an engine closes it: ReadConformance stores objects through engines of
-    its own, which close their provider on exit, while the fixture owns this one."""
-
-    async def aclose(self) -> None:
-        return None
-
-    async def close_for_real(self) -> None:
-        await S3Provider.aclose(self)
-
-
 class TestS3ReadConformance(ReadConformance):
     @pytest_asyncio.fixture
     async def provider(self, moto_server: MotoServer, s3_bucket: str) -> AsyncIterator[S3Provider]:
-        p = _OwnedS3Provider.from_uri(
-            f"s3://{s3_bucket}/t-{uuid.uuid4().hex[:8]}", moto_server.options()
-        )
+        p = S3Provider.from_uri(f"s3://{s3_bucket}/t-{uuid.uuid4().hex[:8]}", moto_server.options())
         await p.open()
         yield p
-        await p.close_for_real()
+        await p.aclose()
 
     @pytest_asyncio.fixture
     async def corrupting_provider(
@@ -672,7 +659,7 @@ class TestS3ReadConformance(ReadConformance):
         proxy = FaultProxy(moto_server.endpoint_url)
         proxy.start()
         proxy.script(*[Fault("corrupt-response")] * 50, method="GET")
-        p = _OwnedS3Provider.from_uri(
+        p = S3Provider.from_uri(
             f"s3://{provider.bucket}/{provider.prefix}",
             moto_server.options(endpoint_url=proxy.endpoint_url),
         )
@@ -680,7 +667,7 @@ class TestS3ReadConformance(ReadConformance):
         try:
             yield p
         finally:
-            await p.close_for_real()
+            await p.aclose()
             assert proxy.counts["corrupt-response"] >= 1
             proxy.stop()
 

@@ -39,7 +39,7 @@ import asyncio
 import itertools
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,15 @@ from ._errors import (
     StoreNotFoundError,
 )
 from ._events import EventKind, UploadEvent
-from ._types import FileSlice, PutResult
+from ._types import FileSlice, PartResult, PutResult
 from ._uploader import AsyncUploader
-from .providers._protocol import MultipartProvider, ObjectInfo, Provider, ReadableProvider
+from .providers._protocol import (
+    MultipartProvider,
+    ObjectInfo,
+    PartLimits,
+    Provider,
+    ReadableProvider,
+)
 
 MiB = 1024 * 1024
 ReadObject = Callable[[str], Awaitable[bytes]]
@@ -257,6 +263,88 @@ class CountingReader:
         await self.inner.delete(name)
 
 
+class _Borrowed:
+    """Lends an open provider to an engine without giving it away: every call goes to
+    ``inner`` except ``open`` and ``aclose``, which do nothing, so the engine's exit leaves the
+    provider open for the fixture that owns it (and closes it). Use :func:`_borrow`, which keeps
+    the multipart capability when ``inner`` has it.
+    """
+
+    def __init__(self, inner: ReadableProvider) -> None:
+        self.inner = inner
+        self.scheme = inner.scheme
+
+    def __repr__(self) -> str:
+        return f"_Borrowed({self.inner!r})"
+
+    def uri(self, name: str) -> str:
+        return self.inner.uri(name)
+
+    def check_name(self, name: str) -> None:
+        self.inner.check_name(name)
+
+    async def open(self, *, verify: bool = True) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
+        return await self.inner.put(name, data, overwrite=overwrite)
+
+    async def head(self, name: str) -> ObjectInfo:
+        return await self.inner.head(name)
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        return await self.inner.get_range(name, offset, length, etag=etag)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        async for info in self.inner.list(prefix):
+            yield info
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+
+class _BorrowedMultipart(_Borrowed):
+    """A :class:`_Borrowed` of a :class:`MultipartProvider`."""
+
+    def __init__(self, inner: ReadableProvider) -> None:
+        assert isinstance(inner, MultipartProvider)
+        super().__init__(inner)
+        self._multipart = inner
+
+    @property
+    def part_limits(self) -> PartLimits:
+        return self._multipart.part_limits
+
+    async def create_multipart(self, name: str, *, overwrite: bool) -> str:
+        return await self._multipart.create_multipart(name, overwrite=overwrite)
+
+    async def put_part(
+        self, name: str, upload_id: str, part_number: int, data: FileSlice
+    ) -> PartResult:
+        return await self._multipart.put_part(name, upload_id, part_number, data)
+
+    async def complete_multipart(
+        self, name: str, upload_id: str, parts: Sequence[PartResult], *, overwrite: bool
+    ) -> PutResult:
+        return await self._multipart.complete_multipart(name, upload_id, parts, overwrite=overwrite)
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        await self._multipart.abort_multipart(name, upload_id)
+
+
+def _borrow(provider: Provider) -> _Borrowed:
+    """``provider`` (open, readable) lent to an engine that must not close it."""
+    assert isinstance(provider, ReadableProvider), f"{provider!r} is not a ReadableProvider"
+    if isinstance(provider, MultipartProvider):
+        return _BorrowedMultipart(provider)
+    return _Borrowed(provider)
+
+
 def _leftovers(folder: Path, *keep: str) -> list[str]:
     """Files in ``folder`` other than ``keep`` (a download must leave no temporary behind)."""
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
@@ -266,7 +354,8 @@ class ReadConformance:
     """The read side every :class:`ReadableProvider` must pass, through the engine.
 
     Fixtures: ``provider`` (an open ReadableProvider on a fresh prefix), optionally
-    ``corrupting_provider`` (see the module docstring).
+    ``corrupting_provider`` (see the module docstring). The fixtures own their providers and
+    close them; the engines these tests start only borrow them (never open or close them).
     """
 
     #: Size of the object that must be fetched as several ranges.
@@ -285,8 +374,9 @@ class ReadConformance:
 
     async def _store(self, provider: Provider, tmp_path: Path, name: str, data: bytes) -> None:
         # Through the engine, so large objects are stored as a multipart upload where the store
-        # supports one (and carry the checksum the store records for that).
-        async with AsyncUploader(provider, parts=PartPolicy(threshold=8 * MiB)) as up:
+        # supports one (and carry the checksum the store records for that). Borrowed: the
+        # engine's exit must not close the fixture's provider.
+        async with AsyncUploader(_borrow(provider), parts=PartPolicy(threshold=8 * MiB)) as up:
             await up.upload(_write(tmp_path, data, "src"), name)
 
     @pytest.mark.asyncio
