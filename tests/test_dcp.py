@@ -190,9 +190,12 @@ def test_torchrun_sigkill_mid_save_keeps_previous(
     assert "commit record" in str(info.value) and ".metadata" in str(info.value)
     # Rank 1 was killed between parts of its shard: a multipart upload is open.
     assert list_multipart_uploads(moto_s3, s3_bucket) != []
+    # What the killed ranks were serializing or had staged is left beside / in their staging.
+    assert list(staging.glob("scratch-*")) != []
 
     deleted = resume_checkpoints(root, staging, provider_kwargs=options)
     assert deleted == [f"step-0000000005/{partial_id}"]
+    assert list(staging.glob("scratch-*")) == []
     assert list_multipart_uploads(moto_s3, s3_bucket) == []
     assert {k.split("/")[2] for k in list_s3_keys(moto_s3, s3_bucket, "run-9/step-")} == {first}
     assert dcp_worker.same(dcp_worker.full_state(1), load_full(root, options)) == []

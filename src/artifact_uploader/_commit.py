@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,6 +48,8 @@ T = TypeVar("T")
 COMMITS_DIR = "_commits"
 FORMAT = "artifact-uploader-dcp/1"
 METADATA_NAME = ".metadata"
+# Folders in a writer's staging_dir where shards are serialized before they are staged.
+SCRATCH_PREFIX = "scratch-"
 _STEP_DIGITS = 10
 _GEN_DIGITS = 6
 _RECORD_RE = re.compile(rf"^(\d{{{_STEP_DIGITS}}})-(\d{{{_GEN_DIGITS}}})\.json$")
@@ -657,7 +660,8 @@ def resume_checkpoints(
 ) -> list[str]:
     """After a crash: finish each rank's journal, then delete saves that were never committed.
 
-    Runs :meth:`Uploader.resume` on every ``rank-*`` folder of ``staging_dir`` (aborting the
+    Removes the serialization scratch folders a killed writer left in ``staging_dir``, runs
+    :meth:`Uploader.resume` on every ``rank-*`` folder of it (aborting the
     multipart uploads the journal names and uploading what was pending), then deletes every
     ``step-N/<save-id>/`` location under ``root`` that no commit record names. Call it when no
     save to ``root`` is running.
@@ -669,6 +673,10 @@ def resume_checkpoints(
         UploadFailedError: A journalled upload could not be finished (it stays journalled).
     """
     folder = Path(staging_dir)
+    for scratch in sorted(folder.glob(SCRATCH_PREFIX + "*")):
+        # Shards a killed writer was serializing: never staged, so never journalled.
+        if scratch.is_dir() and not scratch.is_symlink():
+            shutil.rmtree(scratch, ignore_errors=True)
     for rank_dir in sorted(folder.glob("rank-*")):
         if rank_dir.is_dir():
             Uploader.resume(rank_dir, root, provider_kwargs=provider_kwargs, use_procs=False)

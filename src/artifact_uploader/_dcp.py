@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from ._commit import (
     METADATA_NAME,
+    SCRATCH_PREFIX,
     CheckpointError,
     CommittedCheckpoint,
     Store,
@@ -147,7 +148,13 @@ class CheckpointWriter(FileSystemWriter):
             root, provider_kwargs, retry if isinstance(retry, RetryPolicy) else None
         )
         self.root = self._store.root
-        self._scratch_base = tempfile.mkdtemp(prefix="au-dcp-scratch-")
+        if staging_dir is not None:
+            Path(staging_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Shards are serialized here and then moved into staging: beside the staging folder,
+        # so the move is a rename on the same filesystem, not a second copy.
+        self._scratch_base = tempfile.mkdtemp(
+            prefix=SCRATCH_PREFIX, dir=None if staging_dir is None else Path(staging_dir)
+        )
         super().__init__(
             self._scratch_base,
             single_file_per_rank=True,
@@ -315,7 +322,7 @@ class CheckpointWriter(FileSystemWriter):
         if self._step is None:
             raise ConfigError("call CheckpointWriter.set_step(step) before saving")
         roots = {p.storage_data.root for p in plans if isinstance(p.storage_data, _RankRoot)}
-        if roots != {self.root}:
+        if roots and roots != {self.root}:
             raise ConfigError(
                 f"ranks were given different checkpoint roots: {sorted(roots | {self.root})}; "
                 "every rank's CheckpointWriter needs the same root"
