@@ -524,6 +524,28 @@ async def test_error_mapping(
 
 
 @pytest.mark.asyncio
+async def test_get_range_refuses_a_body_longer_or_shorter_than_the_range(
+    faulty: S3Provider, s3_faults: FaultServer
+) -> None:
+    # A server that ignores the range and sends the whole object: refused, not retried.
+    s3_faults.script({"status": 200, "headers": {"Content-Type": "text/plain"}, "body": "y" * 50})
+    with pytest.raises(ProviderError, match="more than the range") as info:
+        await faulty.get_range("r.bin", 0, 10)
+    assert not info.value.transient and "s3://bkt/pre/r.bin" in str(info.value)
+    # A body that ends early: transient (another attempt may read it whole).
+    s3_faults.script({"status": 206, "headers": {"Content-Type": "text/plain"}, "body": "y" * 4})
+    with pytest.raises(ProviderError, match="got 4 of 10 bytes") as info:
+        await faulty.get_range("r.bin", 0, 10)
+    assert info.value.transient
+    # Exactly the range: returned whole, bytes-like.
+    s3_faults.script(
+        {"status": 206, "headers": {"Content-Type": "text/plain"}, "body": "0123456789"}
+    )
+    got = await faulty.get_range("r.bin", 0, 10)
+    assert got == b"0123456789" and isinstance(got, bytes | bytearray)
+
+
+@pytest.mark.asyncio
 async def test_wire_format_of_put(
     faulty: S3Provider, s3_faults: FaultServer, tmp_path: Path
 ) -> None:

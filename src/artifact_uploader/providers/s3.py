@@ -1134,8 +1134,12 @@ class S3Provider:
 
     async def get_range(
         self, name: str, offset: int, length: int, *, etag: str | None = None
-    ) -> bytes:
+    ) -> bytearray:
         """One ranged GetObject, conditional on ``etag`` (``If-Match``) when given.
+
+        Returns the bytes as a ``bytearray``: the one buffer the body was read into, without a
+        copy to ``bytes`` (that copy, of freshly allocated memory, cost more client CPU than the
+        whole read). It is bytes-like: written, hashed and compared as ``bytes`` are.
 
         Raises:
             ObjectNotFoundError: No such object.
@@ -1157,30 +1161,19 @@ class S3Provider:
             resp = await client.get_object(**params)
             stream = resp["Body"]
             try:
-                chunks: list[bytes] = []
-                got = 0
-                # Never more than asked (plus one byte to notice a server ignoring the range):
-                # memory stays bounded by the range whatever the server sends.
-                while got <= length:
-                    chunk = await stream.read(length + 1 - got)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    note_progress()
+                data, got = await _read_body(stream, length)
             finally:
                 stream.close()
         except Exception as exc:
             raise self._map(exc, op, name, missing=True) from exc
-        data = b"".join(chunks)
-        if len(data) < length:
+        if got < length:
             raise ProviderError(
-                f"S3 {op} of {self.uri(name)!r}: got {len(data)} of {length} bytes",
+                f"S3 {op} of {self.uri(name)!r}: got {got} of {length} bytes",
                 name=name,
                 uri=self.uri(name),
                 transient=True,
             )
-        if len(data) > length:
+        if got > length:
             raise ProviderError(
                 f"S3 {op} of {self.uri(name)!r}: the server sent more than the range asked for",
                 name=name,
@@ -1462,6 +1455,45 @@ class S3Provider:
         return ProviderError(
             self._scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"), **kw
         )
+
+
+async def _read_body(stream: Any, length: int) -> tuple[bytearray, int]:
+    """Read a GetObject body of ``length`` expected bytes into one preallocated buffer.
+
+    Returns the buffer and the bytes the server sent: fewer than ``length`` when the body ended
+    early; ``length + 1`` as soon as it sends more (it ignored the range), so memory stays
+    bounded by the range whatever the server sends. Each network chunk is copied once, into the
+    buffer, and freed at once: joining the chunks kept the whole range twice and cost about 30%
+    more client CPU per MiB (measured against moto, 8 MiB ranges: 1.44 -> 1.01 ms/MiB).
+    """
+    buf = bytearray(length)
+    got = 0
+    content: Any = getattr(getattr(stream, "raw_stream", None), "content", None)
+    if not hasattr(content, "readchunk"):
+        # Another HTTP backend: its reads, copied into the buffer.
+        while got <= length:
+            chunk = await stream.read(length + 1 - got)
+            if not chunk:
+                return buf, got
+            if got + len(chunk) > length:
+                return buf, length + 1
+            buf[got : got + len(chunk)] = chunk
+            got += len(chunk)
+            note_progress()
+        return buf, got
+    while True:
+        # aiohttp's StreamReader hands out the chunks it received as they are (no slicing or
+        # joining); (b"", True) marks the end of a chunked-encoding chunk, (b"", False) the end.
+        chunk, end_of_http_chunk = await content.readchunk()
+        if not chunk:
+            if end_of_http_chunk:
+                continue
+            return buf, got
+        if got + len(chunk) > length:
+            return buf, length + 1
+        buf[got : got + len(chunk)] = chunk
+        got += len(chunk)
+        note_progress()
 
 
 # What a 403 means, by error code, and what to check.
