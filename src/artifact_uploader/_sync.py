@@ -99,8 +99,10 @@ class _ThreadBackend:
         try:
             self.thread_ident: int = self._portal.call(threading.get_ident)
             self._portal.call(engine.open)
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+        except BaseException as exc:
+            # Passing the exception on makes the portal cancel the open still running on its
+            # loop (a Ctrl-C here must not wait for the store to answer).
+            self._portal_cm.__exit__(type(exc), exc, exc.__traceback__)
             raise
 
     def check_alive(self) -> None:
@@ -129,9 +131,13 @@ class _ThreadBackend:
     def close(self, timeout: float | None) -> None:
         try:
             self._portal.call(self._engine.aclose, timeout)
-        finally:
+        except BaseException as exc:
+            # As in __init__: an interrupted close cancels what is left on the loop.
             with contextlib.suppress(Exception):
-                self._portal_cm.__exit__(None, None, None)
+                self._portal_cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        with contextlib.suppress(Exception):
+            self._portal_cm.__exit__(None, None, None)
 
     def resume(self) -> ResumeReport:
         return self._portal.call(self._engine.resume)
