@@ -367,8 +367,15 @@ async def test_s3_part_corrupted_in_transit_is_retried(
     data = os.urandom(5 * 1024 * 1024 + 4096)
     src = _file(tmp_path, data, "p.bin")
     events: list[UploadEvent] = []
+    # Parts are hashed only when asked for (check_etag=True): see the option's docstring.
     async with proxied_s3_uploader(
-        moto_server, fault_proxy, s3_bucket, FAST_RETRY, events, parts=SMALL_PARTS
+        moto_server,
+        fault_proxy,
+        s3_bucket,
+        FAST_RETRY,
+        events,
+        {"check_etag": True},
+        parts=SMALL_PARTS,
     ) as up:
         fault_proxy.script(Fault("corrupt-request"), match="partNumber=2", method="PUT")
         result = await (await up.submit(src, "p.bin"))

@@ -300,11 +300,13 @@ class S3Provider:
             clear. Checked against the endpoint however it was configured (this argument,
             ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, the config file). Loopback hosts
             (``127.0.0.1``, ``::1``, ``localhost``) never need it.
-        check_etag: Compare the ETag of every PutObject / UploadPart / Complete answer with
-            the MD5 of what was sent (skipped where SSE-KMS or SSE-C make the ETag something
-            else), so a body changed on the way is caught even by a store that verifies no
-            checksum. None (default): on for every endpoint but AWS's own, which verifies our
-            CRC32C itself; True / False force it.
+        check_etag: Compare the ETag of an answer with the MD5 of what was sent (skipped
+            where SSE-KMS or SSE-C make the ETag something else), so a body changed on the way
+            is caught even by a store that verifies no checksum. None (default): single-part
+            PutObject answers only (objects below ``PartPolicy.threshold``), on every endpoint
+            but AWS's own, which verifies our CRC32C itself; multipart bodies are not hashed,
+            since the MD5 would double the client CPU of a large upload (downloads verify them).
+            True: every PutObject and UploadPart answer, on any endpoint. False: none.
     """
 
     scheme = "s3"
@@ -659,10 +661,17 @@ class S3Provider:
 
     @property
     def _check_etag(self) -> bool:
+        """Whether a single-part PutObject answer's ETag is compared with our MD5."""
         if self.check_etag is not None:
             return self.check_etag
         # AWS verifies the CRC32C we send; other stores may store whatever arrives.
         return not (self.checksum and _is_aws_endpoint(self._resolved_endpoint or ""))
+
+    @property
+    def _check_part_etags(self) -> bool:
+        """Whether UploadPart / Complete answers are compared too: only when asked for, as the
+        MD5 of every part costs about as much client CPU as the rest of the upload."""
+        return self.check_etag is True
 
     async def _create_client(
         self, session: Any, *, unsigned: bool, path_style: bool
@@ -926,7 +935,7 @@ class S3Provider:
             "Body": body,
         }
         ours = self._add_checksum(params, body)
-        md5 = _Md5(body) if self._check_etag else None
+        md5 = _Md5(body) if self._check_part_etags else None
         try:
             resp = await (self._direct or client).upload_part(**params)
         except Exception as exc:
