@@ -35,6 +35,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -383,6 +384,7 @@ def main() -> None:
                 )
     finally:
         kill_group(server.process)
+        shutil.rmtree(scratch, ignore_errors=True)
     report = summarize(results, args)
     print(report)
     if args.out:
