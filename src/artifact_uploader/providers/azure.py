@@ -1102,7 +1102,7 @@ class AzureProvider:
                     uri=uri,
                     status=status,
                 )
-            if code == "Md5Mismatch":
+            if code == "Md5Mismatch" or _says_md5_mismatch(status, code, exc):
                 # The body changed on the wire; sending it again may well succeed.
                 return IntegrityError(
                     f"Azure: {doing} {where}: the service's MD5 of the body differs from ours "
@@ -1290,6 +1290,15 @@ def _check_container(container: str) -> None:
             f"Azure: invalid container name {container!r}: 3-63 lowercase letters, digits and "
             "single hyphens, starting and ending with a letter or digit"
         )
+
+
+def _says_md5_mismatch(status: int, code: str, exc: BaseException) -> bool:
+    """A 400 whose code is the generic ``InvalidOperation`` but whose message is the MD5 check's
+    (Azurite 3.35 answers a Content-MD5 mismatch so; the service says ``Md5Mismatch``)."""
+    if status != 400 or code != "InvalidOperation":
+        return False
+    message = str(getattr(exc, "message", "") or "").lower()
+    return "md5" in message and "match" in message
 
 
 def _code(exc: BaseException) -> str:
