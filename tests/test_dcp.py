@@ -181,20 +181,26 @@ def test_torchrun_sigkill_mid_save_keeps_previous(
     # Never a mixture: every value is the first save's.
     assert dcp_worker.same(dcp_worker.full_state(1), load_full(root, options)) == []
 
+    # Rank 1 was killed between parts of its shard: a multipart upload is open, in the
+    # partial save's location.
+    open_uploads = list_multipart_uploads(moto_s3, s3_bucket)
+    assert len(open_uploads) == 1, open_uploads
+    partial_id = open_uploads[0]["Key"].split("/")[2]
+    assert partial_id != first
+    # Whether rank 0's shard landed before torchrun stopped it depends on the machine's load:
+    # the partial location holds at most that one shard, never a commit record or .metadata.
     keys = list_s3_keys(moto_s3, s3_bucket, "run-9/step-0000000005/")
-    partial = {k.split("/")[2] for k in keys} - {first}
-    assert len(partial) == 1, keys
-    partial_id = partial.pop()
+    assert {k.split("/")[2] for k in keys} <= {first, partial_id}, keys
+    in_partial = [k for k in keys if k.split("/")[2] == partial_id]
+    assert all(k.endswith(".distcp") for k in in_partial), in_partial
     with pytest.raises(CheckpointNotCommittedError, match=partial_id) as info:
         CheckpointReader(root, step=5, save_id=partial_id, provider_kwargs=options).resolve()
     assert "commit record" in str(info.value) and ".metadata" in str(info.value)
-    # Rank 1 was killed between parts of its shard: a multipart upload is open.
-    assert list_multipart_uploads(moto_s3, s3_bucket) != []
     # What the killed ranks were serializing or had staged is left beside / in their staging.
     assert list(staging.glob("scratch-*")) != []
 
     deleted = resume_checkpoints(root, staging, provider_kwargs=options)
-    assert deleted == [f"step-0000000005/{partial_id}"]
+    assert deleted == ([f"step-0000000005/{partial_id}"] if in_partial else []), deleted
     assert list(staging.glob("scratch-*")) == []
     assert list_multipart_uploads(moto_s3, s3_bucket) == []
     assert {k.split("/")[2] for k in list_s3_keys(moto_s3, s3_bucket, "run-9/step-")} == {first}

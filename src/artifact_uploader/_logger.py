@@ -356,7 +356,9 @@ class ObjectStoreLogger:
         elif name in ("batch_end", "epoch_end"):
             self._raise_earlier_failures()
         elif name in ("fit_end", "eval_standalone_end", "predict_end"):
-            self._raise_earlier_failures()
+            # Drain first, then raise: raising what has failed so far without waiting would
+            # leave failures still on their way (a symlink whose target failed) to post_close,
+            # where Composer only logs them.
             self.flush()
         elif name not in ("close", "post_close"):
             parent = getattr(super(), "run_event", None)
