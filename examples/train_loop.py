@@ -17,7 +17,12 @@ from artifact_uploader import LogLevel, ObjectStoreLogger
 
 def main() -> None:
     store = Path(sys.argv[1] if len(sys.argv) > 1 else ".example-store").absolute()
-    work = Path(tempfile.mkdtemp(prefix="train-"))
+    with tempfile.TemporaryDirectory(prefix="train-") as work_dir:
+        train(store, Path(work_dir))
+
+
+def train(store: Path, work: Path) -> None:
+    """Three "epochs", each logging a checkpoint, a log file and the latest symlink."""
     logger = ObjectStoreLogger(
         provider="file",
         container=str(store),
