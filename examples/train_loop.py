@@ -43,12 +43,16 @@ def train(store: Path, work: Path) -> None:
             blocked = (time.perf_counter() - start) * 1000
             print(f"epoch {epoch}: {name:<22} staged, loop blocked {blocked:7.2f} ms")
             futures.append(fut)
-        logger.symlink_artifact(LogLevel.EPOCH, f"checkpoints/ep{epoch}.pt", "latest.pt", overwrite=True)
+        logger.symlink_artifact(
+            LogLevel.EPOCH, f"checkpoints/ep{epoch}.pt", "latest.pt", overwrite=True
+        )
     logger.close()
     print("\nuploaded:")
     for fut in futures:
         result = fut.result()
-        print(f"  {result.uri}  ({result.size} bytes, {result.checksum_algorithm}={result.checksum})")
+        print(
+            f"  {result.uri}  ({result.size} bytes, {result.checksum_algorithm}={result.checksum})"
+        )
     print(f"  {logger.get_uri_for_artifact('latest.pt')}.symlink")
 
 
