@@ -202,67 +202,6 @@ class MultipartConformance(ProviderConformance):
             await read_object("aborted.bin")
 
 
-class CountingReader:
-    """Wraps a :class:`ReadableProvider` (already open) and records every read request.
-
-    The engine under test opens and closes the wrapper; the wrapped provider stays open (the
-    test's fixture owns it). ``ranges`` lists each ``get_range`` as (offset, length, etag);
-    ``max_in_flight`` is the most ``get_range`` calls seen running at once.
-    """
-
-    def __init__(self, inner: ReadableProvider) -> None:
-        self.inner = inner
-        self.scheme = inner.scheme
-        self.ranges: list[tuple[int, int, str | None]] = []
-        self.calls: list[str] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    def __repr__(self) -> str:
-        return f"CountingReader({self.inner!r})"
-
-    def uri(self, name: str) -> str:
-        return self.inner.uri(name)
-
-    def check_name(self, name: str) -> None:
-        self.inner.check_name(name)
-
-    async def open(self, *, verify: bool = True) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
-        self.calls.append("put")
-        return await self.inner.put(name, data, overwrite=overwrite)
-
-    async def head(self, name: str) -> ObjectInfo:
-        self.calls.append("head")
-        return await self.inner.head(name)
-
-    async def get_range(
-        self, name: str, offset: int, length: int, *, etag: str | None = None
-    ) -> bytes:
-        self.calls.append("get_range")
-        self.ranges.append((offset, length, etag))
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return await self.inner.get_range(name, offset, length, etag=etag)
-        finally:
-            self.in_flight -= 1
-
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        self.calls.append("list")
-        async for info in self.inner.list(prefix):
-            yield info
-
-    async def delete(self, name: str) -> None:
-        self.calls.append("delete")
-        await self.inner.delete(name)
-
-
 class _Borrowed:
     """Lends an open provider to an engine without giving it away: every call goes to
     ``inner`` except ``open`` and ``aclose``, which do nothing, so the engine's exit leaves the
@@ -306,6 +245,54 @@ class _Borrowed:
 
     async def delete(self, name: str) -> None:
         await self.inner.delete(name)
+
+
+class CountingReader(_Borrowed):
+    """Wraps a :class:`ReadableProvider` (already open) and records every read request.
+
+    The engine under test opens and closes the wrapper; the wrapped provider stays open (the
+    test's fixture owns it). ``ranges`` lists each ``get_range`` as (offset, length, etag);
+    ``max_in_flight`` is the most ``get_range`` calls seen running at once.
+    """
+
+    def __init__(self, inner: ReadableProvider) -> None:
+        super().__init__(inner)
+        self.ranges: list[tuple[int, int, str | None]] = []
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"CountingReader({self.inner!r})"
+
+    async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
+        self.calls.append("put")
+        return await super().put(name, data, overwrite=overwrite)
+
+    async def head(self, name: str) -> ObjectInfo:
+        self.calls.append("head")
+        return await super().head(name)
+
+    async def get_range(
+        self, name: str, offset: int, length: int, *, etag: str | None = None
+    ) -> bytes:
+        self.calls.append("get_range")
+        self.ranges.append((offset, length, etag))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await super().get_range(name, offset, length, etag=etag)
+        finally:
+            self.in_flight -= 1
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        self.calls.append("list")
+        async for info in super().list(prefix):
+            yield info
+
+    async def delete(self, name: str) -> None:
+        self.calls.append("delete")
+        await super().delete(name)
 
 
 class _BorrowedMultipart(_Borrowed):
