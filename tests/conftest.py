@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -38,6 +39,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.005)
+
+
+async def poll_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """The event loop's :func:`wait_until`: poll ``predicate`` without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.002)
 
 
 def skip_outside_ci(reason: str) -> NoReturn:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from artifact_uploader import (
     ObjectStoreLogger,
     UploadFailedError,
 )
+from tests.conftest import wait_until
 
 
 class Event(enum.Enum):
@@ -183,10 +183,9 @@ def test_a_symlink_upload_waits_for_its_target_and_is_dropped_when_it_fails(
         # The target has failed before fit_end (as on a busy machine): fit_end must still wait
         # for the symlink's own failure, not raise what has failed so far and leave the rest
         # to post_close, whose errors Composer only logs.
-        deadline = time.monotonic() + 60
-        while dest.uploader.totals.files_failed < 1:
-            assert time.monotonic() < deadline, "the conflicting upload never failed"
-            time.sleep(0.01)
+        wait_until(
+            lambda: dest.uploader.totals.files_failed >= 1, 60, "the conflicting upload to fail"
+        )
     with pytest.raises(UploadFailedError) as info:
         dest.fit_end(state, None)
     assert {f.name for f in info.value.failures} == {"ckpt/ep2.pt", "ckpt/latest.pt.symlink"}

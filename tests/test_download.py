@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from artifact_uploader import (
     UploadEvent,
 )
 from artifact_uploader._checksums import crc32c, crc32c_b64, crc32c_combine
+from tests.conftest import poll_until, skip_outside_ci
 
 MiB = 1024 * 1024
 FAST = RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0)
@@ -56,14 +56,6 @@ def _leftovers(folder: Path, *keep: str) -> list[str]:
 
 def _store(provider: MemoryProvider, name: str, data: bytes) -> None:
     provider.objects[name] = data
-
-
-async def _wait_for(cond: object, what: str, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -196,7 +188,7 @@ async def test_download_shares_the_one_concurrency_limit(out: Path, tmp_path: Pa
     async with AsyncUploader(store, parts=SMALL, max_concurrency=3) as up:
         upload = asyncio.ensure_future(up.upload(src, "up.bin"))
         download = asyncio.ensure_future(up.download("big.bin", out / "big.bin"))
-        await _wait_for(lambda: store.held >= 3, "three requests held")
+        await poll_until(lambda: store.held >= 3, 30.0, "three requests held")
         for _ in range(50):  # let anything else that could start, start
             await asyncio.sleep(0)
         held = store.held
@@ -212,7 +204,7 @@ async def test_cancelled_download_leaves_nothing(out: Path) -> None:
     _store(store, "m.bin", os.urandom(4 * MiB))
     async with AsyncUploader(store, parts=SMALL) as up:
         task = asyncio.ensure_future(up.download("m.bin", out / "m.bin"))
-        await _wait_for(lambda: store.held >= 1, "a range in flight")
+        await poll_until(lambda: store.held >= 1, 30.0, "a range in flight")
         assert len(_leftovers(out)) == 1  # the temporary file, in dest's folder
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -440,12 +432,6 @@ async def test_local_store_never_writes_through_a_symlink(tmp_path: Path, elsewh
     assert not (tmp_path / "stolen.txt").exists()
 
 
-def _skip_outside_ci(why: str) -> None:
-    if os.environ.get("CI") and not os.environ.get("ARTIFACT_UPLOADER_ALLOW_SKIP"):
-        pytest.fail(why)
-    pytest.skip(why)
-
-
 _READ_ONLY_CHILD = r"""
 import json, sys
 from artifact_uploader import Uploader, UploadError
@@ -467,7 +453,7 @@ def test_local_store_on_read_only_filesystem(tmp_path: Path) -> None:
     mnt.mkdir()
     unshare = shutil.which("unshare")
     if unshare is None:
-        _skip_outside_ci("unshare(1) is not installed: no private mount namespace")
+        skip_outside_ci("unshare(1) is not installed: no private mount namespace")
     prefix = [unshare, "-m"] if os.geteuid() == 0 else [unshare, "-Urm"]
     # A tmpfs holding an existing store (with its temp folder), remounted read-only.
     mount = (
@@ -482,7 +468,7 @@ def test_local_store_on_read_only_filesystem(tmp_path: Path) -> None:
         check=False,
     )
     if probe.returncode != 0:
-        _skip_outside_ci(f"cannot mount a private read-only tmpfs here: {probe.stderr.strip()}")
+        skip_outside_ci(f"cannot mount a private read-only tmpfs here: {probe.stderr.strip()}")
     proc = subprocess.run(
         [*prefix, "sh", "-c", mount, str(mnt), sys.executable, "-c", _READ_ONLY_CHILD, str(mnt)],
         capture_output=True,

@@ -30,15 +30,10 @@ from artifact_uploader._staging import Stager
 from artifact_uploader._types import FileSlice, PartResult
 from tests._pending import leave_pending
 from tests.conftest import FAST_RETRY, resumed
+from tests.conftest import poll_until as poll
 
 pytestmark = pytest.mark.asyncio
 MakeFile = Callable[..., Path]
-
-
-async def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.002)
 
 
 async def test_submit_returns_after_staging_and_source_changes_do_not_leak(
