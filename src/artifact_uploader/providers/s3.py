@@ -12,7 +12,7 @@ over TLS and to loopback hosts; with ``checksum=None``, or over plain HTTP to an
 a man in the middle could rewrite body and checksum together), the default payload signing stays
 on and the direct request path (``_s3_direct``) is not used.
 
-Security (each promise has a test in tests/test_security_s3.py):
+Security (each promise has a test in tests/providers/s3/test_security_s3.py):
 
 - No redirect is followed, on either path (aiohttp's following is off for botocore's session and
   the direct one): a 3xx with a ``Location`` is a permanent error naming where it pointed, and

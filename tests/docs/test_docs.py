@@ -51,7 +51,7 @@ import artifact_uploader
 from tests.servers._common import kill_group
 from tests.servers.moto import MotoServer, list_s3_keys, start_moto_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 

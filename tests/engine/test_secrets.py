@@ -14,9 +14,9 @@ is searched for ``SECRET``:
 - the benchmark's output (``benchmarks/bench_s3.py``): a measured cell run with secret
   credentials, a failing cell, and the table / Markdown / JSON it writes.
 
-Provider-specific secret tests live next to each provider (``tests/test_provider_*.py``); this
+Provider-specific secret tests live next to each provider (``tests/providers/*/``); this
 file is the cross-cutting sweep. Staged files being 0600 in a 0700 folder is
-``tests/test_journal.py::test_staged_files_are_private`` (persistent folder); here it is checked
+``engine/test_journal.py::test_staged_files_are_private`` (persistent folder); here it is checked
 for the temporary folder too.
 """
 
@@ -316,7 +316,7 @@ def test_azure_secrets_never_leak(
 
 def _run_cell(spec: dict[str, Any]) -> tuple[int, str]:
     """One benchmark cell the way bench_s3.py runs it: ``benchmarks/_cells.py < spec.json``."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "_cells.py")],
         input=json.dumps(spec),
@@ -418,7 +418,7 @@ def test_s3_tls_verification_off_only_for_loopback(endpoint: str | None, allowed
         with pytest.raises(ConfigError, match="verify=False"):
             make_provider("s3://bucket", options)
     # Left alone, verification is on, with the CA bundle botocore's configuration names
-    # (tests/test_s3_transport.py shows an untrusted certificate refused).
+    # (tests/providers/s3/test_s3_transport.py shows an untrusted certificate refused).
     default = {} if endpoint is None else {"endpoint_url": endpoint}
     assert make_provider("s3://bucket", default).verify is None  # type: ignore[attr-defined]
 

@@ -3,7 +3,7 @@
 The fault proxy reads the request body at a slow, steady pace ("trickle"), so sending it takes
 several times ``stall_timeout``; the direct request path reports progress after every slice it
 hands to the socket, so the request is not cut off. A body that stops moving mid-way still is:
-``tests/test_faults.py::test_part_stalled_mid_body_is_aborted_and_retried`` (the slices written
+``engine/test_faults.py::test_part_stalled_mid_body_is_aborted_and_retried`` (the slices written
 before the stall tick, then the send blocks and the watchdog fires).
 """
 

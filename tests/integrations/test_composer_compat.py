@@ -1,6 +1,6 @@
 """ObjectStoreLogger driven by replayed Composer calls, where a real run cannot show the case.
 
-tests/test_composer_real.py runs a real Composer Trainer. The replays here cover what a real
+test_composer_real.py runs a real Composer Trainer. The replays here cover what a real
 run does not reach or cannot pin down: the older seed-era names (``log_file_artifact``,
 ``log_symlink_artifact``), the window between Composer's ``close`` hook and ``post_close``,
 a failure raised at the next ``batch_end`` rather than at ``fit_end``, the keyword form of the

@@ -1,6 +1,6 @@
-"""A torchrun worker for tests/test_dcp.py (gloo, CPU) and a helper process for its kill tests.
+"""A torchrun worker for test_dcp.py (gloo, CPU) and a helper process for its kill tests.
 
-Usage (each rank): ``python -m torch.distributed.run ... tests/dcp_worker.py <spec.json>``.
+Usage (each rank): ``python -m torch.distributed.run ... dcp_worker.py <spec.json>``.
 The spec lists steps run in order on every rank:
 
 - ``{"op": "save", "step": N, "seed": S, "async": bool, "kill_rank": r | null}``: save the state
@@ -10,7 +10,7 @@ The spec lists steps run in order on every rank:
   state dict of ``seed``.
 
 Rank 0 writes what it committed to ``<out>`` (one JSON line per save). ``prune`` mode (no
-torchrun): ``python tests/dcp_worker.py prune <root> <options.json> <keep_last> <kill_after>``
+torchrun): ``python dcp_worker.py prune <root> <options.json> <keep_last> <kill_after>``
 prunes and SIGKILLs itself after ``kill_after`` deletions.
 """
 

@@ -1,6 +1,6 @@
 """torch.distributed.checkpoint on the engine: round trips, resharding, kills, retention.
 
-The distributed tests start ``torchrun --nproc_per_node 2`` (gloo, CPU) on tests/dcp_worker.py;
+The distributed tests start ``torchrun --nproc_per_node 2`` (gloo, CPU) on dcp_worker.py;
 they are few because each start costs seconds on a 2-core machine. The rest run in this process
 (one rank, no process group) against ``file://`` and moto.
 """
@@ -37,7 +37,7 @@ from artifact_uploader import (
 )
 from artifact_uploader._commit import choose_retained
 from artifact_uploader._dcp import CheckpointReader, CheckpointWriter
-from tests import dcp_worker
+from tests.integrations import dcp_worker
 
 pytestmark = [
     pytest.mark.timeout(600),
@@ -45,7 +45,7 @@ pytestmark = [
 ]
 
 WORKER = Path(__file__).with_name("dcp_worker.py")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

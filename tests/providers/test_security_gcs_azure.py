@@ -33,11 +33,11 @@ from artifact_uploader._errors import (
 from artifact_uploader._types import FileSlice
 from artifact_uploader.providers.azure import AzureProvider
 from artifact_uploader.providers.gcs import GCSProvider
-from tests import test_provider_gcs
+from tests.providers.gcs import test_provider_gcs
+from tests.providers.gcs.test_provider_gcs import Reply, Script, _google_error, _object
 from tests.servers.azurite import AzureContainer, AzuriteServer
 from tests.servers.fake_gcs import FakeGCSServer
 from tests.servers.fault_proxy import Fault, FaultProxy, Sink
-from tests.test_provider_gcs import Reply, Script, _google_error, _object
 
 # The scripted loopback GCS server of test_provider_gcs, registered here as the fixture "script".
 script = test_provider_gcs.script

@@ -1,6 +1,6 @@
 """Crash safety against a real S3 server (moto): SIGKILL mid-upload, then resume.
 
-The memory-store version of the kill-and-resume test is ``tests/test_journal.py``; here the
+The memory-store version of the kill-and-resume test is ``tests/engine/test_journal.py``; here the
 store is moto, the files include multipart-sized ones (moto enforces S3's 5 MiB minimum for every
 part but the last, so the parts are 5 MiB), and the process dies while multipart uploads are in
 flight. The kill is timed by an observable condition, never a sleep: once all 50 files are staged,

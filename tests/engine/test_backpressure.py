@@ -5,7 +5,7 @@ training job that stages checkpoints into memory: without a bound a burst of sub
 fill it until the machine runs out of memory. The store is a memory store that keeps only a
 SHA-256 of each object, so the test itself holds no copy of the half gigabyte.
 
-See also ``tests/test_staging.py``: the budget wait and its timeout, and a file larger than the
+See also ``engine/test_staging.py``: the budget wait and its timeout, and a file larger than the
 budget on an idle uploader (``test_file_larger_than_budget_is_staged_alone``). Here the oversize
 file arrives while the queue is busy, and must wait for it to drain.
 """

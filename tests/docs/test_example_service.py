@@ -27,7 +27,7 @@ from artifact_uploader import StoreNotFoundError
 from tests.conftest import read_line, reaped
 from tests.servers.moto import MotoServer, read_s3_object
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
 
 
