@@ -23,19 +23,22 @@ Capabilities, as small protocols:
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import parsedate_to_datetime
-from typing import Any, Literal, Protocol, runtime_checkable
-from urllib.parse import SplitResult, urlsplit
+from typing import Literal, Protocol, runtime_checkable
 
 from .._types import FileSlice, PartResult, PutResult
 
-MiB = 1024 * 1024
+# The helpers that lived here moved to _kit; re-exported until every user imports them there.
+from ._kit import MAX_NAME_BYTES as MAX_NAME_BYTES
+from ._kit import MiB as MiB
+from ._kit import check_common_name as check_common_name
+from ._kit import check_plain_http as check_plain_http
+from ._kit import is_loopback_host as is_loopback_host
+from ._kit import join_key as join_key
+from ._kit import parse_retry_after as parse_retry_after
+from ._kit import split_store_uri as split_store_uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,125 +219,3 @@ class ReadableProvider(Provider, Protocol):
     async def delete(self, name: str) -> None:
         """Delete ``name``. Deleting a missing object is not an error."""
         ...
-
-
-MAX_NAME_BYTES = 1024
-
-
-def check_common_name(name: str, *, max_bytes: int = MAX_NAME_BYTES) -> None:
-    """Checks every store shares: non-empty, no NUL, not only slashes, at most ``max_bytes``.
-
-    Raises:
-        InvalidObjectNameError: Naming the offending value and why.
-    """
-    from .._errors import InvalidObjectNameError
-
-    if not isinstance(name, str):
-        raise InvalidObjectNameError(repr(name), f"must be a str, not {type(name).__name__}")
-    if not name.strip("/"):
-        raise InvalidObjectNameError(name, "empty (or only slashes)")
-    if "\x00" in name:
-        raise InvalidObjectNameError(name, "contains a NUL character")
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidObjectNameError(name, f"not valid UTF-8 ({exc.reason})") from None
-    if len(encoded) > max_bytes:
-        raise InvalidObjectNameError(
-            name[:64] + "...", f"{len(encoded)} bytes long, the limit is {max_bytes}"
-        )
-
-
-def join_key(prefix: str, name: str) -> str:
-    """Join a store prefix and an object name with exactly one slash."""
-    prefix = prefix.strip("/")
-    return f"{prefix}/{name}" if prefix else name
-
-
-def parse_retry_after(headers: Mapping[str, Any] | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), else None.
-
-    Header lookup is tried as given and in lower case, since SDKs differ in header casing.
-    """
-    if not headers:
-        return None
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        try:
-            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` names this machine: ``localhost`` or a loopback IPv4/IPv6 address."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_plain_http(url: str, *, label: str, allow_http: bool, what: str = "endpoint") -> None:
-    """Refuse a plain ``http://`` URL to a host other than this machine unless ``allow_http``.
-
-    On plain HTTP anyone on the path can read the credentials sent with each request and change
-    a body together with its checksum; a loopback emulator is the one place that is harmless.
-
-    Raises:
-        ConfigError: Naming the URL's host and the option that allows it.
-    """
-    from .._errors import ConfigError
-
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "http" or is_loopback_host(parts.hostname) or allow_http:
-        return
-    raise ConfigError(
-        f"{label} {what} http://{parts.hostname} is plain HTTP to a host that is not "
-        "this machine: credentials and data would travel unencrypted; use https, or pass "
-        "allow_http=True if that network is trusted"
-    )
-
-
-def split_store_uri(uri: str, scheme: str, label: str) -> SplitResult:
-    """Parse ``scheme://bucket[/prefix]``; refuse other schemes, queries, fragments, userinfo.
-
-    Args:
-        uri: The store URI.
-        scheme: The scheme expected (``"s3"``, ``"gs"``, ``"az"``).
-        label: The store's name in messages ("S3", "GCS", "Azure").
-
-    Raises:
-        ConfigError: Naming the URI and what is wrong with it (never echoing embedded
-            credentials).
-    """
-    from .._errors import ConfigError
-
-    parts = urlsplit(uri)
-    if parts.scheme.lower() != scheme:
-        # "an S3", "an Azure", "a GCS": the article follows how the label is spoken.
-        article = "an" if label[0] in "AEIOUS" else "a"
-        raise ConfigError(
-            f"not {article} {label} URI: {uri!r} (expected {scheme}://bucket[/prefix])"
-        )
-    if parts.username or parts.password:
-        # Never echo the URI back: it may hold a secret.
-        raise ConfigError(f"{label} URI must not embed credentials; pass them as options")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{label} URI {uri!r} must not carry a query or fragment")
-    if not parts.netloc:
-        raise ConfigError(
-            f"{label} URI {uri!r} names no bucket: expected {scheme}://bucket[/prefix]"
-        )
-    return parts
