@@ -16,7 +16,7 @@ from ._errors import ConfigError, FailedUpload, ObjectNotFoundError, UploadFaile
 from ._journal import resuming
 from ._naming import NameTemplate, default_run_name
 from ._registry import provider_from_seed
-from ._sync import Uploader
+from ._sync import Uploader, submit_bytes, take_failures
 from ._types import UploadResult
 from ._uploader import ResumeReport
 
@@ -153,7 +153,7 @@ class ObjectStoreLogger:
 
     def _raise_earlier_failures(self) -> None:
         # A failed upload is reported at the next call rather than waiting for flush().
-        failures: list[FailedUpload] = self._uploader._take_failures()
+        failures: list[FailedUpload] = take_failures(self._uploader)
         if failures:
             raise UploadFailedError(failures, context="in earlier uploads")
 
@@ -215,8 +215,8 @@ class ObjectStoreLogger:
         name = self.object_name_for(symlink_artifact_name)
         if not name.endswith(SYMLINK_SUFFIX):
             name += SYMLINK_SUFFIX
-        return self._uploader._submit_bytes(
-            target.encode("utf-8"), name, overwrite=overwrite, after=target_future
+        return submit_bytes(
+            self._uploader, target.encode("utf-8"), name, overwrite=overwrite, after=target_future
         )
 
     def flush(self, timeout: float | None = None) -> None:

@@ -11,10 +11,12 @@ Python work takes the training process's GIL. A reader thread in the parent reso
     parent (training process)                     child (python -c ... _child_main)
     -------------------------                     ---------------------------------
     submit: stage + journal "pending" (fsync)
-      ("submit", id, name, staged path, ...) ───►  _ChildEngine: upload, journal "multipart" /
-    flush / close / resume: ("call", ...)   ───►   "done", delete the staged copy
-    reader thread  ◄───  batches of ("count" | "event" | "failure" | "end" | "reply", ...)
+      Submit(id, name, staged path, ...)     ───►  _ChildEngine: upload, journal "multipart" /
+    Flush / Close / Resume / Read(req, ...)  ───►  "done", delete the staged copy
+    reader thread  ◄───  batches of Count | Event | Failure | End | Log | Reply
       resolves futures, on_event, records failures
+
+Every message is a frozen dataclass in :mod:`artifact_uploader._wire`.
 
 Who owns what:
 
@@ -44,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import itertools
 import json
 import logging
@@ -56,14 +57,14 @@ import sys
 import threading
 import traceback
 import weakref
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from functools import partial
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ._config import PartPolicy, RetryPolicy
+from . import _wire as wire
 from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError, UploadFailedError
 from ._events import EventKind
 from ._journal import Journal, JournalEntry
@@ -86,67 +87,7 @@ _EXIT_TIMEOUT = 30.0
 # Past the child's own close bound, how long its reply to close() may take to arrive.
 _REPLY_MARGIN = 2.0
 
-Message = tuple[Any, ...]
 _Pending = tuple[concurrent.futures.Future[UploadResult], StagedFile, str]
-
-
-# -- exceptions across the process boundary --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _RemoteError:
-    """An exception as (class path, args, attributes): rebuilt with the same type in the parent.
-
-    Pickling the exception itself is not enough: classes whose ``__init__`` takes other
-    arguments than ``args`` (most of ours) cannot be unpickled, and an attribute may hold an
-    unpicklable SDK object (such attributes are dropped). Rebuilding falls back to an
-    :class:`UploadError` with the message when the class cannot be imported.
-    """
-
-    module: str
-    qualname: str
-    args: tuple[Any, ...]
-    state: dict[str, Any]
-    text: str
-
-    @classmethod
-    def of(cls, exc: BaseException) -> _RemoteError:
-        kind = type(exc)
-        text = f"{kind.__name__}: {exc}"
-        state = {k: v for k, v in getattr(exc, "__dict__", {}).items() if _picklable(v)}
-        args = exc.args if _picklable(exc.args) else (str(exc),)
-        return cls(kind.__module__, kind.__qualname__, tuple(args), state, text)
-
-    def rebuild(self) -> BaseException:
-        try:
-            kind: Any = importlib.import_module(self.module)
-            for part in self.qualname.split("."):
-                kind = getattr(kind, part)
-            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-                raise TypeError(self.qualname)
-            exc = kind.__new__(kind)
-            exc.args = self.args
-            if self.state:
-                exc.__dict__.update(self.state)
-            return exc
-        except Exception:
-            return UploadError(self.text)
-
-
-def _picklable(value: object) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True
-
-
-def _pack(exc: BaseException | None) -> _RemoteError | None:
-    return None if exc is None else _RemoteError.of(exc)
-
-
-def _unpack(err: _RemoteError | None) -> BaseException | None:
-    return None if err is None else err.rebuild()
 
 
 def _exit_status(returncode: int | None) -> str:
@@ -163,24 +104,6 @@ def _exit_status(returncode: int | None) -> str:
 # -- the child ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """What the child needs to build its engine (sent as the first message)."""
-
-    provider: bytes  # the pickled, unopened provider
-    max_concurrency: int
-    retry: RetryPolicy
-    parts: PartPolicy
-    verify: bool
-    folder: str
-    persistent: bool
-    forward_events: bool
-    parent_pid: int
-    log_level: int
-    # The folder holds entries awaiting a resume: the child tracks submitted names for it.
-    track_names: bool = False
-
-
 class _Outbox:
     """Messages to the parent, sent as one batch per loop iteration (fewer wake-ups there).
 
@@ -191,15 +114,15 @@ class _Outbox:
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self._conn = conn
         self._loop = loop
-        self._batch: list[Message] = []
+        self._batch: list[wire.ToParent] = []
         self._scheduled = False
         self.broken = False
 
-    def put_threadsafe(self, msg: Message) -> None:
+    def put_threadsafe(self, msg: wire.ToParent) -> None:
         with contextlib.suppress(RuntimeError):  # the loop already closed
             self._loop.call_soon_threadsafe(self.put, msg)
 
-    def put(self, msg: Message) -> None:
+    def put(self, msg: wire.ToParent) -> None:
         self._batch.append(msg)
         if not self._scheduled:
             self._scheduled = True
@@ -227,7 +150,7 @@ class _ForwardLogs(logging.Handler):
         self._loop_thread = loop_thread
 
     def emit(self, record: logging.LogRecord) -> None:
-        msg = ("log", record.levelno, self.format(record))
+        msg = wire.Log(record.levelno, self.format(record))
         if threading.get_ident() == self._loop_thread:
             self._out.put(msg)
         else:  # e.g. a provider's worker thread
@@ -241,7 +164,7 @@ async def _reraise(exc: BaseException) -> None:
 class _ChildEngine(AsyncUploader):
     """The engine in the child: uploads files the parent staged, reports everything back."""
 
-    def __init__(self, provider: Provider, spec: _Spec, out: _Outbox) -> None:
+    def __init__(self, provider: Provider, spec: wire.Spec, out: _Outbox) -> None:
         self._out = out
         self._forward_events = spec.forward_events
         super().__init__(
@@ -267,10 +190,12 @@ class _ChildEngine(AsyncUploader):
     def _add_failure(self, failure: FailedUpload) -> None:
         # Every engine path records failures here: they go to the parent as they happen, and
         # the parent alone reports them (nothing is kept in this process).
-        self._out.put(("failure", failure.name, failure.staged_path, _pack(failure.cause)))
+        self._out.put(
+            wire.Failure(failure.name, failure.staged_path, wire.RemoteError.of(failure.cause))
+        )
 
     def _count(self, **deltas: int) -> None:
-        self._out.put(("count", deltas))
+        self._out.put(wire.Count(deltas))
 
     def _emit(
         self,
@@ -284,20 +209,12 @@ class _ChildEngine(AsyncUploader):
         error: BaseException | None = None,
     ) -> None:
         if self._forward_events:
-            self._out.put(("event", kind.value, name, size, nbytes, attempt, delay, _pack(error)))
+            self._out.put(wire.Event(kind, name, size, nbytes, attempt, delay, wire.pack(error)))
 
-    def accept(
-        self,
-        staged_id: str,
-        name: str,
-        path: str,
-        size: int,
-        source: str,
-        overwrite: bool,
-        after_id: str | None,
-    ) -> None:
+    def accept(self, msg: wire.Submit) -> None:
         """Start uploading a file the parent staged (in the order the parent sent them)."""
-        prepared = _Prepared(name, StagedFile(staged_id, Path(path), size, source), overwrite)
+        prepared = msg.prepared()
+        staged_id, after_id = msg.staged_id, msg.after_id
         after: Awaitable[Any] | None = None
         if after_id is not None:
             # Sent earlier, so either still running, failed, or done (no need to wait).
@@ -310,8 +227,8 @@ class _ChildEngine(AsyncUploader):
             # Closing: refused, like a hand-off that lost the race with close() in thread mode.
             if asyncio.iscoroutine(after):
                 after.close()
-            self._add_failure(FailedUpload(name, path, exc))
-            self._out.put(("end", staged_id, None, _pack(exc)))
+            self._add_failure(FailedUpload(msg.name, msg.path, exc))
+            self._out.put(wire.End(staged_id, None, wire.RemoteError.of(exc)))
 
     async def _run(
         self,
@@ -328,35 +245,36 @@ class _ChildEngine(AsyncUploader):
     def _report_end(self, staged_id: str, future: asyncio.Future[UploadResult]) -> None:
         self._running.pop(staged_id, None)
         if future.done() and not future.cancelled() and future.exception() is None:
-            self._out.put(("end", staged_id, future.result(), None))
+            self._out.put(wire.End(staged_id, future.result(), None))
             return
         if future.done() and not future.cancelled():
             exc: BaseException = future.exception() or UploadError("upload failed")
         else:
             exc = TimeoutError("the upload did not finish before the uploader closed")
         self._failed[staged_id] = exc
-        self._out.put(("end", staged_id, None, _pack(exc)))
+        self._out.put(wire.End(staged_id, None, wire.RemoteError.of(exc)))
 
-    async def call(self, req: int, method: str, args: tuple[Any, ...]) -> None:
+    async def call(self, msg: wire.Call) -> None:
         """Run one of the parent's blocking calls and send back its outcome."""
         value: Any = None
         error: BaseException | None = None
         try:
-            if method == "flush":
-                await self.flush(*args)
-            elif method == "close":
-                await self.aclose(*args)
-            elif method == "resume":
-                self._inherited, self.journal_problems, self.journal_bad_entries = args
-                value = await self.resume()
-            elif method == "read":
-                # download / head / exists / list: on this process's loop, under its semaphore.
-                value = await self._read_call(*args)
-            else:
-                raise ConfigError(f"unknown call {method!r}")
+            match msg:
+                case wire.Flush(timeout=timeout):
+                    await self.flush(timeout)
+                case wire.Close(timeout=timeout):
+                    await self.aclose(timeout)
+                case wire.Resume():
+                    self._inherited = msg.entries
+                    self.journal_problems = msg.skipped_lines
+                    self.journal_bad_entries = msg.bad_entries
+                    value = await self.resume()
+                case wire.Read():
+                    # download / head / exists / list: on this loop, under its semaphore.
+                    value = await self._read_call(msg.method, msg.args, msg.kwargs, msg.timeout)
         except Exception as exc:
             error = exc
-        self._out.put(("reply", req, value, _pack(error)))
+        self._out.put(wire.Reply(msg.req, value, wire.pack(error)))
         self._out.flush()
 
     def _close_files(self) -> None:
@@ -368,7 +286,7 @@ class _ChildEngine(AsyncUploader):
 def _read_parent(
     conn: Connection,
     loop: asyncio.AbstractEventLoop,
-    inbox: asyncio.Queue[Message | None],
+    inbox: asyncio.Queue[wire.ToChild | None],
     parent_pid: int,
 ) -> None:
     """Child's inbox thread: parent messages onto the loop; None once the parent is gone."""
@@ -386,7 +304,7 @@ def _read_parent(
         loop.call_soon_threadsafe(inbox.put_nowait, None)
 
 
-async def _serve(conn: Connection, spec: _Spec) -> None:
+async def _serve(conn: Connection, spec: wire.Spec) -> None:
     loop = asyncio.get_running_loop()
     out = _Outbox(conn, loop)
     handler = _ForwardLogs(out, threading.get_ident())
@@ -404,13 +322,13 @@ async def _serve(conn: Connection, spec: _Spec) -> None:
         engine = _ChildEngine(provider, spec, out)
         await engine.open()
     except Exception as exc:
-        out.put(("ready", _pack(exc)))
+        out.put(wire.Ready(wire.RemoteError.of(exc)))
         out.flush()
         return
     # Through the outbox, so log records from opening reach the parent first, in order.
-    out.put(("ready", None))
+    out.put(wire.Ready(None))
     out.flush()
-    inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+    inbox: asyncio.Queue[wire.ToChild | None] = asyncio.Queue()
     reader = threading.Thread(
         target=_read_parent,
         args=(conn, loop, inbox, spec.parent_pid),
@@ -420,18 +338,17 @@ async def _serve(conn: Connection, spec: _Spec) -> None:
     reader.start()
     calls: set[asyncio.Task[None]] = set()
     while (msg := await inbox.get()) is not None:
-        if msg[0] == "submit":
-            engine.accept(*msg[1:])
+        if isinstance(msg, wire.Submit):
+            engine.accept(msg)
             continue
-        _, req, method, args = msg
-        if method == "close":
-            await engine.call(req, method, args)
+        if isinstance(msg, wire.Close):
+            await engine.call(msg)
             if calls:  # a flush that was waiting alongside close: drained now, let it answer
                 await asyncio.wait(calls)
             out.flush()
             return
         # flush / resume run alongside further submissions, as on the thread-mode loop.
-        task = loop.create_task(engine.call(req, method, args))
+        task = loop.create_task(engine.call(msg))
         calls.add(task)
         task.add_done_callback(calls.discard)
     # The parent died: stop now. What did not finish stays journalled for resume.
@@ -450,7 +367,7 @@ def _child_main(fd: int) -> None:
     conn = Connection(fd)
     code = 0
     try:
-        spec: _Spec = conn.recv()
+        spec: wire.Spec = conn.recv()
         asyncio.run(_serve(conn, spec))
     except BaseException:
         traceback.print_exc()  # to the inherited stderr: the log handler needs the loop
@@ -532,7 +449,7 @@ class ProcessBackend:
         self._closing = False
         self._gone: str | None = None  # why the child is gone, once it is
         stager = engine._stager
-        spec = _Spec(
+        spec = wire.Spec(
             provider=provider,
             max_concurrency=engine.max_concurrency,
             retry=engine.retry,
@@ -563,7 +480,7 @@ class ProcessBackend:
             conn.send(spec)
             error = self._wait_ready()
         except (EOFError, OSError):
-            error = _RemoteError.of(
+            error = wire.RemoteError.of(
                 UploadError(
                     f"the upload process (pid {self.worker_pid}) "
                     f"{_exit_status(self._stop_child())} while starting; see its output"
@@ -584,17 +501,16 @@ class ProcessBackend:
         assert self._reader.ident is not None
         self.thread_ident: int = self._reader.ident
 
-    def _wait_ready(self) -> _RemoteError | None:
+    def _wait_ready(self) -> wire.RemoteError | None:
         """Apply the child's first messages (log records) until it says whether it opened."""
         while True:
-            batch: list[Message] = self._conn.recv()
-            ready = [msg for msg in batch if msg[0] == "ready"]
+            batch: list[wire.ToParent] = self._conn.recv()
+            ready = [msg for msg in batch if isinstance(msg, wire.Ready)]
             for msg in batch:
-                if msg[0] != "ready":
+                if not isinstance(msg, wire.Ready):
                     self._dispatch(msg)
             if ready:
-                error: _RemoteError | None = ready[0][1]
-                return error
+                return ready[0].error
 
     # -- calls from the Uploader -------------------------------------------------------------
 
@@ -620,9 +536,8 @@ class ProcessBackend:
                 raise UploaderClosedError(self._gone)
             self._pending[staged.id] = (future, staged, prepared.name)
             self._ids[future] = staged.id
-        msg = ("submit", staged.id, prepared.name, str(staged.path), staged.size, staged.source)
         try:
-            self._send((*msg, prepared.overwrite, after_id))
+            self._send(wire.Submit.of(prepared, after_id))
         except UploaderClosedError:
             with self._lock:
                 if self._pending.pop(staged.id, None) is None:
@@ -633,7 +548,7 @@ class ProcessBackend:
     def flush(self, timeout: float | None) -> None:
         """Wait for the child to finish what was sent; raise failures like thread mode."""
         try:
-            self._call("flush", timeout)
+            self._call(partial(wire.Flush, timeout=timeout))
         except UploaderClosedError:
             self._raise_failures()  # what the dead child lost comes first
             raise
@@ -645,7 +560,12 @@ class ProcessBackend:
         entries: list[JournalEntry]
         entries, engine._inherited = engine._inherited, []
         report: ResumeReport = self._call(
-            "resume", entries, list(engine.journal_problems), list(engine.journal_bad_entries)
+            partial(
+                wire.Resume,
+                entries=entries,
+                skipped_lines=list(engine.journal_problems),
+                bad_entries=list(engine.journal_bad_entries),
+            )
         )
         self._raise_failures("while resuming")
         return report
@@ -654,7 +574,9 @@ class ProcessBackend:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
         """A read (download, head, exists, list), run by the child's engine."""
-        return self._call("read", method, args, kwargs, timeout)
+        return self._call(
+            partial(wire.Read, method=method, args=args, kwargs=kwargs, timeout=timeout)
+        )
 
     def take_failures(self) -> list[FailedUpload]:
         """Failures not yet reported; clears them."""
@@ -676,7 +598,7 @@ class ProcessBackend:
         interrupted = True
         try:
             with contextlib.suppress(UploaderClosedError):  # already gone: losses are recorded
-                self._call("close", timeout, patience=patience)
+                self._call(partial(wire.Close, timeout=timeout), patience=patience)
             interrupted = False
         finally:
             # Interrupted (a second Ctrl-C): stop now; what did not finish stays journalled.
@@ -693,7 +615,7 @@ class ProcessBackend:
         if failures:
             raise UploadFailedError(failures, context=context)
 
-    def _send(self, msg: Message) -> None:
+    def _send(self, msg: wire.ToChild) -> None:
         try:
             with self._send_lock:
                 self._conn.send(msg)
@@ -702,16 +624,18 @@ class ProcessBackend:
                 self._gone or f"the upload process (pid {self.worker_pid}) is gone ({exc})"
             ) from None
 
-    def _call(self, method: str, *args: Any, patience: float | None = None) -> Any:
+    def _call(self, make: Callable[[int], wire.Call], *, patience: float | None = None) -> Any:
         call = _Call()
         with self._lock:
             if self._gone is not None:
                 raise UploaderClosedError(self._gone)
             req = next(self._call_ids)
             self._calls[req] = call
-        self._send(("call", req, method, args))
+        msg = make(req)
+        self._send(msg)
         if not call.wait(patience):
-            log.error("upload process %d did not answer %s(); killing it", self.worker_pid, method)
+            what = type(msg).__name__.lower()
+            log.error("upload process %d did not answer %s(); killing it", self.worker_pid, what)
             with contextlib.suppress(OSError):
                 self._proc.kill()
         return call.result()
@@ -731,7 +655,7 @@ class ProcessBackend:
         """Reader thread: apply the child's messages until its socket closes."""
         try:
             while True:
-                batch: list[Message] = self._conn.recv()
+                batch: list[wire.ToParent] = self._conn.recv()
                 for msg in batch:
                     try:
                         self._dispatch(msg)
@@ -745,42 +669,40 @@ class ProcessBackend:
                 self._proc.kill()
         self._child_gone()
 
-    def _dispatch(self, msg: Message) -> None:
-        kind = msg[0]
+    def _dispatch(self, msg: wire.ToParent) -> None:
         engine = self._engine
-        if kind == "count":
-            engine._count(**msg[1])
-        elif kind == "event":
-            _, event, name, size, nbytes, attempt, delay, error = msg
-            engine._emit(
-                EventKind(event),
-                name,
-                size,
-                nbytes=nbytes,
-                attempt=attempt,
-                delay=delay,
-                error=_unpack(error),
-            )
-        elif kind == "failure":
-            _, name, staged_path, error = msg
-            with self._lock:
-                engine._add_failure(FailedUpload(name, staged_path, error.rebuild()))
-        elif kind == "end":
-            _, staged_id, result, error = msg
-            with self._lock:
-                entry = self._pending.pop(staged_id, None)
-            if entry is not None:  # None: an upload resumed from the journal
-                future, staged, _ = entry
-                engine._stager.forget(staged)  # the child deleted it if it was uploaded
-                _resolve(future, result, _unpack(error))
-        elif kind == "log":
-            log.log(msg[1], "%s", msg[2])
-        elif kind == "reply":
-            _, req, value, error = msg
-            with self._lock:
-                call = self._calls.pop(req, None)
-            if call is not None:
-                call.set(value, _unpack(error))
+        match msg:
+            case wire.Count():
+                engine._count(**msg.deltas)
+            case wire.Event():
+                engine._emit(
+                    msg.kind,
+                    msg.name,
+                    msg.size,
+                    nbytes=msg.nbytes,
+                    attempt=msg.attempt,
+                    delay=msg.delay,
+                    error=wire.unpack(msg.error),
+                )
+            case wire.Failure():
+                with self._lock:
+                    engine._add_failure(
+                        FailedUpload(msg.name, msg.staged_path, msg.error.rebuild())
+                    )
+            case wire.End():
+                with self._lock:
+                    entry = self._pending.pop(msg.staged_id, None)
+                if entry is not None:  # None: an upload resumed from the journal
+                    future, staged, _ = entry
+                    engine._stager.forget(staged)  # the child deleted it if it was uploaded
+                    _resolve(future, msg.result, wire.unpack(msg.error))
+            case wire.Log():
+                log.log(msg.level, "%s", msg.text)
+            case wire.Reply():
+                with self._lock:
+                    call = self._calls.pop(msg.req, None)
+                if call is not None:
+                    call.set(msg.value, wire.unpack(msg.error))
 
     def _child_gone(self) -> None:
         """The child's socket closed: fail what it still held, wake every waiting call."""

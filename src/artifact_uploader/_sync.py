@@ -357,9 +357,8 @@ class Uploader(_SyncReadSide):
         overwrite: bool,
         after: concurrent.futures.Future[Any] | None = None,
     ) -> concurrent.futures.Future[UploadResult]:
-        self._check_usable(f"submit {name!r}")
-        with self._engine._submitting(name):
-            return self._hand_off(self._engine._prepare_bytes(data, name, overwrite), after)
+        # Kept until every caller uses submit_bytes(uploader, ...).
+        return submit_bytes(self, data, name, overwrite=overwrite, after=after)
 
     def _hand_off(
         self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None = None
@@ -419,10 +418,6 @@ class Uploader(_SyncReadSide):
         self._check_usable("resume")
         return self._backend.resume()
 
-    def _take_failures(self) -> list[FailedUpload]:
-        """Failures not yet reported (clearing them): the logger raises them at its next call."""
-        return self._backend.take_failures()
-
     @classmethod
     def resume(
         cls,
@@ -452,3 +447,30 @@ class Uploader(_SyncReadSide):
             up = cls(store, staging_dir=staging_folder, provider_kwargs=provider_kwargs, **options)
         with up:
             return up.resume_pending()
+
+
+# -- for the package's own layers (the logger, the checkpoint sink) ------------------------------
+
+
+def take_failures(uploader: Uploader) -> list[FailedUpload]:
+    """Failures ``uploader`` has not reported yet, clearing them: the logger raises them at its
+    next call rather than waiting for a flush."""
+    return uploader._backend.take_failures()
+
+
+def submit_bytes(
+    uploader: Uploader,
+    data: bytes,
+    name: str,
+    *,
+    overwrite: bool,
+    after: concurrent.futures.Future[Any] | None = None,
+) -> concurrent.futures.Future[UploadResult]:
+    """Upload generated content as ``name`` (staged from memory), after ``after`` if given.
+
+    ``after`` must be a future of the same uploader: the upload waits for it and fails with
+    :class:`DependencyFailedError` if it failed (a symlink is never written before its target).
+    """
+    uploader._check_usable(f"submit {name!r}")
+    with uploader._engine._submitting(name):
+        return uploader._hand_off(uploader._engine._prepare_bytes(data, name, overwrite), after)

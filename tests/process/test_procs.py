@@ -41,6 +41,7 @@ from artifact_uploader import (
     UploadFailedError,
 )
 from artifact_uploader._journal import load
+from artifact_uploader._sync import submit_bytes
 from tests._hanging import SilentAfterCreate
 from tests._pending import leave_pending
 from tests.conftest import read_line, reaped, wait_until
@@ -149,7 +150,7 @@ def test_dependent_upload_not_written_when_its_target_fails(
     (store / "t.pt").write_bytes(b"already there")
     with Uploader(store.as_uri(), use_procs=use_procs) as up:
         target = up.submit(make_file(b"new"), "t.pt", overwrite=False)
-        link = up._submit_bytes(b"t.pt", "latest.symlink", overwrite=False, after=target)
+        link = submit_bytes(up, b"t.pt", "latest.symlink", overwrite=False, after=target)
         with pytest.raises(ObjectExistsError):
             target.result(timeout=60)
         with pytest.raises(DependencyFailedError, match=r"latest\.symlink"):
@@ -433,10 +434,10 @@ def test_upload_failures_are_logged_in_this_process(
 
 def test_errors_cross_the_process_boundary_with_type_and_attributes(tmp_path: Path) -> None:
     from artifact_uploader import InvalidObjectNameError, SourceFileError, StagingTimeoutError
-    from artifact_uploader._procs import _RemoteError
+    from artifact_uploader._wire import RemoteError
 
     def across(exc: BaseException) -> BaseException:
-        return pickle.loads(pickle.dumps(_RemoteError.of(exc))).rebuild()
+        return pickle.loads(pickle.dumps(RemoteError.of(exc))).rebuild()
 
     exists = across(ObjectExistsError("object 'a' exists", name="a", uri="s3://b/a", status=412))
     assert type(exists) is ObjectExistsError and str(exists) == "object 'a' exists"
