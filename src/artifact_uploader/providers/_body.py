@@ -31,17 +31,23 @@ class Body(aiohttp.payload.BytesPayload):
 
     def __init__(self, value: bytes | memoryview) -> None:
         aiohttp.payload.Payload.__init__(self, value, content_type="application/octet-stream")
-        self._size = len(value)
+        # Our own reference: the base class's copy (and its size field) are its business.
+        self._view = memoryview(value)
         # How often the body went out: aiohttp resends an idempotent request (PUT) once by
         # itself when the connection drops, so 2 means the answer is to a second send.
         self.sends = 0
+
+    @property
+    def size(self) -> int:
+        """The body's length in bytes (sent as Content-Length)."""
+        return len(self._view)
 
     async def write(self, writer: Any) -> None:
         await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
         self.sends += 1
-        view = memoryview(self._value)
+        view = self._view
         if content_length is not None:
             view = view[:content_length]
         if len(view) <= _WHOLE_WRITE:
