@@ -30,7 +30,7 @@ from artifact_uploader._errors import (
 )
 from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice, PartResult
-from artifact_uploader.providers import azure as azure_module
+from artifact_uploader.providers import _azure_blocks
 from artifact_uploader.providers._protocol import MiB, MultipartProvider
 from artifact_uploader.providers.azure import AzureProvider
 from artifact_uploader.testing import MultipartConformance, ReadConformance, ReadObject
@@ -347,8 +347,8 @@ async def test_large_put_streams_blocks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Shrink the single-request limit so a small file takes the streaming path.
-    monkeypatch.setattr(azure_module, "_SINGLE_PUT_MAX", 256 * 1024)
-    monkeypatch.setattr(azure_module, "_PUT_BLOCK_SIZE", 100 * 1024)
+    monkeypatch.setattr(_azure_blocks, "SINGLE_PUT_MAX", 256 * 1024)
+    monkeypatch.setattr(_azure_blocks, "PUT_BLOCK_SIZE", 100 * 1024)
     data = os.urandom(1 * MiB + 7)
     async with _opened(_key_provider(azurite_server, azure_container.name)) as p:
         result = await p.put("streamed", _write(tmp_path, data), overwrite=False)
@@ -862,7 +862,7 @@ async def test_a_composite_md5_inconsistent_with_the_size_is_ignored(
     from azure.storage.blob import ContentSettings
 
     await blob.set_http_headers(ContentSettings())
-    await blob.set_blob_metadata({azure_module._COMPOSITE_MD5_KEY: f"{'A' * 22}==:1048576:3"})
+    await blob.set_blob_metadata({_azure_blocks.COMPOSITE_MD5_KEY: f"{'A' * 22}==:1048576:3"})
     info = await provider.head("odd.bin")
     assert info.checksums == ()
 
