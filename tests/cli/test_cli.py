@@ -28,13 +28,9 @@ from typing import Any
 import pytest
 
 from artifact_uploader import __version__
-from artifact_uploader._cli import (
-    build_parser,
-    collect,
-    find_bench_script,
-    parse_provider_kwargs,
-    resume_command,
-)
+from artifact_uploader._cli import build_parser, find_bench_script
+from artifact_uploader._cli_options import parse_provider_kwargs, resume_command
+from artifact_uploader._cli_put import collect
 from artifact_uploader._journal import load
 from tests.conftest import reaped, wait_until
 from tests.servers.fault_proxy import Fault, FaultProxy
