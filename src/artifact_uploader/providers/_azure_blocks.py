@@ -8,14 +8,12 @@ records the composite MD5 (MD5 of the blocks' MD5s, S3's rule) in the blob's met
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import anyio.to_thread
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContentSettings
@@ -23,8 +21,9 @@ from azure.storage.blob import BlobBlock, ContentSettings
 from .._errors import IntegrityError, ProviderError
 from .._retry import note_progress
 from .._types import FileSlice, PartResult, PutResult
+from . import _kit as kit
 from ._azure_errors import AzureErrors, error_code
-from ._protocol import MiB
+from ._kit import MiB, b64
 
 # Azure's limits for block blobs (service versions 2019-12-12 and later).
 MAX_BLOCK_SIZE = 4000 * MiB
@@ -33,8 +32,6 @@ MAX_BLOCKS = 50_000
 # SDK needs the body in memory); above it, put streams the file as blocks inside the one call.
 SINGLE_PUT_MAX = 256 * MiB
 PUT_BLOCK_SIZE = 64 * MiB
-# Hashing on the loop costs less than a thread hop for small bodies (same limit as FileSlice).
-_INLINE_HASH_LIMIT = 256 * 1024
 
 # Block ids must all have the same length within one blob: a fixed-width prefix and part number.
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -94,7 +91,7 @@ class BlobWriter:
         self, name: str, blob: Any, data: FileSlice, *, overwrite: bool
     ) -> PutResult:
         upload_id = new_upload_id()
-        whole = hashlib.md5(usedforsecurity=False)
+        whole = kit.md5()
         block_ids = []
         every_block_confirmed = True
         offset, end, part = data.offset, data.offset + data.length, 1
@@ -286,32 +283,19 @@ def new_upload_id() -> str:
     return secrets.token_hex(8)
 
 
-def b64(digest: bytes) -> str:
-    """A digest in base64, as Azure and the result types carry it."""
-    return base64.b64encode(digest).decode("ascii")
-
-
 def md5_of(data: FileSlice) -> bytes:
-    """MD5 of a slice, read in 1 MiB chunks (blocking: run it in a worker thread)."""
-    h = hashlib.md5(usedforsecurity=False)
-    with open(data.path, "rb") as f:
-        f.seek(data.offset)
-        left = data.length
-        while left and (chunk := f.read(min(1 << 20, left))):
-            h.update(chunk)
-            left -= len(chunk)
-    return h.digest()
+    """MD5 of a slice, read from disk (blocking: run it in a worker thread).
+
+    Raises:
+        OSError: The file is shorter than the slice, or cannot be read.
+    """
+    digest = kit.md5()
+    kit.hash_slice(data, digest)
+    return digest.digest()
 
 
-async def read_and_hash(data: FileSlice, running: Any = None) -> tuple[bytes, bytes]:
+async def read_and_hash(data: FileSlice, *running: kit.Hasher) -> tuple[bytes, bytes]:
     """Read the slice and its MD5 (also fed to ``running``), off the loop when large."""
-
-    def work() -> tuple[bytes, bytes]:
-        body = data.read_sync()
-        if running is not None:
-            running.update(body)
-        return body, hashlib.md5(body, usedforsecurity=False).digest()
-
-    if data.length <= _INLINE_HASH_LIMIT:
-        return work()
-    return await anyio.to_thread.run_sync(work)
+    digest = kit.md5()
+    body = await kit.read_hashed(data, digest, *running)
+    return body, digest.digest()

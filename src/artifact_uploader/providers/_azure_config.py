@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .._errors import ConfigError
-from ._protocol import check_plain_http, split_store_uri
+from ._kit import SeedEndpoint, check_plain_http, pop_seed_endpoint, split_store_uri
 
 _DEFAULT_SUFFIX = "blob.core.windows.net"
 # Hosts under these suffixes address the account by subdomain; any other host (Azurite, IoT Edge)
@@ -204,16 +204,17 @@ def parse_store_uri(uri: str, options: Mapping[str, Any] | None) -> tuple[str, s
     account_key = _merge(opts, "account_key", "secret")
     # Azure accounts live in one region, which the endpoint already names.
     opts.pop("region", None)
-    host = opts.pop("host", None)
-    port = opts.pop("port", None)
-    secure = opts.pop("secure", None)
+    if opts.get("host") == "":
+        # An empty seed host has always meant Azure's default endpoint here (the kit refuses "").
+        opts["host"] = _DEFAULT_SUFFIX
+    seed = pop_seed_endpoint(opts, "Azure:")
     account_url = opts.pop("account_url", None)
-    if host is not None or port is not None or secure is not None:
+    if seed.given:
         if account_url is not None:
             raise ConfigError("Azure: give account_url or host/port/secure, not both")
         if opts.get("connection_string") is not None:
             raise ConfigError("Azure: a connection string names its own endpoint; drop host")
-        account_url = _url_from_host(account_name, host, port, secure)
+        account_url = _url_from_seed(account_name, seed)
     kwargs = {
         "account_name": account_name,
         "account_key": account_key,
@@ -255,24 +256,16 @@ def _merge(opts: dict[str, Any], name: str, seed_name: str) -> Any:
     return value if value is not None else seed_value
 
 
-def _url_from_host(account: str | None, host: Any, port: Any, secure: Any) -> str:
+def _url_from_seed(account: str | None, seed: SeedEndpoint) -> str:
+    """The account URL the seed's host/port/secure name (libcloud's addressing)."""
     if not account:
         raise ConfigError("Azure: host/port need the account name (option 'key' or 'account_name')")
-    if secure is None:
-        secure = True
-    if not isinstance(secure, bool):
-        raise ConfigError(f"Azure: option 'secure' must be a bool, got {secure!r}")
+    secure = seed.secure is not False
     scheme = "https" if secure else "http"
-    host = host or _DEFAULT_SUFFIX
-    if not isinstance(host, str) or "/" in host or ":" in host:
+    host, port = seed.host or _DEFAULT_SUFFIX, seed.port
+    # The account goes into the URL beside the host: a scheme, port or path in it cannot.
+    if "/" in host or ":" in host:
         raise ConfigError(f"Azure: option 'host' must be a bare host name, got {host!r}")
-    if port is not None:
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Azure: option 'port' must be an int, got {port!r}") from None
-        if not 0 < port < 65536:
-            raise ConfigError(f"Azure: option 'port' out of range: {port}")
     netloc_port = "" if port in (None, 443 if secure else 80) else f":{port}"
     for suffix in _CLOUD_SUFFIXES:
         if host == suffix or host.endswith("." + suffix):

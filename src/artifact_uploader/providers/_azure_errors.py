@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from azure.core import exceptions as azure_exc
@@ -23,13 +23,9 @@ from .._errors import (
     ProviderError,
     StoreNotFoundError,
 )
-from ._protocol import parse_retry_after
+from ._kit import REDIRECTS, classify, parse_retry_after, rule
 from ._redact import Redactor
 
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_TRANSIENT_CODES = frozenset({"ServerBusy", "OperationTimedOut", "InternalError"})
-_EXISTS_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
-_REDIRECTS = frozenset({300, 301, 302, 303, 307, 308})
 # 403 codes that mean "authenticated, but not allowed this": every other 401/403 is a refusal of
 # the credentials themselves (a wrong key's signature, an expired or malformed SAS...).
 _PERMISSION_CODES = frozenset(
@@ -41,6 +37,44 @@ _PERMISSION_CODES = frozenset(
         "AuthorizationProtocolMismatch",
         "InsufficientAccountPermissions",
     }
+)
+# Azure's answers, first match wins (see kit.classify). Flags: "conditional" (If-None-Match: *),
+# "reading" (a read, where 404 is a missing blob), "object" (the request names a blob). The
+# label chooses the message (AzureErrors._message).
+_TABLE: Final = (
+    rule(ProviderError, "redirect", status=REDIRECTS),
+    # "" is no code: a 412 to a conditional request may come without one.
+    rule(
+        ObjectExistsError,
+        "exists",
+        status=(409, 412),
+        code=("BlobAlreadyExists", "ConditionNotMet", ""),
+        when=["conditional"],
+    ),
+    rule(PermissionDeniedError, "not allowed", status=(401, 403), code=_PERMISSION_CODES),
+    rule(PermissionDeniedError, "refused", status=(401, 403)),
+    rule(StoreNotFoundError, "no container", code="ContainerNotFound"),
+    rule(ObjectNotFoundError, "no blob", status=404, when=["reading", "object"]),
+    rule(StoreNotFoundError, "no container", status=404, unless=["object"]),
+    # The body changed on the wire; sending it again may well succeed.
+    rule(IntegrityError, "md5", code="Md5Mismatch", transient=True),
+    # Azurite 3.35 answers a Content-MD5 mismatch with the generic code and the check's message.
+    rule(
+        IntegrityError,
+        "md5",
+        status=400,
+        code="InvalidOperation",
+        message=r"(?=.*md5)(?=.*match)",
+        transient=True,
+    ),
+    rule(ProviderError, "failed", status=(408, 429, 500, 502, 503, 504), transient=True),
+    rule(
+        ProviderError,
+        "failed",
+        code=("ServerBusy", "OperationTimedOut", "InternalError"),
+        transient=True,
+    ),
+    rule(ProviderError, "failed"),
 )
 
 
@@ -155,70 +189,58 @@ class AzureErrors:
     ) -> ProviderError:
         status = int(exc.status_code or 0)
         code = error_code(exc)
-        detail = f"HTTP {status}" + (f" {code}" if code else "")
-        if status in _REDIRECTS:
-            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-            location = str(headers.get("Location") or headers.get("location") or "")
-            return ProviderError(
-                f"Azure: {doing} {where}: the service answered {status}, redirecting to "
-                f"{(location[:300] or 'no Location given')!r}: redirects are not followed "
-                "(nothing was sent there); check the account URL / connection string",
-                name=name,
-                uri=uri,
-                status=status,
-            )
-        if conditional and (status in (409, 412) and (code in _EXISTS_CODES or not code)):
-            return self.exists(name or "")
-        if status in (401, 403) and code not in _PERMISSION_CODES:
-            return PermissionDeniedError(
-                f"Azure: {doing} {where}: the credentials were refused ({detail}): check "
-                f"the {self._credential_source}, and that the account URL names the "
-                "right account",
-                name=name,
-                uri=uri,
-                status=status,
-            )
-        if status in (401, 403):
-            return PermissionDeniedError(
-                f"Azure: {doing} {where}: the credentials were accepted but not allowed "
-                f"this operation ({detail}): check the {self._credential_source}",
-                name=name,
-                uri=uri,
-                status=status,
-            )
-        if reading and status == 404 and code != "ContainerNotFound" and name is not None:
-            return ObjectNotFoundError(
-                f"Azure: blob {self._uri(name)!r} does not exist ({detail})",
-                name=name,
-                uri=uri,
-                status=status,
-            )
-        if code == "ContainerNotFound" or (name is None and status == 404):
-            return StoreNotFoundError(
-                f"Azure: container {self._container!r} does not exist in account "
-                f"{self._account_name!r} ({detail})",
-                name=name,
-                uri=uri,
-                status=status,
-            )
-        if code == "Md5Mismatch" or _says_md5_mismatch(status, code, exc):
-            # The body changed on the wire; sending it again may well succeed.
-            return IntegrityError(
-                f"Azure: {doing} {where}: the service's MD5 of the body differs from ours "
-                f"({detail})",
-                name=name,
-                uri=uri,
-                status=status,
-                transient=True,
-            )
-        return ProviderError(
-            f"Azure: {doing} {where} failed: {detail}",
-            name=name,
-            uri=uri,
-            status=status,
-            transient=status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES,
-            retry_after=parse_retry_after(getattr(getattr(exc, "response", None), "headers", None)),
+        row = classify(
+            _TABLE,
+            status,
+            code,
+            conditional=conditional,
+            flags=[flag for flag, on in (("reading", reading), ("object", name is not None)) if on],
+            message=str(getattr(exc, "message", "") or ""),
         )
+        if row.label == "exists":
+            return self.exists(name or "")
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        detail = f"HTTP {status}" + (f" {code}" if code else "")
+        extra = {"retry_after": parse_retry_after(headers)} if row.label == "failed" else {}
+        text = self._message(row.label, status, detail, doing, where, headers)
+        return row.build(text, name=name, uri=uri, status=status, **extra)
+
+    def _message(
+        self, label: str, status: int, detail: str, doing: str, where: str, headers: Any
+    ) -> str:
+        """The text of the error a row of :data:`_TABLE` maps to."""
+        match label:
+            case "redirect":
+                location = str(headers.get("Location") or headers.get("location") or "")
+                return (
+                    f"Azure: {doing} {where}: the service answered {status}, redirecting to "
+                    f"{(location[:300] or 'no Location given')!r}: redirects are not followed "
+                    "(nothing was sent there); check the account URL / connection string"
+                )
+            case "refused":
+                return (
+                    f"Azure: {doing} {where}: the credentials were refused ({detail}): check "
+                    f"the {self._credential_source}, and that the account URL names the "
+                    "right account"
+                )
+            case "not allowed":
+                return (
+                    f"Azure: {doing} {where}: the credentials were accepted but not allowed "
+                    f"this operation ({detail}): check the {self._credential_source}"
+                )
+            case "no blob":
+                return f"Azure: {where} does not exist ({detail})"
+            case "no container":
+                return (
+                    f"Azure: container {self._container!r} does not exist in account "
+                    f"{self._account_name!r} ({detail})"
+                )
+            case "md5":
+                return (
+                    f"Azure: {doing} {where}: the service's MD5 of the body differs from ours "
+                    f"({detail})"
+                )
+        return f"Azure: {doing} {where} failed: {detail}"
 
 
 def error_code(exc: BaseException) -> str:
@@ -227,15 +249,6 @@ def error_code(exc: BaseException) -> str:
     if code is None:
         return ""
     return str(getattr(code, "value", code))
-
-
-def _says_md5_mismatch(status: int, code: str, exc: BaseException) -> bool:
-    """A 400 whose code is the generic ``InvalidOperation`` but whose message is the MD5 check's
-    (Azurite 3.35 answers a Content-MD5 mismatch so; the service says ``Md5Mismatch``)."""
-    if status != 400 or code != "InvalidOperation":
-        return False
-    message = str(getattr(exc, "message", "") or "").lower()
-    return "md5" in message and "match" in message
 
 
 def _is_aiohttp_error(exc: BaseException) -> bool:

@@ -6,7 +6,6 @@ the metadata are checked before they become an :class:`ObjectInfo`.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -14,8 +13,9 @@ from typing import Any
 from azure.core import MatchConditions
 
 from .._errors import ConfigError, ProviderError
-from ._azure_blocks import COMPOSITE_MD5_KEY, MAX_BLOCKS, b64
+from ._azure_blocks import COMPOSITE_MD5_KEY, MAX_BLOCKS
 from ._azure_errors import AzureErrors
+from ._kit import b64, b64_length
 from ._protocol import Checksum, ObjectInfo
 
 
@@ -138,11 +138,7 @@ def _parse_composite(metadata: Any, size: int) -> Checksum | None:
     if not (part_size_text.isdigit() and parts_text.isdigit()):
         return None
     part_size, parts = int(part_size_text), int(parts_text)
-    try:
-        digest = base64.b64decode(value, validate=True)
-    except ValueError:
-        return None
-    if len(digest) != 16 or part_size < 1 or not 1 <= parts <= MAX_BLOCKS:
+    if b64_length(value) != 16 or part_size < 1 or not 1 <= parts <= MAX_BLOCKS:
         return None
     if not (parts - 1) * part_size < size <= parts * part_size and not (size == 0 == parts - 1):
         return None

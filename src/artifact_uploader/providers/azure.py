@@ -27,7 +27,6 @@ one redaction path (:mod:`~artifact_uploader.providers._redact`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,42 +38,29 @@ from .._errors import ConfigError, InvalidObjectNameError, ProviderError
 from .._types import FileSlice, PartResult, PutResult
 from . import _azure_blocks as blocks
 from ._azure_config import parse_store_uri, resolve_settings
-from ._azure_doubt import InDoubt, count_conditional_send, landed
+from ._azure_doubt import landed
 from ._azure_errors import AzureErrors, error_code
 from ._azure_read import check_range, list_infos, object_info, read_range
 from ._body import Body
-from ._protocol import (
-    MiB,
-    ObjectInfo,
-    PartLimits,
-    check_common_name,
-    join_key,
-)
+from ._kit import InDoubt, MiB, check_common_name, count_conditional_send, join_key
+from ._protocol import ObjectInfo, PartLimits
 from ._redact import Redactor, install_log_filter
+from ._vendor import azure_transport
 
 _MAX_NAME_CHARS = 1024
 _MAX_SEGMENTS = 254
-log = logging.getLogger("artifact_uploader")
 
 
-def _make_transport(
-    base: type[Any], session: aiohttp.ClientSession, timeouts: Mapping[str, Any]
-) -> Any:
-    """The SDK's aiohttp transport, sending in-memory bodies as :class:`Body`.
+def _wrap_data(data: Any) -> Any:
+    """Request data as aiohttp should send it: in-memory bodies over 1 MiB as :class:`Body`.
 
     The SDK hands aiohttp blocks as plain bytes; aiohttp warns (ResourceWarning) for every body
     over 1 MiB and writes it in one piece. Ours were read off the loop already, so Body sends
     them in slices without the warning, ticking the stall watchdog as each slice leaves.
     """
-
-    class Transport(base):  # type: ignore[misc]
-        def _get_request_data(self, request: Any) -> Any:
-            data = super()._get_request_data(request)
-            if isinstance(data, bytes | bytearray | memoryview) and len(data) > 1024 * 1024:
-                return Body(memoryview(data))
-            return data
-
-    return Transport(session=session, **timeouts)
+    if isinstance(data, bytes | bytearray | memoryview) and len(data) > MiB:
+        return Body(memoryview(data))
+    return data
 
 
 class AzureProvider:
@@ -246,8 +232,6 @@ class AzureProvider:
         }
         if self.api_version is not None:
             kwargs["api_version"] = self.api_version
-        from azure.core.pipeline.transport import AioHttpTransport
-
         # The SDK's own session settings, plus a trace that counts conditional sends.
         trace = aiohttp.TraceConfig()
         trace.on_request_headers_sent.append(count_conditional_send)
@@ -257,7 +241,7 @@ class AzureProvider:
             auto_decompress=False,
             trace_configs=[trace],
         )
-        kwargs["transport"] = _make_transport(AioHttpTransport, session, settings.timeouts)
+        kwargs["transport"] = azure_transport(session, _wrap_data, **settings.timeouts)
         try:
             if settings.connection_string is not None:
                 service = BlobServiceClient.from_connection_string(
@@ -342,10 +326,11 @@ class AzureProvider:
         """
         # Our earlier send of this very upload may have been stored with its answer lost: then
         # the blob is ours (same size and Content-MD5), not a conflict.
-        return await self._in_doubt.guard(
+        return await self._in_doubt.run(
             ("put", name, str(data.path), data.offset, data.length),
             lambda: self._writer.put(name, self._blob(name), data, overwrite=overwrite),
-            lambda: landed(self._blob(name), name, self.uri(name), data=data),
+            lambda: landed(self._blob(name), data=data),
+            what=self.uri(name),
         )
 
     async def create_multipart(self, name: str, *, overwrite: bool) -> str:
@@ -387,12 +372,13 @@ class AzureProvider:
         block_ids = self._writer.block_ids(name, upload_id, ordered)
         metadata = self._writer.composite_md5(upload_id, ordered)
         # An earlier commit of this upload may have succeeded with its answer lost.
-        result = await self._in_doubt.guard(
+        result = await self._in_doubt.run(
             ("complete", upload_id),
             lambda: self._writer.commit(
                 name, blob, block_ids, overwrite=overwrite, md5=None, metadata=metadata
             ),
-            lambda: landed(self._blob(name), name, self.uri(name), block_ids=block_ids),
+            lambda: landed(self._blob(name), block_ids=block_ids),
+            what=self.uri(name),
         )
         self._writer.forget(upload_id)
         return result
