@@ -250,7 +250,8 @@ async def test_missing_bucket_at_open(moto_server: MotoServer) -> None:
     assert "no-such-bucket-here" in str(info.value)
     assert not info.value.transient
     # A failed open leaves no client behind; aclose stays harmless.
-    assert p._client is None
+    with pytest.raises(ProviderError, match="not open"):
+        await p.delete("x")
     await p.aclose()
 
 
@@ -359,7 +360,9 @@ async def test_secret_scrubbed_from_transport_errors(tmp_path: Path, refused_por
     with pytest.raises(ProviderError) as open_info:
         await p.open()
     assert open_info.value.transient and "bkt" in str(open_info.value)
-    assert p._client is None
+    # The failed open holds no client.
+    with pytest.raises(ProviderError, match="not open"):
+        await p.delete("obj")
 
 
 # -- options -------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiobotocore.session
 import pytest
 import pytest_asyncio
+from aiobotocore.config import AioConfig
 
 from artifact_uploader._types import FileSlice
 from artifact_uploader.providers._s3_direct import DirectS3, read_body
@@ -56,7 +58,7 @@ async def faulty(s3_faults: FaultServer) -> AsyncIterator[S3Provider]:
 async def test_puts_take_the_direct_path(
     faulty: S3Provider, s3_faults: FaultServer, tmp_path: Path
 ) -> None:
-    assert isinstance(faulty._direct, DirectS3)
+    assert faulty.direct_region == "us-east-1"
     src = tmp_path / "f.bin"
     src.write_bytes(b"payload")
     s3_faults.script()
@@ -84,13 +86,34 @@ async def test_region_redirect_hands_over_to_botocore(
 
 
 @pytest.mark.asyncio
-async def test_unknown_parameter_goes_to_botocore(
-    faulty: S3Provider, s3_faults: FaultServer
-) -> None:
-    direct = faulty._direct
-    assert direct is not None
-    s3_faults.script()
-    await direct.put_object(Bucket="bkt", Key="pre/x", Body=b"x", ContentType="text/plain")
+async def test_unknown_parameter_goes_to_botocore(s3_faults: FaultServer) -> None:
+    # The direct path on a client of its own, made as the provider makes one for a loopback
+    # endpoint (path-style, unsigned payloads).
+    session = aiobotocore.session.AioSession()
+    config = AioConfig(s3={"addressing_style": "path", "payload_signing_enabled": False})
+    async with session.create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=s3_faults.endpoint_url,
+        aws_access_key_id="AKIAEXAMPLEKEY",
+        aws_secret_access_key="fast-path-secret-0123456789",
+        config=config,
+    ) as client:
+        direct = await DirectS3.create(
+            client,
+            "bkt",
+            verify=None,
+            connect_timeout=10.0,
+            read_timeout=60.0,
+            max_pool_connections=4,
+            user_agent="artifact-uploader-test",
+        )
+        assert direct is not None
+        try:
+            s3_faults.script()
+            await direct.put_object(Bucket="bkt", Key="pre/x", Body=b"x", ContentType="text/plain")
+        finally:
+            await direct.aclose()
     (req,) = s3_faults.requests()
     assert _sent_by_botocore(req)
     assert {k.lower(): v for k, v in req["headers"].items()}["content-type"] == "text/plain"
@@ -127,7 +150,7 @@ async def test_signatures_verified_by_moto_for_awkward_keys(
         )
         await p.open()
         try:
-            assert p._direct is not None
+            assert p.direct_region is not None
             for name in names:
                 await p.put(name, FileSlice(src, 0, 1000), overwrite=True)
             upload_id = await p.create_multipart("mp ü+", overwrite=True)

@@ -223,7 +223,7 @@ async def test_s3_redirect_is_a_permanent_error_and_nothing_reaches_the_other_ho
     provider = S3Provider.from_uri(f"s3://{s3_bucket}/redir", options)
     await provider.open(verify=False)
     try:
-        assert (provider._direct is not None) is (path == "fast")
+        assert (provider.direct_region is not None) is (path == "fast")
         data = b"secret body " * 100
         # Every request under the prefix is redirected (botocore's region check may resend).
         fault_proxy.script(
@@ -282,7 +282,7 @@ async def test_s3_payload_signed_over_plain_http_to_a_remote_endpoint_from_env_o
     await provider.open(verify=False)
     data = b"signed body"
     try:
-        assert provider._direct is None
+        assert provider.direct_region is None
         s3_faults.script()
         await provider.put("a.bin", FileSlice.whole(_file(tmp_path, data)), overwrite=True)
     finally:

@@ -1,0 +1,183 @@
+"""S3 multipart uploads as objects of their own: create, list, abort.
+
+A CreateMultipartUpload whose answer is lost may still have started an upload nobody holds the
+id of. :class:`S3Uploads` remembers since when such a Create's outcome is in doubt and, once a
+retry succeeds, aborts the uploads of that key the store started in that window (and only those:
+an upload started earlier is someone else's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import botocore.exceptions
+
+from .._errors import ProviderError
+from ._s3_errors import error_code
+from ._s3_target import S3Target
+
+log = logging.getLogger("artifact_uploader")
+
+# Pages of ListMultipartUploads read for one key at most (1,000 uploads each).
+MAX_UPLOAD_PAGES: Final = 10
+# Seconds added to the window in which an orphaned upload may have started (clock resolution,
+# time between send and the store's stamp).
+_ORPHAN_MARGIN: Final = 1.0
+# Start times further than this from our clock are not trusted (a store that reports none).
+_CLOCK_TRUST: Final = 3600.0
+
+
+class S3Uploads:
+    """CreateMultipartUpload, ListMultipartUploads and AbortMultipartUpload on one target."""
+
+    __slots__ = ("_create_doubt", "_target", "checksum")
+
+    def __init__(self, target: S3Target, *, checksum: bool) -> None:
+        self._target = target
+        self.checksum = checksum
+        # Keys whose CreateMultipartUpload went unanswered, and since when (monotonic clock).
+        self._create_doubt: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"S3Uploads({self._target!r})"
+
+    def clear(self) -> None:
+        """Forget every Create in doubt (the provider closed)."""
+        self._create_doubt.clear()
+
+    async def create(self, name: str) -> str:
+        """CreateMultipartUpload; see :meth:`S3Provider.create_multipart`."""
+        t = self._target
+        client = t.live()
+        key = t.key(name)
+        params: dict[str, Any] = {"Bucket": t.bucket, "Key": key}
+        if self.checksum:
+            params["ChecksumAlgorithm"] = "CRC32C"
+        # A Create whose answer is lost may still have started an upload that nobody holds the
+        # id of: remember since when (monotonic clock) the outcome is in doubt, and once a
+        # retry succeeds, abort the uploads of this key that the store started in that window.
+        doubt = self._create_doubt.get(key)
+        started = time.monotonic()
+        try:
+            resp = await client.create_multipart_upload(**params)
+            upload_id = resp.get("UploadId")
+            if not isinstance(upload_id, str) or not upload_id:
+                raise ProviderError(
+                    f"S3 CreateMultipartUpload for {t.uri(name)!r} returned no UploadId",
+                    name=name,
+                    uri=t.uri(name),
+                    transient=True,
+                )
+        except Exception as exc:
+            error = t.map(exc, "CreateMultipartUpload", name)
+            if error.transient and doubt is None:
+                self._create_doubt[key] = started
+            raise error from exc
+        if doubt is not None:
+            # A transient failure here is retried as this Create's own: the doubt (and its
+            # start) stays, so the next attempt aborts this attempt's upload as well.
+            await self._abort_orphans(name, upload_id, time.monotonic() - doubt)
+            self._create_doubt.pop(key, None)
+        return upload_id
+
+    async def ids(self, name: str) -> list[str]:
+        """Ids of the unfinished uploads of exactly ``name``; see
+        :meth:`S3Provider.list_multipart_uploads`."""
+        try:
+            return [uid for uid, _ in await self._uploads_of(name)]
+        except Exception as exc:
+            raise self._target.map(exc, "ListMultipartUploads", name) from exc
+
+    async def abort(self, name: str, upload_id: str) -> None:
+        """AbortMultipartUpload; an upload that is already gone is not an error."""
+        t = self._target
+        client = t.live()
+        try:
+            await client.abort_multipart_upload(
+                Bucket=t.bucket, Key=t.key(name), UploadId=upload_id
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in ("NoSuchUpload", "404"):
+                return
+            raise t.map(exc, "AbortMultipartUpload", name) from exc
+        except Exception as exc:
+            raise t.map(exc, "AbortMultipartUpload", name) from exc
+
+    async def _uploads_of(self, name: str) -> list[tuple[str, object]]:
+        """(upload id, initiated) of every unfinished upload of exactly ``name``'s key, at most
+        :data:`MAX_UPLOAD_PAGES` pages; SDK errors propagate unmapped."""
+        t = self._target
+        client = t.live()
+        key = t.key(name)
+        uploads: list[tuple[str, object]] = []
+        params: dict[str, Any] = {"Bucket": t.bucket, "Prefix": key}
+        for _ in range(MAX_UPLOAD_PAGES):
+            page = await client.list_multipart_uploads(**params)
+            # The answer is input: only this exact key (the prefix also matches longer keys),
+            # only string ids.
+            for upload in page.get("Uploads") or ():
+                uid = upload.get("UploadId")
+                if upload.get("Key") == key and isinstance(uid, str) and uid:
+                    uploads.append((uid, upload.get("Initiated")))
+            key_marker, id_marker = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+            if not page.get("IsTruncated") or not isinstance(key_marker, str):
+                break
+            params["KeyMarker"] = key_marker
+            if isinstance(id_marker, str):
+                params["UploadIdMarker"] = id_marker
+        return uploads
+
+    async def _abort_orphans(self, name: str, ours: str, window: float) -> None:
+        """Abort the uploads of ``name`` that an unanswered Create started: in progress for
+        exactly this key and initiated, by the store's clock, within ``window`` seconds (plus a
+        margin) before ``ours``, the upload this attempt holds. Uploads started earlier (someone
+        else's) are left alone.
+
+        Raises:
+            ProviderError: A transient failure to list or abort (the engine retries the Create);
+                other failures are logged and the upload goes on.
+        """
+        uri = self._target.uri(name)
+        found: list[tuple[str, datetime]] = []
+        mine: datetime | None = None
+        try:
+            for uid, when in await self._uploads_of(name):
+                if not isinstance(when, datetime) or when.tzinfo is None:
+                    continue
+                if uid == ours:
+                    mine = when
+                else:
+                    found.append((uid, when))
+        except Exception as exc:
+            error = self._target.map(exc, "ListMultipartUploads", name)
+            if error.transient:
+                raise error from exc
+            log.warning(
+                "%s: could not look for an upload orphaned by a lost answer: %s",
+                uri,
+                type(exc).__name__,
+            )
+            return
+        now = datetime.now(UTC)
+        if mine is None or abs((now - mine).total_seconds()) > _CLOCK_TRUST:
+            # The store does not report when uploads started (or its clock is far off): an
+            # orphan cannot be told from someone else's upload, so none is aborted.
+            log.warning(
+                "%s: cannot tell an upload orphaned by a lost answer from others (the store's "
+                "upload start times are missing or implausible); none aborted",
+                uri,
+            )
+            return
+        earliest = mine - timedelta(seconds=window + _ORPHAN_MARGIN)
+        for uid, when in found:
+            if earliest <= when <= mine + timedelta(seconds=_ORPHAN_MARGIN):
+                log.info("%s: aborting an upload whose Create answer was lost", uri)
+                try:
+                    await self.abort(name, uid)
+                except ProviderError as exc:
+                    if exc.transient:
+                        raise
+                    log.warning("%s: could not abort it: %s", uri, exc)
