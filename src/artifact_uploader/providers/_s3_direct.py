@@ -5,8 +5,9 @@ request: parameter conversion, an endpoint-ruleset evaluation, a dozen event hoo
 signer. That is more than half the client CPU of a 64 KiB upload. Everything in that work that
 varies per request for these two calls is the key, the query and a few headers, so it is done
 here once at open (the endpoint comes from botocore's own ruleset, the credentials from the
-client's own provider chain) and per request only the SigV4 signature is computed (stdlib HMAC;
-the signing key is cached per day) before the bytes go out through aiohttp.
+client's own provider chain, both read through :mod:`._vendor`) and per request only the SigV4
+signature is computed, by awscrt's native signer (the library botocore's CRT extension uses),
+before the bytes go out through aiohttp.
 
 Used only when it is certainly equivalent: no proxy applies, our own CRC32C protects the body
 (so the payload is ``UNSIGNED-PAYLOAD``, as botocore sends it with
@@ -20,24 +21,28 @@ shape botocore produces, so the provider maps them exactly as it maps botocore's
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import datetime
 import inspect
+import logging
 import ssl
-import time
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 import aiohttp
 import aiohttp.payload
+import awscrt.auth
+import awscrt.http
 import botocore.exceptions
 import yarl
 
 from ._body import Body as _Body
 from ._body import read_body as read_body
+from ._vendor import LibraryChanged, client_credentials, http_settings, resolve_endpoint
 
-_UNSIGNED: Final = "UNSIGNED-PAYLOAD"
+log = logging.getLogger(__name__)
+
 _SIGV4_AUTH_TYPES: Final = frozenset({"v4", "s3v4"})
 # Request parameters (botocore names) this path turns into headers; anything else falls back.
 _HEADER_PARAMS: Final = {
@@ -53,8 +58,81 @@ _REGION_CODES: Final = frozenset(
 _SUPPORTED: Final = frozenset({"Bucket", "Key", "Body", "UploadId", "PartNumber", *_HEADER_PARAMS})
 
 
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+class FrozenCredentials(Protocol):
+    """What botocore's ``get_frozen_credentials`` returns."""
+
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
+
+
+class S3Signer:
+    """SigV4 request signing for S3 through awscrt, with an ``UNSIGNED-PAYLOAD`` body.
+
+    The S3 flavour botocore's ``S3SigV4Auth`` signs with: the path is signed as sent (no
+    second encoding, no normalisation), and ``x-amz-content-sha256`` is added and signed.
+    """
+
+    __slots__ = ("_provider", "_provider_key", "_region")
+
+    def __init__(self, region: str) -> None:
+        self._region = region
+        # awscrt takes credentials through a provider; one per credentials seen, made again
+        # only when they change (refreshed credentials).
+        self._provider: awscrt.auth.AwsCredentialsProvider | None = None
+        self._provider_key: tuple[str, str, str | None] = ("", "", None)
+
+    def __repr__(self) -> str:
+        return f"S3Signer(region={self._region!r})"
+
+    def sign(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        credentials: FrozenCredentials,
+        *,
+        now: datetime.datetime | None = None,
+    ) -> dict[str, str]:
+        """The headers to send: ``headers`` plus the date, payload, token and authorization.
+
+        Args:
+            method: The HTTP method.
+            path: The request path, percent-encoded exactly as it is sent.
+            query: The query string as sent (``a=1&b=2``, encoded), or "".
+            headers: The headers to sign, ``host`` included; the signer adds ``x-amz-date``,
+                ``x-amz-content-sha256``, ``x-amz-security-token`` (with a session token) and
+                ``authorization``.
+            credentials: The frozen credentials to sign with.
+            now: The signing time (default: the current time).
+        """
+        key = (credentials.access_key, credentials.secret_key, credentials.token)
+        provider = self._provider
+        if provider is None or key != self._provider_key:
+            provider = awscrt.auth.AwsCredentialsProvider.new_static(*key)
+            self._provider, self._provider_key = provider, key
+        config = awscrt.auth.AwsSigningConfig(
+            algorithm=awscrt.auth.AwsSigningAlgorithm.V4,
+            signature_type=awscrt.auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
+            credentials_provider=provider,
+            region=self._region,
+            service="s3",
+            date=now or datetime.datetime.now(datetime.UTC),
+            use_double_uri_encode=False,
+            should_normalize_uri_path=False,
+            signed_body_value=awscrt.auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
+            signed_body_header_type=awscrt.auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
+        )
+        request = awscrt.http.HttpRequest(
+            method, path + "?" + query if query else path, awscrt.http.HttpHeaders(headers.items())
+        )
+        # With static credentials the signing completes in this call (no thread hop).
+        awscrt.auth.aws_sign_request(request, config).result()
+        return dict(request.headers)
 
 
 class _RegionMismatch(Exception):
@@ -85,12 +163,11 @@ class DirectS3:
         self._host = parts.netloc
         self._path_prefix = parts.path.rstrip("/")
         self._region = region
-        self._scope_tail = f"/{region}/s3/aws4_request"
+        self._signer = S3Signer(region)
+        # The credentials object itself: frozen per request, so refreshed values are used.
         self._credentials = credentials
-        self._session = session
-        self._user_agent = user_agent
-        self._key_cache: tuple[str, str, bytes] = ("", "", b"")
-        self._client = client
+        self._session, self._client, self._user_agent = session, client, user_agent
+        # Set once the store said the bucket is elsewhere: botocore sends from then on.
         self._fallback = False
 
     def __repr__(self) -> str:
@@ -120,46 +197,35 @@ class DirectS3:
     ) -> DirectS3 | None:
         """The fast path for ``client`` and ``bucket``, or None where botocore must stay."""
         try:
-            credentials = client._request_signer._credentials
+            credentials = client_credentials(client)
             if credentials is None:
                 return None
-            model = client.meta.service_model.operation_model("PutObject")
-            context: dict[str, Any] = {
-                "client_region": client.meta.region_name,
-                "client_config": client.meta.config,
-                "has_streaming_input": model.has_streaming_input,
-                "auth_type": model.resolved_auth_type,
-                "unsigned_payload": model.unsigned_payload,
-                "auth_options": client.meta.service_model.metadata.get("auth"),
-            }
-            endpoint, extra_headers, _ = await client._resolve_endpoint_ruleset(
-                model, {"Bucket": bucket, "Key": "k"}, context
-            )
-            http_session = client._endpoint.http_session
-            # The proxy botocore would use (its config, else HTTP(S)_PROXY / NO_PROXY).
-            proxy = http_session._proxy_config.proxy_url_for(endpoint)
-            # The TLS trust botocore resolved: the given value, else AWS_CA_BUNDLE, the
-            # profile's ca_bundle, REQUESTS_CA_BUNDLE, else its default bundle.
-            resolved_verify = http_session._verify
-            client_cert = getattr(http_session, "_cert_file", None)
-        except Exception:
-            # Private botocore surface: if it ever changes shape, stay on the public path.
+            resolved = await resolve_endpoint(client, "PutObject", {"Bucket": bucket, "Key": "k"})
+            # The proxy botocore would use, and the TLS trust it resolved (the given value, else
+            # AWS_CA_BUNDLE, the profile's ca_bundle, REQUESTS_CA_BUNDLE, else its default).
+            settings = http_settings(client, resolved.url)
+        except LibraryChanged as exc:
+            # The fast path is an optimisation: botocore's public path still works.
+            log.warning("S3 direct request path off: %s", exc)
             return None
-        signing = context.get("signing") or {}
-        region = signing.get("region")
+        except botocore.exceptions.BotoCoreError:
+            # The ruleset refused this bucket or configuration: botocore's own calls say so.
+            return None
+        endpoint = resolved.url
+        resolved_verify = settings.verify
+        region = resolved.signing.get("region")
         if (
-            extra_headers
+            resolved.headers
             # Proxies (and their TLS settings) stay with botocore.
-            or proxy
+            or settings.proxy
             # Client certificates stay with botocore too.
-            or client_cert
+            or settings.client_cert
             or not isinstance(resolved_verify, bool | str)
             or (verify is not None and resolved_verify != verify)
-            or context.get("auth_type") not in _SIGV4_AUTH_TYPES
-            or signing.get("signing_name", "s3") != "s3"
+            or resolved.auth_type not in _SIGV4_AUTH_TYPES
+            or resolved.signing.get("signing_name", "s3") != "s3"
             or not isinstance(region, str)
             or not region
-            or not isinstance(endpoint, str)
             or urlsplit(endpoint).scheme not in ("http", "https")
         ):
             return None
@@ -224,11 +290,14 @@ class DirectS3:
         params.pop("Bucket")
         key: str = params.pop("Key")
         body: bytes | memoryview = params.pop("Body")
-        headers = {"host": self._host, "x-amz-content-sha256": _UNSIGNED}
+        headers = {"host": self._host}
         for name, value in params.items():
             headers[_HEADER_PARAMS[name]] = str(value)
         path = f"{self._path_prefix}/{quote(key, safe='/~')}"
-        await self._sign("PUT", path, query, headers)
+        creds = self._credentials.get_frozen_credentials()
+        if inspect.isawaitable(creds):
+            creds = await creds  # aiobotocore's (possibly refreshing) credentials
+        headers = self._signer.sign("PUT", path, query, headers, creds)
         headers["User-Agent"] = self._user_agent
         url = self._origin + path + ("?" + query if query else "")
         payload = _Body(body)
@@ -268,48 +337,6 @@ class DirectS3:
                 "ServerSideEncryption": got.get("x-amz-server-side-encryption"),
                 "SSECustomerAlgorithm": got.get("x-amz-server-side-encryption-customer-algorithm"),
             }
-
-    async def _sign(self, method: str, path: str, query: str, headers: dict[str, str]) -> None:
-        creds = self._credentials.get_frozen_credentials()
-        if inspect.isawaitable(creds):
-            creds = await creds  # aiobotocore's (possibly refreshing) credentials
-        if creds.token:
-            headers["x-amz-security-token"] = creds.token
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        date = amz_date[:8]
-        headers["x-amz-date"] = amz_date
-        names = sorted(headers)
-        signed = ";".join(names)
-        canonical = "\n".join(
-            (
-                method,
-                path,  # S3: the path as sent, not encoded a second time
-                query,
-                "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
-                signed,
-                _UNSIGNED,
-            )
-        )
-        scope = date + self._scope_tail
-        to_sign = "\n".join(
-            (
-                "AWS4-HMAC-SHA256",
-                amz_date,
-                scope,
-                hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-            )
-        )
-        cached_date, cached_secret, key = self._key_cache
-        if cached_date != date or cached_secret != creds.secret_key:
-            key = _hmac(("AWS4" + creds.secret_key).encode("utf-8"), date)
-            for part in (self._region, "s3", "aws4_request"):
-                key = _hmac(key, part)
-            self._key_cache = (date, creds.secret_key, key)
-        signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-            f"SignedHeaders={signed}, Signature={signature}"
-        )
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> str:
