@@ -10,18 +10,21 @@ signatures end to end in test_s3_fast_path.py.
 from __future__ import annotations
 
 import datetime
+import logging
 import random
+import re
 import string
 from typing import Any
 from urllib.parse import quote
 
+import aiobotocore.session
 import botocore.auth
 import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 
-from artifact_uploader.providers._s3_direct import S3Signer
+from artifact_uploader.providers._s3_direct import DirectS3, S3Signer
 
 CASES = 2500
 SEED = 20261206
@@ -122,3 +125,37 @@ def test_signer_repr_holds_no_secret() -> None:
     assert "repr-secret-value" not in repr(signer)
     assert "repr-secret-value" not in str(headers)
     assert _as_sent(headers.items())["x-amz-security-token"] == "repr-token"
+
+
+@pytest.mark.asyncio
+async def test_a_changed_botocore_keeps_the_direct_path_off_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options: dict[str, Any] = {
+        "verify": None,
+        "connect_timeout": 5.0,
+        "read_timeout": 5.0,
+        "max_pool_connections": 4,
+        "user_agent": "test",
+    }
+    session = aiobotocore.session.AioSession()
+    async with session.create_client(
+        "s3",
+        region_name="eu-west-3",
+        aws_access_key_id="AKIACHANGEDTEST",
+        aws_secret_access_key="changed-secret-value",
+        endpoint_url="http://127.0.0.1:9",
+    ) as client:
+        direct = await DirectS3.create(client, "bkt", **options)
+        assert direct is not None and direct.region == "eu-west-3"
+        await direct.aclose()
+
+        class Changed:
+            """The client as a botocore without the signer internals would leave it."""
+
+            meta = client.meta
+
+        with caplog.at_level(logging.WARNING, logger="artifact_uploader.providers._s3_direct"):
+            assert await DirectS3.create(Changed(), "bkt", **options) is None
+    assert re.search(r"direct request path off: botocore \d+\.\d+\.\d+ changed", caplog.text)
+    assert "changed-secret-value" not in caplog.text
