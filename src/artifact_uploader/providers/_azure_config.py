@@ -1,4 +1,4 @@
-"""Azure provider options: checked once, before any client exists.
+"""Azure provider options and blob names: checked once, before any request.
 
 Turns the constructor's arguments (or ``from_uri``'s options, including the seed's libcloud keys)
 into :class:`AzureSettings`: one way to authenticate, one endpoint, and plain HTTP refused off
@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from .._errors import ConfigError
-from ._kit import SeedEndpoint, check_plain_http, pop_seed_endpoint, split_store_uri
+from .._errors import ConfigError, InvalidObjectNameError
+from ._kit import (
+    SeedEndpoint,
+    check_common_name,
+    check_plain_http,
+    join_key,
+    pop_seed_endpoint,
+    split_store_uri,
+)
 
 _DEFAULT_SUFFIX = "blob.core.windows.net"
 # Hosts under these suffixes address the account by subdomain; any other host (Azurite, IoT Edge)
@@ -30,6 +37,8 @@ _CLOUD_SUFFIXES = (
 # A container name: 3-63 lowercase letters, digits and single hyphens; "$root"/"$web" are special.
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:-?[a-z0-9])*$")
 _SPECIAL_CONTAINERS = frozenset({"$root", "$web", "$logs"})
+_MAX_NAME_CHARS = 1024
+_MAX_SEGMENTS = 254
 
 OPTION_NAMES = frozenset(
     {
@@ -301,4 +310,30 @@ def _check_container(container: str) -> None:
         raise ConfigError(
             f"Azure: invalid container name {container!r}: 3-63 lowercase letters, digits and "
             "single hyphens, starting and ending with a letter or digit"
+        )
+
+
+def check_blob_name(prefix: str, name: str) -> None:
+    """Refuse names Azure cannot hold or would alter (``prefix`` is the store's folder).
+
+    Raises:
+        InvalidObjectNameError: Empty, NUL, over 1024 characters or 254 segments (with the
+            prefix), ending in a dot or slash, or with ``.``/``..`` segments that URL
+            normalisation would fold away.
+    """
+    # Azure counts characters, not bytes; a character is at most 4 bytes of UTF-8.
+    check_common_name(name, max_bytes=4 * _MAX_NAME_CHARS)
+    key = join_key(prefix, name)
+    if len(key) > _MAX_NAME_CHARS:
+        raise InvalidObjectNameError(
+            name[:64] + "...",
+            f"{len(key)} characters with the prefix, Azure's limit is {_MAX_NAME_CHARS}",
+        )
+    if key.count("/") + 1 > _MAX_SEGMENTS:
+        raise InvalidObjectNameError(name, f"more than {_MAX_SEGMENTS} path segments")
+    if name.endswith((".", "/")):
+        raise InvalidObjectNameError(name, "Azure blob names must not end with '.' or '/'")
+    if any(s in (".", "..") for s in name.split("/")):
+        raise InvalidObjectNameError(
+            name, "'.' and '..' segments are folded away by URL normalisation"
         )

@@ -27,40 +27,22 @@ one redaction path (:mod:`~artifact_uploader.providers._redact`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import aiohttp
 from azure.core import exceptions as azure_exc
-from azure.storage.blob.aio import BlobServiceClient
 
-from .._errors import ConfigError, InvalidObjectNameError, ProviderError
+from .._errors import ProviderError
 from .._types import FileSlice, PartResult, PutResult
 from . import _azure_blocks as blocks
-from ._azure_config import parse_store_uri, resolve_settings
+from ._azure_client import AzureClients
+from ._azure_config import check_blob_name, parse_store_uri, resolve_settings
 from ._azure_doubt import landed
 from ._azure_errors import AzureErrors, error_code
 from ._azure_read import check_range, list_infos, object_info, read_range
-from ._body import Body
-from ._kit import InDoubt, MiB, check_common_name, count_conditional_send, join_key
+from ._kit import InDoubt, MiB, join_key
 from ._protocol import ObjectInfo, PartLimits
-from ._redact import Redactor, install_log_filter
-from ._vendor import azure_transport
-
-_MAX_NAME_CHARS = 1024
-_MAX_SEGMENTS = 254
-
-
-def _wrap_data(data: Any) -> Any:
-    """Request data as aiohttp should send it: in-memory bodies over 1 MiB as :class:`Body`.
-
-    The SDK hands aiohttp blocks as plain bytes; aiohttp warns (ResourceWarning) for every body
-    over 1 MiB and writes it in one piece. Ours were read off the loop already, so Body sends
-    them in slices without the warning, ticking the stall watchdog as each slice leaves.
-    """
-    if isinstance(data, bytes | bytearray | memoryview) and len(data) > MiB:
-        return Body(memoryview(data))
-    return data
+from ._redact import Redactor
 
 
 class AzureProvider:
@@ -131,10 +113,6 @@ class AzureProvider:
         self.account_name = settings.account_name
         self.account_url = settings.account_url
         self.api_version = api_version
-        self._settings = settings
-        self._owned_credential: Any = None
-        self._service: Any = None
-        self._container: Any = None
         # Uploads sent whose outcome is unknown (no answer, or a transient error): if the
         # engine's retry of one meets "already exists", the first send may have landed.
         self._in_doubt = InDoubt()
@@ -147,7 +125,7 @@ class AzureProvider:
             self.uri, container, self.account_name, settings.credential_source(), self._redactor
         )
         self._writer = blocks.BlobWriter(self.uri, self._errors)
-        self._log_filter: Callable[[], None] | None = None
+        self._clients = AzureClients(settings, container, self._redactor)
 
     def __repr__(self) -> str:
         return (
@@ -189,22 +167,7 @@ class AzureProvider:
                 prefix), ending in a dot or slash, or with ``.``/``..`` segments that URL
                 normalisation would fold away.
         """
-        # Azure counts characters, not bytes; a character is at most 4 bytes of UTF-8.
-        check_common_name(name, max_bytes=4 * _MAX_NAME_CHARS)
-        key = join_key(self.prefix, name)
-        if len(key) > _MAX_NAME_CHARS:
-            raise InvalidObjectNameError(
-                name[:64] + "...",
-                f"{len(key)} characters with the prefix, Azure's limit is {_MAX_NAME_CHARS}",
-            )
-        if key.count("/") + 1 > _MAX_SEGMENTS:
-            raise InvalidObjectNameError(name, f"more than {_MAX_SEGMENTS} path segments")
-        if name.endswith((".", "/")):
-            raise InvalidObjectNameError(name, "Azure blob names must not end with '.' or '/'")
-        if any(s in (".", "..") for s in name.split("/")):
-            raise InvalidObjectNameError(
-                name, "'.' and '..' segments are folded away by URL normalisation"
-            )
+        check_blob_name(self.prefix, name)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -216,102 +179,33 @@ class AzureProvider:
             PermissionDeniedError: The credentials were refused.
             ConfigError: The SDK refused the configuration (e.g. an unknown api_version).
         """
-        if self._service is not None:
+        if self._clients.container is not None:
             return
-        settings = self._settings
-        kwargs: dict[str, Any] = {
-            # The engine retries; see the module docstring.
-            "retry_total": 0,
-            # A redirect could send the request (and a SAS in its URL) elsewhere: never follow.
-            "permit_redirects": False,
-            # upload_blob splits bodies above this into blocks; keep every put one request.
-            "max_single_put_size": blocks.SINGLE_PUT_MAX,
-            # Likewise a ranged read: one get_range is one GET (the engine sizes the ranges).
-            "max_single_get_size": blocks.SINGLE_PUT_MAX,
-            **settings.timeouts,
-        }
-        if self.api_version is not None:
-            kwargs["api_version"] = self.api_version
-        # The SDK's own session settings, plus a trace that counts conditional sends.
-        trace = aiohttp.TraceConfig()
-        trace.on_request_headers_sent.append(count_conditional_send)
-        session = aiohttp.ClientSession(
-            trust_env=True,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trace_configs=[trace],
-        )
-        kwargs["transport"] = azure_transport(session, _wrap_data, **settings.timeouts)
-        try:
-            if settings.connection_string is not None:
-                service = BlobServiceClient.from_connection_string(
-                    settings.connection_string, **kwargs
-                )
-            else:
-                # __init__ always sets an account_url when there is no connection string.
-                assert self.account_url is not None
-                service = BlobServiceClient(
-                    self.account_url, credential=self._make_credential(), **kwargs
-                )
-        except (ValueError, TypeError) as exc:
-            await session.close()
-            await self._close_credential()
-            # The SDK's message may quote the connection string; say only what was wrong.
-            message = self._redactor.scrub(str(exc)).splitlines()[0]
-            raise ConfigError(f"Azure: {message}") from None
-        self._service = service
-        # DEBUG logs of the SDK (azure-core logs URLs and headers) are scrubbed too.
-        self._log_filter = install_log_filter(self._redactor, ("azure", "aiohttp"))
-        self._container = service.get_container_client(self.container)
+        container = await self._clients.open()
         if verify:
             try:
-                await self._container.get_container_properties()
+                await container.get_container_properties()
             except Exception as exc:
                 error = self._errors.map(exc, None, "opening")
                 await self.aclose()
                 raise error from exc
 
-    def _make_credential(self) -> Any:
-        settings = self._settings
-        if settings.account_key is not None:
-            return {"account_name": self.account_name, "account_key": settings.account_key}
-        if settings.sas_token is not None:
-            return settings.sas_token
-        if settings.credential is not None:
-            return settings.credential
-        try:
-            from azure.identity.aio import DefaultAzureCredential
-        except ImportError as exc:  # pragma: no cover - checked in __init__
-            raise ConfigError(f"Azure: azure-identity cannot be imported ({exc})") from None
-        self._owned_credential = DefaultAzureCredential()
-        return self._owned_credential
-
     async def aclose(self) -> None:
         """Close the clients (and a credential this provider created). Idempotent."""
-        service, self._service, self._container = self._service, None, None
         self._in_doubt.clear()
-        log_filter, self._log_filter = self._log_filter, None
-        if log_filter is not None:
-            log_filter()
-        if service is not None:
-            await service.close()
-        await self._close_credential()
-
-    async def _close_credential(self) -> None:
-        credential, self._owned_credential = self._owned_credential, None
-        if credential is not None:
-            await credential.close()
+        await self._clients.aclose()
 
     # -- requests -----------------------------------------------------------------------------
 
     def _blob(self, name: str) -> Any:
-        if self._container is None:
+        container = self._clients.container
+        if container is None:
             raise ProviderError(
                 f"{self!r} is not open (call open() first, or it was closed)",
                 name=name,
                 uri=self.uri(name),
             )
-        return self._container.get_blob_client(join_key(self.prefix, name))
+        return container.get_blob_client(join_key(self.prefix, name))
 
     async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
         """Write ``data`` as blob ``name`` in one Put Blob request with its Content-MD5.
@@ -429,10 +323,11 @@ class AzureProvider:
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every blob whose name (relative to the store's prefix) starts with ``prefix``, in
         name order."""
-        if self._container is None:
+        container = self._clients.container
+        if container is None:
             raise ProviderError(f"{self!r} is not open (call open() first, or it was closed)")
         base = f"{self.prefix}/" if self.prefix else ""
-        found = await list_infos(self._container, base, prefix, uri=self.uri, errors=self._errors)
+        found = await list_infos(container, base, prefix, uri=self.uri, errors=self._errors)
         for info in found:
             yield info
 

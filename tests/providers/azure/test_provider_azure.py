@@ -147,10 +147,10 @@ async def test_no_key_uses_the_default_azure_credential(monkeypatch: pytest.Monk
 
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     p = AzureProvider.from_uri("az://box", {"account_name": "acct"})
-    credential = p._make_credential()
+    credential = p._clients.make_credential()
     assert isinstance(credential, DefaultAzureCredential)
     await p.aclose()
-    assert p._owned_credential is None
+    assert p._clients.owned_credential is None
 
 
 @pytest.mark.parametrize(
