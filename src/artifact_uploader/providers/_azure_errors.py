@@ -41,7 +41,7 @@ _PERMISSION_CODES = frozenset(
 # Azure's answers, first match wins (see kit.classify). Flags: "conditional" (If-None-Match: *),
 # "reading" (a read, where 404 is a missing blob), "object" (the request names a blob). The
 # label chooses the message (AzureErrors._message).
-_TABLE: Final = (
+ERROR_TABLE: Final = (
     rule(ProviderError, "redirect", status=REDIRECTS),
     # "" is no code: a 412 to a conditional request may come without one.
     rule(
@@ -190,7 +190,7 @@ class AzureErrors:
         status = int(exc.status_code or 0)
         code = error_code(exc)
         row = classify(
-            _TABLE,
+            ERROR_TABLE,
             status,
             code,
             conditional=conditional,
@@ -208,7 +208,7 @@ class AzureErrors:
     def _message(
         self, label: str, status: int, detail: str, doing: str, where: str, headers: Any
     ) -> str:
-        """The text of the error a row of :data:`_TABLE` maps to."""
+        """The text of the error a row of :data:`ERROR_TABLE` maps to."""
         match label:
             case "redirect":
                 location = str(headers.get("Location") or headers.get("location") or "")
