@@ -23,6 +23,11 @@ Security: redirects are never followed (``permit_redirects=False``; a 3xx is a p
 naming its Location); plain HTTP to a host other than this machine needs ``allow_http=True``;
 errors, their cause chains and the response text azure-core prints with them are scrubbed by the
 one redaction path (:mod:`~artifact_uploader.providers._redact`).
+
+Where each part lives: options and names in ``_azure_config``, the SDK clients in
+``_azure_client``, writes in ``_azure_blocks``, reads in ``_azure_read``, the error table in
+``_azure_errors``, the lost-answer check in ``_azure_doubt``; what every cloud store decides
+alike (in-doubt writes, error rows, hashing, seed endpoints) in ``_kit``.
 """
 
 from __future__ import annotations
