@@ -38,6 +38,10 @@ MiB: Final = 1024 * 1024
 # thread costs more than the work.
 INLINE_LIMIT: Final = 256 * 1024
 MAX_NAME_BYTES: Final = 1024
+# The options every store accepts from the seed's provider settings (libcloud's names).
+SEED_OPTIONS: Final = frozenset(
+    {"key", "secret", "host", "port", "secure", "region", "api_version"}
+)
 # Redirect statuses: no provider follows one (body and credentials would go to that host).
 REDIRECTS: Final = frozenset({300, 301, 302, 303, 307, 308})
 # Statuses a new attempt may get past: timeout, throttling, any server error.

@@ -223,6 +223,7 @@ class Redactor:
         return exc
 
     def _scrub_one(self, exc: BaseException) -> None:
+        _blank_authorization(exc)
         args = self.scrub_value(exc.args)
         if args is not exc.args:
             try:
@@ -247,6 +248,29 @@ class Redactor:
                         setattr(exc, name, clean)
                     except Exception:
                         continue
+
+
+def _blank_authorization(exc: BaseException) -> None:
+    """Blank the Authorization header aiohttp keeps in an error's ``request_info`` (in place).
+
+    A header mapping is not text, so scrubbing values would not reach it; whatever the token
+    (a bearer token, a SigV4 signature, a SharedKey), the header is replaced whole.
+    """
+    info = getattr(exc, "request_info", None)
+    headers = getattr(info, "headers", None)
+    if info is None or not headers or "Authorization" not in headers:
+        return
+    try:
+        from multidict import CIMultiDict, CIMultiDictProxy
+
+        clean = CIMultiDict(headers)
+        clean["Authorization"] = REDACTED
+        redacted = info._replace(headers=CIMultiDictProxy(clean))
+        exc.request_info = redacted  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, TypeError):
+        return
+    # repr() and the traceback show args, which hold the same request_info.
+    exc.args = tuple(redacted if a is info else a for a in exc.args)
 
 
 def _is_namedtuple(value: object) -> bool:

@@ -41,7 +41,7 @@ from artifact_uploader._errors import (
 )
 from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice
-from artifact_uploader.providers import gcs as gcs_module
+from artifact_uploader.providers import _gcs_read
 from artifact_uploader.providers.gcs import GCSProvider
 from artifact_uploader.testing import ProviderConformance, ReadConformance, ReadObject
 from tests.servers.fake_gcs import FakeGCSServer
@@ -1005,7 +1005,7 @@ async def test_list_is_sorted_relative_and_paged(
         await sibling.put("a.txt", FileSlice.whole(_write(tmp_path, b"other")), overwrite=True)
     finally:
         await sibling.aclose()
-    monkeypatch.setattr(gcs_module, "_LIST_PAGE", 2)
+    monkeypatch.setattr(_gcs_read, "LIST_PAGE", 2)
     listed = [info async for info in gcs.list()]
     assert [i.name for i in listed] == sorted(names)
     assert {i.name: i.size for i in listed}["b/10.pt"] == len(b"b/10.pt")
