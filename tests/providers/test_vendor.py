@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioRefreshableCredentials
 from aiohttp import web
 from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import BotoCoreError
 
 from artifact_uploader.providers._vendor import (
     CredentialValues,
@@ -167,6 +168,16 @@ async def test_resolve_endpoint_on_a_custom_endpoint_is_path_style() -> None:
         resolved = await resolve_endpoint(client, "PutObject", {"Bucket": "bkt", "Key": "k"})
     assert resolved.url == "http://127.0.0.1:9/bkt"
     assert resolved.signing.get("region") == "us-east-1"
+
+
+@pytest.mark.asyncio
+async def test_resolve_endpoint_passes_botocores_own_refusals_on() -> None:
+    # A configuration the ruleset rejects is botocore's answer, not a change of shape.
+    config = AioConfig(s3={"use_accelerate_endpoint": True})
+    async with _s3_client(endpoint_url="http://127.0.0.1:9", config=config) as client:
+        with pytest.raises(BotoCoreError, match="S3 Accelerate") as e:
+            await resolve_endpoint(client, "PutObject", {"Bucket": "bkt", "Key": "k"})
+    assert not isinstance(e.value, LibraryChanged)
 
 
 @pytest.mark.asyncio

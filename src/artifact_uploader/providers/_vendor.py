@@ -52,10 +52,17 @@ class LibraryChanged(RuntimeError):
 
 
 @contextmanager
-def _reading(library: str, what: str) -> Iterator[None]:
-    """Turn a failed read of ``what`` into :class:`LibraryChanged` (the cause is kept)."""
+def _reading(
+    library: str, what: str, *, passing: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """Turn a failed read of ``what`` into :class:`LibraryChanged` (the cause is kept).
+
+    Exceptions of the ``passing`` types are the library's own answers, raised unchanged.
+    """
     try:
         yield
+    except passing:
+        raise
     except _SHAPE_ERRORS as exc:
         raise LibraryChanged(library, what) from exc
 
@@ -155,7 +162,11 @@ async def resolve_endpoint(
 
     Raises:
         LibraryChanged: aiobotocore's ruleset hook changed shape.
+        botocore.exceptions.BotoCoreError: The ruleset refused the parameters or configuration
+            (as the call itself would).
     """
+    from botocore.exceptions import BotoCoreError
+
     model = client.meta.service_model.operation_model(operation)
     context: dict[str, Any] = {
         "client_region": client.meta.region_name,
@@ -165,7 +176,10 @@ async def resolve_endpoint(
         "unsigned_payload": model.unsigned_payload,
         "auth_options": client.meta.service_model.metadata.get("auth"),
     }
-    with _reading("aiobotocore", "AioBaseClient._resolve_endpoint_ruleset"):
+    # Some botocore errors are ValueErrors too (InvalidRegionError): they are answers, not shapes.
+    with _reading(
+        "aiobotocore", "AioBaseClient._resolve_endpoint_ruleset", passing=(BotoCoreError,)
+    ):
         url, headers, _ = await client._resolve_endpoint_ruleset(model, dict(params), context)
         if not isinstance(url, str) or not isinstance(headers, Mapping):
             raise TypeError(f"resolved to {type(url).__name__}, {type(headers).__name__}")
