@@ -13,7 +13,8 @@ import anyio.to_thread
 from .._checksums import crc32c, crc32c_available, crc32c_b64, digest, md5_b64
 from .._errors import ObjectExistsError, ObjectNotFoundError, ProviderError, StoreNotFoundError
 from .._types import FileSlice, PartResult, PutResult
-from ._protocol import Checksum, ObjectInfo, PartLimits, check_common_name
+from ._kit import check_common_name
+from ._protocol import Checksum, ObjectInfo, PartLimits
 
 FaultFactory = Callable[[str, str], BaseException | None]
 """Called with (operation, object name); returns the exception to raise, or None to pass."""
