@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-# Below this, reading on the event loop costs less than the hop to a worker thread.
-_INLINE_READ_LIMIT = 256 * 1024
+MiB: Final = 1024 * 1024
+# Below this, reading (and hashing) on the event loop costs less than the hop to a worker
+# thread. The one copy: providers take it through providers/_kit.py.
+INLINE_LIMIT: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class FileSlice:
 
     async def read(self) -> bytes:
         """Read the range without blocking the event loop for large ranges."""
-        if self.length <= _INLINE_READ_LIMIT:
+        if self.length <= INLINE_LIMIT:
             return self.read_sync()
         import anyio.to_thread
 

@@ -11,14 +11,14 @@ import aiohttp
 import aiohttp.payload
 
 from .._retry import note_progress
-from .._types import FileSlice
+from .._types import FileSlice, MiB
 
 # Bodies up to this size go out in one write; larger ones in slices (see Body).
-_WHOLE_WRITE: Final = 256 * 1024
+_WHOLE_WRITE: Final = MiB // 4
 _FIRST_WRITE: Final = 16 * 1024
-_SLICE: Final = 1024 * 1024
+_SLICE: Final = MiB
 # Bodies from this size are read into a buffer allocated on the loop thread (see read_body).
-_MAPPED_READ: Final = 1024 * 1024
+_MAPPED_READ: Final = MiB
 
 
 class Body(aiohttp.payload.BytesPayload):

@@ -31,12 +31,13 @@ from urllib.parse import SplitResult, urlsplit
 
 from .._errors import ConfigError, InvalidObjectNameError, ObjectExistsError, ProviderError
 from .._retry import note_progress
-from .._types import FileSlice
 
-MiB: Final = 1024 * 1024
-# Bodies up to this size are read and hashed on the event loop: below it the hop to a worker
-# thread costs more than the work.
-INLINE_LIMIT: Final = 256 * 1024
+# One MiB and one inline threshold (bodies up to it are read and hashed on the loop) for the
+# whole library: they live in the lowest layer, _types, and providers take them from here.
+from .._types import INLINE_LIMIT as INLINE_LIMIT
+from .._types import FileSlice
+from .._types import MiB as MiB
+
 MAX_NAME_BYTES: Final = 1024
 # The options every store accepts from the seed's provider settings (libcloud's names).
 SEED_OPTIONS: Final = frozenset(
