@@ -34,10 +34,9 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ._checksums import crc32c, crc32c_available, crc32c_b64, crc32c_combine, decode_b64
 from ._config import PartPolicy
@@ -49,11 +48,11 @@ from ._errors import (
     UploadError,
 )
 from ._events import EventKind
+from ._intake import Gate
+from ._report import Reporter
+from ._transfer import RequestRunner, first_error
 from ._types import DownloadResult
 from .providers._protocol import Checksum, ObjectInfo, Provider, ReadableProvider
-
-if TYPE_CHECKING:
-    from ._events import ProgressTotals
 
 T = TypeVar("T")
 log = logging.getLogger("artifact_uploader")
@@ -94,26 +93,26 @@ class _Plan:
 _READ_METHODS = frozenset({"download", "head", "exists", "list"})
 
 
-class _ReadBackend(Protocol):
-    def read(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any: ...
+def check_read_timeout(timeout: float | None) -> None:
+    """Refuse a read ``timeout`` that is not None or a positive number of seconds."""
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
 
 class _SyncReadSide:
-    """The blocking twins of the read methods, for ``Uploader`` (thread and process modes)."""
+    """The blocking twins of the read methods, for ``Uploader`` (thread and process modes).
 
-    if TYPE_CHECKING:
-        _backend: Any
+    The facade runs each read: :meth:`_blocking_read` checks the uploader is usable, then the
+    ``timeout`` (:func:`check_read_timeout`), then runs the read on its loop or child.
+    """
 
-        def _check_usable(self, what: str) -> None: ...
+    def _blocking_read(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        raise NotImplementedError
 
     def _read(self, method: str, *args: Any, timeout: float | None = None, **kw: Any) -> Any:
-        self._check_usable(method)
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        backend: _ReadBackend = self._backend
-        return backend.read(method, args, kw, timeout)
+        return self._blocking_read(method, args, kw, timeout)
 
     def download(
         self,
@@ -166,42 +165,12 @@ class _SyncReadSide:
 
 
 class _ReadSide:
-    """``download`` / ``head`` / ``exists`` / ``list`` on the engine (see the module docstring)."""
+    """``download`` / ``head`` / ``exists`` / ``list`` of ``AsyncUploader``: each runs on the
+    engine's :class:`Reads` (see the module docstring)."""
 
-    if TYPE_CHECKING:
-        provider: Provider
-        parts: PartPolicy
-        max_concurrency: int
-
-        def _check_open(self) -> None: ...
-
-        async def _request(
-            self, op: Callable[[], Awaitable[T]], what: str, name: str, size: int
-        ) -> T: ...
-
-        def _count(self, **deltas: int) -> None: ...
-
-        def _emit(
-            self,
-            kind: EventKind,
-            name: str,
-            size: int,
-            *,
-            nbytes: int = 0,
-            attempt: int = 0,
-            delay: float = 0.0,
-            error: BaseException | None = None,
-        ) -> None: ...
-
-        @property
-        def totals(self) -> ProgressTotals: ...
-
-    def _reader(self) -> ReadableProvider:
-        self._check_open()
-        provider = self.provider
-        if not isinstance(provider, ReadableProvider):
-            raise ConfigError(f"{provider!r} cannot read objects back (no ReadableProvider)")
-        return provider
+    def _reads(self) -> Reads:
+        """The open engine's read side (raises UploaderClosedError when not open)."""
+        raise NotImplementedError
 
     async def head(self, name: str) -> ObjectInfo:
         """What the store records about object ``name`` (size, entity tag, checksums).
@@ -210,31 +179,18 @@ class _ReadSide:
             ObjectNotFoundError: No such object.
             InvalidObjectNameError: The store cannot hold ``name``.
         """
-        provider = self._reader()
-        provider.check_name(name)
-        return await self._request(lambda: provider.head(name), f"HEAD {name!r}", name, 0)
+        return await self._reads().head(name)
 
     async def exists(self, name: str) -> bool:
         """True when object ``name`` exists (``.symlink`` objects are not followed)."""
-        try:
-            await self.head(name)
-        except ObjectNotFoundError:
-            return False
-        return True
+        return await self._reads().exists(name)
 
     async def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """Every object whose name starts with ``prefix``, in name order.
 
         ``list`` entries may carry no checksums (``head`` each one for them).
         """
-        provider = self._reader()
-        if not isinstance(prefix, str):
-            raise ConfigError(f"prefix must be a str, got {prefix!r}")
-
-        async def collect() -> builtins.list[ObjectInfo]:
-            return [info async for info in provider.list(prefix)]
-
-        return await self._request(collect, f"LIST {prefix!r}", prefix, 0)
+        return await self._reads().list(prefix)
 
     async def download(
         self,
@@ -270,6 +226,79 @@ class _ReadSide:
                 left at ``dest``.
             ProviderError: Any other failure, after retries; nothing is left at ``dest``.
         """
+        return await self._reads().download(
+            name, dest, overwrite=overwrite, follow_symlinks=follow_symlinks
+        )
+
+
+class Reads:
+    """The read side on the engine's loop: every request through its :class:`RequestRunner`
+    (so reads share the uploads' semaphore, watchdog and retry policy), every event through
+    its :class:`Reporter`."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        parts: PartPolicy,
+        runner: RequestRunner,
+        reporter: Reporter,
+        gate: Gate,
+    ) -> None:
+        self.provider = provider
+        self.parts = parts
+        self.runner = runner
+        self.reporter = reporter
+        self.gate = gate
+
+    def _reader(self) -> ReadableProvider:
+        self.gate.check_open()
+        provider = self.provider
+        if not isinstance(provider, ReadableProvider):
+            raise ConfigError(f"{provider!r} cannot read objects back (no ReadableProvider)")
+        return provider
+
+    async def head(self, name: str) -> ObjectInfo:
+        """What the store records about object ``name`` (size, entity tag, checksums).
+
+        Raises:
+            ObjectNotFoundError: No such object.
+            InvalidObjectNameError: The store cannot hold ``name``.
+        """
+        provider = self._reader()
+        provider.check_name(name)
+        return await self.runner.request(lambda: provider.head(name), f"HEAD {name!r}", name, 0)
+
+    async def exists(self, name: str) -> bool:
+        """True when object ``name`` exists (``.symlink`` objects are not followed)."""
+        try:
+            await self.head(name)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        """Every object whose name starts with ``prefix``, in name order.
+
+        ``list`` entries may carry no checksums (``head`` each one for them).
+        """
+        provider = self._reader()
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a str, got {prefix!r}")
+
+        async def collect() -> builtins.list[ObjectInfo]:
+            return [info async for info in provider.list(prefix)]
+
+        return await self.runner.request(collect, f"LIST {prefix!r}", prefix, 0)
+
+    async def download(
+        self,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        follow_symlinks: bool = True,
+    ) -> DownloadResult:
+        """See ``AsyncUploader.download``."""
         provider = self._reader()
         provider.check_name(name)
         if not isinstance(overwrite, bool):
@@ -281,17 +310,17 @@ class _ReadSide:
             info = await self._resolve(provider, name, follow_symlinks)
             return await self._fetch(provider, info, target, overwrite)
         except BaseException as exc:
-            self._emit(EventKind.DOWNLOAD_FAILED, name, 0, error=exc)
+            self.reporter.emit(EventKind.DOWNLOAD_FAILED, name, 0, error=exc)
             raise
 
-    async def _read_call(
+    async def call(
         self,
         method: str,
         args: tuple[object, ...],
         kwargs: dict[str, object],
         timeout: float | None,
     ) -> object:
-        """One read on behalf of the sync facade (its loop thread, or the upload process)."""
+        """One read on behalf of a sync facade (its loop thread, or the upload process)."""
         if method not in _READ_METHODS:
             raise ConfigError(f"unknown read call {method!r}")
         call = getattr(self, method)
@@ -347,7 +376,7 @@ class _ReadSide:
             )
         raw = b""
         if info.size:
-            raw = await self._request(
+            raw = await self.runner.request(
                 lambda: provider.get_range(link, 0, info.size, etag=info.etag),
                 f"GET {link!r}",
                 link,
@@ -407,7 +436,7 @@ class _ReadSide:
         step = plan.range_size
         count = -(-size // step) if size else 0
         digests: list[bytes | None] = [None] * count
-        self._emit(EventKind.DOWNLOAD_STARTED, name, size)
+        self.reporter.emit(EventKind.DOWNLOAD_STARTED, name, size)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.download"
         fd = await anyio.to_thread.run_sync(_create_temp, tmp)
         published = False
@@ -438,21 +467,21 @@ class _ReadSide:
                             _write_range, fd, data, o, None if plan.read_back else algorithm
                         )
 
-                    digests[index] = await self._request(
+                    digests[index] = await self.runner.request(
                         get, f"range {index + 1}/{count} of {name!r}", name, size
                     )
-                    self._count(bytes_received=length)
-                    self._emit(EventKind.BYTES_RECEIVED, name, size, nbytes=length)
+                    self.reporter.count(bytes_received=length)
+                    self.reporter.emit(EventKind.BYTES_RECEIVED, name, size, nbytes=length)
 
             if count == 1:
                 await worker()
             elif count:
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        for _ in range(min(self.max_concurrency, count)):
+                        for _ in range(min(self.runner.max_concurrency, count)):
                             tg.create_task(worker())
                 except BaseExceptionGroup as group:
-                    raise _first_error(group) from None
+                    raise first_error(group) from None
             uri = provider.uri(name)
 
             def check_and_publish(found: list[bytes]) -> None:
@@ -476,7 +505,7 @@ class _ReadSide:
             if not published:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-        self._emit(EventKind.DOWNLOADED, name, size)
+        self.reporter.emit(EventKind.DOWNLOADED, name, size)
         return DownloadResult(
             uri=provider.uri(name),
             name=name,
@@ -661,11 +690,3 @@ def _publish(fd: int, tmp: Path, dest: Path, overwrite: bool) -> None:
     finally:
         os.close(dfd)
 
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]

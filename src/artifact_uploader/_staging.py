@@ -128,8 +128,30 @@ class Stager:
         self._lock_fd: int | None = None
         self._prepare()
 
+    @classmethod
+    def borrowed(cls, folder: str | os.PathLike[str]) -> Stager:
+        """The staging folder another process owns (the ``use_procs`` parent).
+
+        Uploads read from it and delete what they finished; it takes no lock and keeps no
+        byte budget (the owner does), and closing it never removes the folder.
+        """
+        stager = cls.__new__(cls)
+        stager.mode = "copy"
+        stager.budget = ByteBudget(None)
+        stager.persistent = True
+        stager.folder = Path(folder)
+        stager.staged_dir = stager.folder / STAGED_DIR
+        stager._lock_fd = None
+        return stager
+
     def __repr__(self) -> str:
         return f"Stager({str(self.folder)!r}, mode={self.mode!r})"
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The open lock file of a persistent folder (a child process inherits it, so no other
+        uploader takes the folder while it runs); None when not held."""
+        return self._lock_fd
 
     def _prepare(self) -> None:
         """Take the folder if it is ours, else refuse it; create what is missing, privately.

@@ -876,7 +876,7 @@ def test_enospc_mid_copy_simulated(world: World, monkeypatch: pytest.MonkeyPatch
     assert len(calls) >= 2, "the copy never reached the injected ENOSPC"
     assert_documented(info.value)
     assert str(world.staging) in str(info.value) and "no space" in str(info.value)
-    assert up._engine._stager.budget.used == 0
+    assert up._intake.stager.budget.used == 0
     world.assert_nothing_half_written()
 
 

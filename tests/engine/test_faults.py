@@ -438,6 +438,6 @@ async def test_no_watchdog_with_stall_timeout_none(
     memory: MemoryProvider, make_file: Callable[..., Path]
 ) -> None:
     async with AsyncUploader(memory, retry=RetryPolicy(stall_timeout=None)) as up:
-        assert up._watchdog is None
+        assert up._engine is not None and up._engine.runner.watchdog is None
         await (await up.submit(make_file(b"plain"), "plain"))
     assert memory.objects == {"plain": b"plain"}

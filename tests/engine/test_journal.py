@@ -105,7 +105,7 @@ def test_pending_entries_survive_a_run_that_does_not_resume(tmp_path: Path) -> N
             up.close(timeout=0.1)
     # Another run on the same folder, not resuming, must keep the entry journalled.
     with Uploader(MemoryProvider("other"), staging_dir=staging) as other:
-        assert [e.name for e in other._engine.pending_from_previous_run] == ["a.txt"]
+        assert [e.name for e in other._intake.inherited] == ["a.txt"]
     entries, _ = load(staging)
     assert [e.name for e in entries] == ["a.txt"]
     lines = (staging / JOURNAL_FILE).read_text().splitlines()

@@ -143,7 +143,7 @@ def _try_upload(sweep: Sweep, store: str, options: dict[str, Any], src: Path, la
     up = Uploader(
         store, provider_kwargs=options, verify=False, on_event=sweep.on_event, retry=RETRY
     )
-    sweep.objects(up, up.provider, up._engine)
+    sweep.objects(up, up.provider, up._intake)
     up.submit(src, "ckpt/weights.pt")
     sweep.raises(f"{label} flush", up.flush)
     up.submit(src, "ckpt/again.pt")

@@ -23,7 +23,7 @@ from artifact_uploader import (
     UploaderClosedError,
     UploadEvent,
     UploadFailedError,
-    _uploader,
+    _resume,
 )
 from artifact_uploader._journal import Journal, load
 from artifact_uploader._staging import Stager
@@ -249,7 +249,7 @@ async def test_events_and_totals(memory: MemoryProvider, make_file: MakeFile) ->
     seen: list[UploadEvent] = []
     async with AsyncUploader(memory) as up:
         collector = asyncio.ensure_future(_collect(up))
-        await poll(lambda: len(up._queues) == 1)  # the iterator has subscribed
+        await poll(lambda: up._reporter.subscribers == 1)  # the iterator has subscribed
         for i in range(3):
             await up.submit(make_file(b"abc"), f"e{i}")
         await up.flush()
@@ -300,7 +300,7 @@ async def test_resume_never_aborts_a_multipart_upload_of_this_run(
     leave_pending(staging, {"big": b"o" * 400})
     store = _HeldParts()
     listing_reached, listing_gate = asyncio.Event(), asyncio.Event()
-    real_listing = _uploader.unrecorded_uploads
+    real_listing = _resume.unrecorded_uploads
 
     async def slow_listing(provider: object, name: str) -> list[str]:
         # A listing that takes a round trip (as on S3): this run's upload starts meanwhile.
@@ -308,7 +308,7 @@ async def test_resume_never_aborts_a_multipart_upload_of_this_run(
         await listing_gate.wait()
         return await real_listing(provider, name)
 
-    monkeypatch.setattr(_uploader, "unrecorded_uploads", slow_listing)
+    monkeypatch.setattr(_resume, "unrecorded_uploads", slow_listing)
     parts = PartPolicy(threshold=100, part_size=50)
     async with AsyncUploader(store, staging_dir=staging, parts=parts) as up:
         resuming = asyncio.ensure_future(up.resume())
@@ -347,7 +347,7 @@ async def test_submit_losing_the_race_with_close_leaves_no_journal_entry(
             late = asyncio.ensure_future(up.submit(make_file(b"b", name="late.bin"), "late"))
             await poll(in_place.is_set)
             closing = asyncio.ensure_future(up.aclose())
-            await poll(lambda: up._state == "closing")
+            await poll(lambda: up._intake.gate.state == "closing")
             let_go.set()  # staging finishes after close began: the submit is refused
             with pytest.raises(UploaderClosedError, match="late"):
                 await late
