@@ -18,12 +18,10 @@ import botocore.httpchecksum
 
 from .._errors import IntegrityError
 from .._types import PartResult
+from ._kit import INLINE_LIMIT
 
 # An ETag that is an MD5: of the body, or of the parts' MD5s with the part count.
 MD5_ETAG: Final = re.compile(r"[0-9a-fA-F]{32}(-[0-9]{1,5})?")
-# Bodies from this size are hashed in a worker thread (hashlib releases the GIL), alongside the
-# request; smaller ones right away.
-_THREADED_MD5: Final = 256 * 1024
 
 
 def crc32c_b64(data: bytes | memoryview) -> str:
@@ -87,7 +85,9 @@ class Md5:
     def __init__(self, body: bytes | memoryview) -> None:
         self._done: str | None = None
         self._future: asyncio.Future[str] | None = None
-        if len(body) < _THREADED_MD5:
+        # Up to the kit's inline limit right away; larger bodies in a worker thread (hashlib
+        # releases the GIL), alongside the request.
+        if len(body) <= INLINE_LIMIT:
             self._done = md5_hex(body)
         else:
             self._future = asyncio.ensure_future(asyncio.to_thread(md5_hex, body))
@@ -114,7 +114,7 @@ def multipart_etag(parts: Sequence[PartResult]) -> str | None:
         return None
     if not parts or len(raw) != 16 * len(parts):
         return None
-    return f"{hashlib.md5(raw, usedforsecurity=False).hexdigest()}-{len(parts)}"
+    return f"{md5_hex(raw)}-{len(parts)}"
 
 
 def check_md5(

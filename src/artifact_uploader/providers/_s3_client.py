@@ -13,7 +13,6 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import aiobotocore
-import aiobotocore.httpsession
 import aiohttp
 import botocore
 import botocore.exceptions
@@ -21,6 +20,7 @@ from aiobotocore.config import AioConfig
 
 from .._errors import ProviderError
 from ._redact import Redactor
+from ._vendor import client_credentials, credential_values, session_class
 
 USER_AGENT: Final = (
     f"artifact-uploader aiobotocore/{aiobotocore.__version__} botocore/{botocore.__version__}"
@@ -59,34 +59,29 @@ class ClientOptions(Protocol):
 
 def chain_secrets(client: Any) -> Callable[[], list[object]] | None:
     """A source of the credentials botocore found in its default chain (environment, profile,
-    instance role, STS...), read at every scrub so refreshed values are covered too."""
-    found = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    instance role, STS...), read at every scrub so refreshed values are covered too.
+
+    Raises:
+        LibraryChanged: botocore no longer keeps them where :mod:`._vendor` reads them (checked
+            here, at open, rather than inside a log filter).
+    """
+    found = client_credentials(client)
     if found is None:
         return None
-    # Refreshable credentials keep their current values in private fields; the public
-    # properties would trigger a refresh (or a warning) from inside a log filter.
-    attrs = (
-        ("_access_key", "_secret_key", "_token")
-        if "Refresh" in type(found).__name__
-        else ("access_key", "secret_key", "token")
-    )
+    credential_values(found)
 
     def current() -> list[object]:
-        return [getattr(found, a, None) for a in attrs]
+        # Without refreshing: the public properties of refreshable credentials would refresh
+        # (or warn) from inside a log filter.
+        values = credential_values(found)
+        return [values.access_key, values.secret_key, values.token]
 
     return current
 
 
-class _NoRedirectSession(aiobotocore.httpsession.AIOHTTPSession):  # type: ignore[misc]
-    """aiobotocore's HTTP session with aiohttp's redirect following switched off: a 3xx answer
-    reaches botocore (and the provider) as the error it is."""
-
-    async def _get_session(self, proxy_url: Any) -> Any:
-        return _NoRedirects(await super()._get_session(proxy_url))
-
-
 class _NoRedirects:
-    """An aiohttp ClientSession whose requests never follow redirects."""
+    """An aiohttp ClientSession whose requests never follow redirects: a 3xx answer reaches
+    botocore (and the provider) as the error it is."""
 
     __slots__ = ("_session",)
 
@@ -149,7 +144,7 @@ async def create_client(
         response_checksum_validation=options.checksum_mode,
         # aiohttp follows redirects by default; no redirect is ever followed (a body and a
         # session token would go wherever the Location points).
-        http_session_cls=_NoRedirectSession,
+        http_session_cls=session_class(_NoRedirects),
         s3={
             # Custom endpoints (MinIO, moto, Ceph...) rarely have wildcard DNS for buckets.
             "addressing_style": "path" if path_style else "auto",

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import botocore.httpchecksum
 
 from .._errors import ConfigError, MissingDependencyError
-from ._kit import is_loopback_host
+from ._kit import is_loopback_host, pop_seed_endpoint
 
 _OPTION_ALIASES: Final = {
     "aws_access_key_id": "key",
@@ -127,35 +127,19 @@ def options_from_seed(options: dict[str, object] | None) -> dict[str, Any]:
     # so it is accepted for compatibility and ignored.
     opts.pop("api_version", None)
     endpoint = opts.pop("endpoint_url", None)
-    host = opts.pop("host", None)
-    port = opts.pop("port", None)
-    secure = opts.pop("secure", None)
-    if secure is not None and not isinstance(secure, bool):
-        raise ConfigError(f"S3 option 'secure' must be a bool, got {secure!r}")
+    seed = pop_seed_endpoint(opts, "S3")
     if endpoint is not None:
-        if host is not None or port is not None:
+        if seed.host is not None or seed.port is not None:
             raise ConfigError("give either S3 option 'endpoint_url' or 'host'/'port', not both")
         if not isinstance(endpoint, str):
             raise ConfigError(f"S3 option 'endpoint_url' must be a str, got {endpoint!r}")
         kwargs["endpoint_url"] = endpoint
-    elif host is not None:
-        if not isinstance(host, str) or not host:
-            raise ConfigError(f"S3 option 'host' must be a non-empty str, got {host!r}")
-        if port is not None and (
-            isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit()
-        ):
-            raise ConfigError(f"S3 option 'port' must be an int, got {port!r}")
-        if "://" in host:
-            base = host.rstrip("/")
-        else:
-            scheme = "https" if secure is None or secure else "http"
-            bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
-            base = f"{scheme}://{bracketed}"
-        kwargs["endpoint_url"] = base if port is None else f"{base}:{int(port)}"
-    elif port is not None:
+    elif seed.host is not None:
+        kwargs["endpoint_url"] = seed.url()
+    elif seed.port is not None:
         raise ConfigError("S3 option 'port' needs 'host' as well")
-    elif secure is not None:
-        kwargs["use_ssl"] = secure
+    elif seed.secure is not None:
+        kwargs["use_ssl"] = seed.secure
     for name in ("allow_http", "check_etag"):
         if name in opts:
             value = opts.pop(name)

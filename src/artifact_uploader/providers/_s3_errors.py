@@ -21,7 +21,7 @@ from .._errors import (
     ProviderError,
     StoreNotFoundError,
 )
-from ._kit import parse_retry_after
+from ._kit import classify, note_send, parse_retry_after, rule
 from ._redact import Redactor
 
 THROTTLE_CODES: Final = frozenset(
@@ -80,6 +80,31 @@ TRANSIENT_EXCEPTIONS: Final = (
 )
 
 
+# S3's answers, most specific first (see _kit.classify). Flags: "conditional" (If-None-Match:
+# *), "redirect" (a 3xx naming a Location), "bucket" (a bucket-level request), "missing" (a 404
+# means no such object: reads and deletes).
+TABLE: Final = (
+    # Never followed: the request, its body and credentials would go to that host.
+    rule(ProviderError, "redirect", when={"redirect"}),
+    rule(ObjectExistsError, "exists", status=412, when={"conditional"}),
+    rule(ObjectExistsError, "exists", code="PreconditionFailed", when={"conditional"}),
+    rule(ProviderError, "failed", status=412),
+    rule(ProviderError, "failed", code="PreconditionFailed"),
+    rule(PermissionDeniedError, "denied", code=DENIED_CODES),
+    rule(PermissionDeniedError, "denied", status=403),
+    rule(StoreNotFoundError, "no bucket", code="NoSuchBucket"),
+    rule(StoreNotFoundError, "no bucket", status=404, when={"bucket"}),
+    rule(ObjectNotFoundError, "missing", code=MISSING_CODES, when={"missing"}),
+    rule(ObjectNotFoundError, "missing", status=404, when={"missing"}),
+    rule(IntegrityError, "digest", code=DIGEST_CODES, transient=True),
+    rule(ProviderError, "busy", code=THROTTLE_CODES, transient=True),
+    rule(ProviderError, "busy", status=(429, *range(500, 600)), transient=True),
+    # KeyTooLongError, InvalidArgument, InvalidRequest, NoSuchUpload, InvalidPart,
+    # EntityTooSmall/Large, 301 (wrong region)...: retrying the same request cannot help.
+    rule(ProviderError, "failed"),
+)
+
+
 def map_error(
     exc: BaseException,
     op: str,
@@ -107,57 +132,13 @@ def map_error(
     redactor.scrub_exception(exc)
     if isinstance(exc, ProviderError):
         return exc
-    scrub = redactor.scrub
     where = f"{uri!r}" if name is not None else f"bucket {bucket!r}"
-    kw: dict[str, Any] = {"name": name, "uri": uri}
     if isinstance(exc, botocore.exceptions.ClientError):
-        code = error_code(exc)
-        meta = exc.response.get("ResponseMetadata") or {}
-        status = meta.get("HTTPStatusCode")
-        status = status if isinstance(status, int) else None
-        headers = meta.get("HTTPHeaders") or {}
-        message = (exc.response.get("Error") or {}).get("Message") or ""
-        detail = f"{code} (HTTP {status})" + (f": {message}" if message else "")
-        text = scrub(f"S3 {op} of {where} failed: {detail}")
-        kw["status"] = status
-        location = headers.get("location") or headers.get("Location")
-        if status is not None and 300 <= status < 400 and location:
-            return ProviderError(
-                scrub(
-                    f"S3 {op} of {where}: the endpoint answered with a redirect (HTTP "
-                    f"{status}) to {str(location)[:300]!r}. Redirects are never followed "
-                    "(the request, its body and credentials would go to that host): "
-                    "configure the endpoint the store really lives at"
-                ),
-                **kw,
-            )
-        if status == 412 or code == "PreconditionFailed":
-            if conditional:
-                return ObjectExistsError(
-                    scrub(f"object {uri!r} already exists (S3 {op}: {code})"), **kw
-                )
-            return ProviderError(text, **kw)
-        if code in DENIED_CODES or status == 403:
-            return PermissionDeniedError(scrub(_denied_text(op, where, code, detail)), **kw)
-        if code == "NoSuchBucket" or (name is None and status == 404):
-            return StoreNotFoundError(
-                scrub(f"S3 bucket {bucket!r} does not exist ({op} of {where}: {code})"), **kw
-            )
-        if missing and name is not None and (code in MISSING_CODES or status == 404):
-            return ObjectNotFoundError(
-                scrub(f"object {uri!r} does not exist (S3 {op}: {code})"), **kw
-            )
-        if code in DIGEST_CODES:
-            return IntegrityError(text, transient=True, **kw)
-        if code in THROTTLE_CODES or status == 429 or (status is not None and status >= 500):
-            return ProviderError(text, transient=True, retry_after=parse_retry_after(headers), **kw)
-        # KeyTooLongError, InvalidArgument, InvalidRequest, NoSuchUpload, InvalidPart,
-        # EntityTooSmall/Large, 301 (wrong region)...: retrying the same request cannot help.
-        if status == 301:
-            region = headers.get("x-amz-bucket-region")
-            if region:
-                text += f" (the bucket is in region {region!r})"
-        return ProviderError(text, **kw)
+        return _answer(
+            exc, op, where, bucket, name, uri, redactor, conditional=conditional, missing=missing
+        )
+    kw: dict[str, Any] = {"name": name, "uri": uri}
+    text = redactor.scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}")
     if isinstance(
         exc,
         botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError,
@@ -170,17 +151,69 @@ def map_error(
     if isinstance(exc, botocore.exceptions.FlexibleChecksumError):
         # botocore checked a response body against the checksum S3 sent with it: the bytes
         # were damaged on the way, so another attempt may read them whole.
-        return IntegrityError(scrub(f"S3 {op} of {where}: {exc}"), transient=True, **kw)
-    if isinstance(exc, TRANSIENT_EXCEPTIONS):
-        return ProviderError(
-            scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"),
-            transient=True,
-            **kw,
+        return IntegrityError(redactor.scrub(f"S3 {op} of {where}: {exc}"), transient=True, **kw)
+    # Connection-level failures may pass on a new attempt; anything else (an OSError reading
+    # the staged file, a socket error aiohttp did not wrap...) would fail again.
+    return ProviderError(text, transient=isinstance(exc, TRANSIENT_EXCEPTIONS), **kw)
+
+
+def _answer(
+    exc: botocore.exceptions.ClientError,
+    op: str,
+    where: str,
+    bucket: str,
+    name: str | None,
+    uri: str,
+    redactor: Redactor,
+    *,
+    conditional: bool,
+    missing: bool,
+) -> ProviderError:
+    """An S3 error answer, through :data:`TABLE`."""
+    code = error_code(exc)
+    meta = exc.response.get("ResponseMetadata") or {}
+    status = meta.get("HTTPStatusCode")
+    status = status if isinstance(status, int) else None
+    headers = meta.get("HTTPHeaders") or {}
+    message = (exc.response.get("Error") or {}).get("Message") or ""
+    detail = f"{code} (HTTP {status})" + (f": {message}" if message else "")
+    location = headers.get("location") or headers.get("Location")
+    flags = {
+        "redirect": status is not None and 300 <= status < 400 and bool(location),
+        "bucket": name is None,
+        "missing": missing and name is not None,
+    }
+    row = classify(
+        TABLE,
+        status,
+        code,
+        conditional=conditional,
+        flags=[flag for flag, on in flags.items() if on],
+        message=message,
+    )
+    kw: dict[str, Any] = {"name": name, "uri": uri, "status": status}
+    if row.label == "redirect":
+        text = (
+            f"S3 {op} of {where}: the endpoint answered with a redirect (HTTP {status}) to "
+            f"{str(location)[:300]!r}. Redirects are never followed (the request, its body and "
+            "credentials would go to that host): configure the endpoint the store really lives at"
         )
-    if isinstance(exc, OSError):
-        # Reading the staged file failed (or a socket error aiohttp did not wrap).
-        return ProviderError(scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"), **kw)
-    return ProviderError(scrub(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}"), **kw)
+    elif row.label == "exists":
+        text = f"object {uri!r} already exists (S3 {op}: {code})"
+    elif row.label == "denied":
+        text = _denied_text(op, where, code, detail)
+    elif row.label == "no bucket":
+        text = f"S3 bucket {bucket!r} does not exist ({op} of {where}: {code})"
+    elif row.label == "missing":
+        text = f"object {uri!r} does not exist (S3 {op}: {code})"
+    else:
+        text = f"S3 {op} of {where} failed: {detail}"
+        region = headers.get("x-amz-bucket-region")
+        if status == 301 and region:
+            text += f" (the bucket is in region {region!r})"
+    if row.label == "busy":
+        kw["retry_after"] = parse_retry_after(headers)
+    return row.build(redactor.scrub(text), **kw)
 
 
 # What a 403 means, by error code, and what to check.
@@ -217,14 +250,19 @@ def _denied_text(op: str, where: str, code: str, detail: str) -> str:
     )
 
 
-def resent_by_transport(exc: BaseException) -> bool:
-    """Whether the answer in ``exc`` is to a second send of the request within one call (the
-    fast path reports aiohttp's own resend of a PUT whose connection dropped as botocore's
-    ``RetryAttempts``; botocore's own retries are off)."""
+def note_transport_sends(exc: BaseException) -> None:
+    """Tell the kit's resend counter how often the transport sent the request in ``exc``.
+
+    The direct path reports aiohttp's own resend of a PUT whose connection dropped as botocore's
+    ``RetryAttempts`` (botocore's own retries are off): ``RetryAttempts + 1`` sends, each noted
+    (:func:`note_send`; a no-op outside a conditional write's ``InDoubt.run``).
+    """
     if not isinstance(exc, botocore.exceptions.ClientError):
-        return False
+        return
     attempts = (exc.response.get("ResponseMetadata") or {}).get("RetryAttempts")
-    return isinstance(attempts, int) and attempts > 0
+    if isinstance(attempts, int) and attempts > 0:
+        for _ in range(attempts + 1):
+            note_send()
 
 
 def error_code(exc: botocore.exceptions.ClientError) -> str:

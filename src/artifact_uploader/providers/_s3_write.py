@@ -16,7 +16,7 @@ import botocore.exceptions
 from .._errors import IntegrityError, ObjectExistsError, ProviderError
 from .._retry import note_progress, self_timed
 from .._types import FileSlice, PartResult, PutResult
-from ._kit import MiB
+from ._kit import InDoubt, MiB
 from ._s3_checks import (
     Md5,
     check_md5,
@@ -29,12 +29,14 @@ from ._s3_checks import (
     version,
 )
 from ._s3_direct import read_body
-from ._s3_errors import error_code, resent_by_transport
+from ._s3_errors import error_code, note_transport_sends
 from ._s3_target import S3Target
 
 log = logging.getLogger("artifact_uploader")
 
 MAX_PUT_BYTES: Final = 5 * 1024 * MiB
+# Where an answer carries the CRC32C the store computed.
+_CRC: Final = "ChecksumCRC32C"
 
 
 class S3Writer:
@@ -46,7 +48,7 @@ class S3Writer:
         check_part_etags: Compare UploadPart answers' ETags too.
     """
 
-    __slots__ = ("_in_doubt", "_target", "check_etag", "check_part_etags", "checksum", "mode")
+    __slots__ = ("_doubt", "_target", "check_etag", "check_part_etags", "checksum", "mode")
 
     def __init__(
         self, target: S3Target, *, checksum: bool, mode: str, check_part_etags: bool
@@ -56,17 +58,17 @@ class S3Writer:
         self.mode = mode
         self.check_etag = True
         self.check_part_etags = check_part_etags
-        # Requests whose outcome is unknown: sent, then no answer (reset, timeout, stall
-        # cancel) or a transient error. If the engine's retry of one meets "already exists"
-        # (or, for Complete, "no such upload"), the first send may have landed: see landed.
-        self._in_doubt: set[tuple[object, ...]] = set()
+        # Conditional writes whose outcome is unknown (sent, then no answer or a transient
+        # error): a retry that meets "already exists" (or, for Complete, "no such upload")
+        # checks whether the first send landed (see landed).
+        self._doubt = InDoubt()
 
     def __repr__(self) -> str:
         return f"S3Writer({self._target!r})"
 
     def clear(self) -> None:
         """Forget every request in doubt (the provider closed)."""
-        self._in_doubt.clear()
+        self._doubt.clear()
 
     async def put(self, name: str, data: FileSlice, *, overwrite: bool) -> PutResult:
         """One PutObject; see :meth:`S3Provider.put`."""
@@ -89,42 +91,34 @@ class S3Writer:
         md5 = Md5(body) if self.check_etag else None
         if not overwrite:
             params["IfNoneMatch"] = "*"
+        uri = t.uri(name)
+
+        async def send() -> PutResult:
+            try:
+                resp = await (t.direct or client).put_object(**params)
+            except Exception as exc:
+                note_transport_sends(exc)
+                raise t.map(exc, "PutObject", name, conditional=not overwrite) from exc
+            etag = strip_etag(resp.get("ETag"))
+            try:
+                if md5 is not None:
+                    check_md5(uri, name, "PutObject", resp, etag, await md5.hexdigest())
+                sums = checked(uri, name, "PutObject", self.checksum, ours, resp.get(_CRC))
+            except IntegrityError:
+                # The store holds something else than we sent: do not leave it there as if it
+                # were the object (only if it is still the one this request wrote).
+                await self.discard(name, resp.get("ETag"))
+                raise
+            return PutResult(etag=etag, version=version(resp.get("VersionId")), **sums)
+
+        async def landed() -> PutResult | None:
+            # Our earlier send of this very request may have been stored with its answer lost:
+            # then the object is ours, not a conflict.
+            etag = await md5.hexdigest() if md5 else md5_hex(body)
+            return await self.landed(name, size=data.length, checksum=ours, etag=etag)
+
         token = ("put", key, str(data.path), data.offset, data.length)
-        resent = token in self._in_doubt
-        self._in_doubt.add(token)
-        try:
-            resp = await (t.direct or client).put_object(**params)
-        except Exception as exc:
-            error = t.map(exc, "PutObject", name, conditional=not overwrite)
-            if (resent or resent_by_transport(exc)) and isinstance(error, ObjectExistsError):
-                # Our earlier send of this very request may have been stored with its answer
-                # lost: then the object is ours, not a conflict.
-                landed = await self.landed(
-                    name,
-                    size=data.length,
-                    checksum=ours,
-                    etag=await md5.hexdigest() if md5 else md5_hex(body),
-                )
-                if landed is not None:
-                    self._in_doubt.discard(token)
-                    return landed
-            if not error.transient:
-                self._in_doubt.discard(token)
-            raise error from exc
-        self._in_doubt.discard(token)
-        etag = strip_etag(resp.get("ETag"))
-        try:
-            if md5 is not None:
-                check_md5(t.uri(name), name, "PutObject", resp, etag, await md5.hexdigest())
-            sums = checked(
-                t.uri(name), name, "PutObject", self.checksum, ours, resp.get("ChecksumCRC32C")
-            )
-        except IntegrityError:
-            # The store holds something else than we sent: do not leave it there as if it were
-            # the object (only if it is still the one this request wrote).
-            await self.discard(name, resp.get("ETag"))
-            raise
-        return PutResult(etag=etag, version=version(resp.get("VersionId")), **sums)
+        return await self._doubt.run(token, send, landed, what=uri)
 
     async def put_part(
         self, name: str, upload_id: str, part_number: int, data: FileSlice
@@ -160,7 +154,7 @@ class S3Writer:
             # A mismatch is transient: the retry uploads the same part number again, which
             # replaces the damaged part.
             check_md5(t.uri(name), name, op, resp, strip_etag(etag), await md5.hexdigest())
-        sums = checked(t.uri(name), name, op, self.checksum, ours, resp.get("ChecksumCRC32C"))
+        sums = checked(t.uri(name), name, op, self.checksum, ours, resp.get(_CRC))
         # Complete needs every part's checksum once the upload declared CRC32C: fall back to ours
         # when the server does not echo it.
         return PartResult(part_number, etag, sums["checksum"] or ours)
@@ -189,35 +183,41 @@ class S3Writer:
         ours = None
         if self.checksum and ordered and all(p.checksum for p in ordered):
             ours = composite_crc32c([p.checksum for p in ordered if p.checksum])
+        uri = t.uri(name)
+        op = "CompleteMultipartUpload"
+
+        async def send() -> PutResult:
+            try:
+                # aiohttp's read timeout (restarted by every byte) guards this small request,
+                # and S3 may trickle whitespace for minutes while it assembles a large upload.
+                with self_timed():
+                    resp = await client.complete_multipart_upload(**params)
+            except Exception as exc:
+                raise t.map(exc, op, name, conditional=not overwrite) from exc
+            return await self._completed(name, resp, ordered, ours)
+
+        async def landed() -> PutResult | None:
+            # An earlier Complete of this upload may have succeeded with its answer lost: the
+            # upload is then gone (or the object "exists") because it is the object.
+            return await self.landed(name, size=None, checksum=ours, etag=multipart_etag(ordered))
+
         token = ("complete", upload_id)
-        resent = token in self._in_doubt
-        self._in_doubt.add(token)
-        try:
-            # aiohttp's read timeout (restarted by every byte) guards this small request, and S3
-            # may trickle whitespace for minutes while it assembles a large upload.
-            with self_timed():
-                resp = await client.complete_multipart_upload(**params)
-        except Exception as exc:
-            error = t.map(exc, "CompleteMultipartUpload", name, conditional=not overwrite)
-            gone = (
-                isinstance(exc, botocore.exceptions.ClientError)
-                and error_code(exc) == "NoSuchUpload"
-            )
-            if resent and (gone or isinstance(error, ObjectExistsError)):
-                # An earlier Complete of this upload may have succeeded with its answer lost:
-                # the upload is then gone (or the object "exists") because it is the object.
-                landed = await self.landed(
-                    name, size=None, checksum=ours, etag=multipart_etag(ordered)
-                )
-                if landed is not None:
-                    self._in_doubt.discard(token)
-                    return landed
-            if not error.transient:
-                self._in_doubt.discard(token)
-            raise error from exc
+        return await self._doubt.run(token, send, landed, what=uri, conflict=_complete_conflict)
+
+    async def _completed(
+        self, name: str, resp: dict[str, Any], ordered: Sequence[PartResult], ours: str | None
+    ) -> PutResult:
+        """The result of a CompleteMultipartUpload answer, once checked against our parts.
+
+        Raises:
+            IntegrityError: (not transient) the assembled object is not what we sent; removed.
+            ProviderError: A transient failure to read the stored checksum.
+        """
+        uri = self._target.uri(name)
+        op = "CompleteMultipartUpload"
         etag = strip_etag(resp.get("ETag"))
         expected = multipart_etag(ordered)
-        theirs = resp.get("ChecksumCRC32C")
+        theirs = resp.get(_CRC)
         checksum_type = resp.get("ChecksumType")
         if self.checksum and ours is not None and not theirs:
             # Some servers (moto among them) leave the checksum out of Complete's answer but
@@ -225,11 +225,9 @@ class S3Writer:
             # transient failure of that HEAD is retried as Complete's own: the upload stays
             # "in doubt", so the retry finds the object and checks it (see landed).
             theirs, checksum_type = await self.stored_checksum(name)
-        self._in_doubt.discard(token)
-        op = "CompleteMultipartUpload"
         try:
             if self.check_etag and expected is not None and etag and "-" in etag:
-                check_md5(t.uri(name), name, op, resp, etag, expected)
+                check_md5(uri, name, op, resp, etag, expected)
             if isinstance(theirs, str) and ours is not None:
                 if checksum_type == "FULL_OBJECT":
                     # Not comparable with the composite of the parts (each of which the store
@@ -238,7 +236,7 @@ class S3Writer:
                 else:
                     # S3 writes the composite as "<crc>-N"; some servers leave "-N" out.
                     ours = ours if theirs.endswith(f"-{len(ordered)}") else ours.split("-")[0]
-            sums = checked(t.uri(name), name, op, self.checksum, ours, theirs)
+            sums = checked(uri, name, op, self.checksum, ours, theirs)
         except IntegrityError as exc:
             # The parts were checked one by one, so the assembled object is not what we sent:
             # nothing to retry. Remove it rather than leave a damaged object behind.
@@ -258,16 +256,11 @@ class S3Writer:
         caller then reports the original error.
         """
         t = self._target
-        try:
-            head = await t.live().head_object(
-                Bucket=t.bucket, Key=t.key(name), ChecksumMode="ENABLED"
-            )
-        except Exception as exc:
-            log.debug("could not check whether %r landed: %s", name, type(exc).__name__)
-            return None
+        # A failure to ask is "cannot tell": the kit's InDoubt logs it and keeps the conflict.
+        head = await t.live().head_object(Bucket=t.bucket, Key=t.key(name), ChecksumMode="ENABLED")
         if size is not None and head.get("ContentLength") != size:
             return None
-        theirs = head.get("ChecksumCRC32C")
+        theirs = head.get(_CRC)
         stored_etag = strip_etag(head.get("ETag"))
         # S3 writes a composite checksum as "<crc>-N"; some servers leave "-N" out.
         verified = (
@@ -279,7 +272,6 @@ class S3Writer:
         # upload) the ETag decides: the MD5 (of the parts' MD5s) unless SSE-KMS changed it.
         if not verified and (etag is None or stored_etag != etag):
             return None
-        log.info("%s: an earlier attempt had stored it (its answer was lost)", t.uri(name))
         return PutResult(
             etag=stored_etag,
             version=version(head.get("VersionId")),
@@ -305,7 +297,7 @@ class S3Writer:
                 raise error from exc
             log.debug("could not read the checksum of %r: %s", name, type(exc).__name__)
             return None, None
-        crc, kind = head.get("ChecksumCRC32C"), head.get("ChecksumType")
+        crc, kind = head.get(_CRC), head.get("ChecksumType")
         return (crc if isinstance(crc, str) else None), (kind if isinstance(kind, str) else None)
 
     async def discard(self, name: str, etag: object) -> None:
@@ -333,3 +325,13 @@ class S3Writer:
             # S3-compatible servers (moto) only record and echo the checksum when it is present.
             params["ChecksumAlgorithm"] = "CRC32C"
         return ours
+
+
+def _complete_conflict(error: ProviderError) -> bool:
+    """Whether a Complete's failure may be an earlier Complete of the same upload that landed:
+    the object "exists", or the upload is gone (NoSuchUpload) because it became the object."""
+    cause = error.__cause__
+    gone = (
+        isinstance(cause, botocore.exceptions.ClientError) and error_code(cause) == "NoSuchUpload"
+    )
+    return gone or isinstance(error, ObjectExistsError)

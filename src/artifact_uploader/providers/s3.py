@@ -47,7 +47,7 @@ import aiobotocore.session
 
 from .._errors import ConfigError, InvalidObjectNameError
 from .._types import FileSlice, PartResult, PutResult
-from ._kit import MiB, check_common_name, is_loopback_host, split_store_uri
+from ._kit import MiB, check_common_name, check_plain_http, is_loopback_host, split_store_uri
 from ._protocol import ObjectInfo, PartLimits
 from ._redact import Redactor, install_log_filter
 from ._s3_client import (
@@ -273,16 +273,17 @@ class S3Provider:
             if self.check_etag is not None
             else not (self.checksum and is_aws_endpoint(resolved))
         )
-        if self._credentials is None:
-            source = chain_secrets(client)
-            if source is not None:
-                self._redactor.add_source(source)
-        stack.callback(install_log_filter(self._redactor, SDK_LOGGERS))
         direct: DirectS3 | None = None
-        if self._unsigned_payload_ok(resolved):
-            # Only with our own CRC32C, over TLS or loopback: the fast path sends
-            # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to botocore.
-            try:
+        try:
+            if self._credentials is None:
+                source = chain_secrets(client)
+                if source is not None:
+                    self._redactor.add_source(source)
+            stack.callback(install_log_filter(self._redactor, SDK_LOGGERS))
+            if self._unsigned_payload_ok(resolved):
+                # Only with our own CRC32C, over TLS or loopback: the fast path sends
+                # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to
+                # botocore.
                 direct = await DirectS3.create(
                     client,
                     self.bucket,
@@ -292,13 +293,13 @@ class S3Provider:
                     max_pool_connections=self.max_pool_connections,
                     user_agent=USER_AGENT,
                 )
-            except BaseException:
-                await stack.aclose()
-                raise
-            if direct is not None:
-                stack.push_async_callback(direct.aclose)
-                if not self._unsigned_payload_ok(direct.endpoint):
-                    direct = None
+        except BaseException:
+            await stack.aclose()
+            raise
+        if direct is not None:
+            stack.push_async_callback(direct.aclose)
+            if not self._unsigned_payload_ok(direct.endpoint):
+                direct = None
         self._target.client, self._target.direct = client, direct
         self._stack = stack
         if verify:
@@ -353,14 +354,7 @@ class S3Provider:
 
     def _check_http(self, endpoint: str) -> None:
         """Refuse plain HTTP to a non-loopback host unless ``allow_http``."""
-        parts = urlsplit(endpoint)
-        if parts.scheme == "https" or self.allow_http or is_loopback_host(parts.hostname):
-            return
-        raise ConfigError(
-            f"S3 endpoint {self._redactor.scrub(endpoint)!r} is plain HTTP to a host that is not "
-            "loopback: credentials, signatures and data would cross the network in the clear. "
-            "Use https://, or pass allow_http=True if this network is trusted"
-        )
+        check_plain_http(endpoint, label="S3", allow_http=self.allow_http)
 
     async def _create_client(
         self, session: Any, *, unsigned: bool, path_style: bool
