@@ -441,3 +441,49 @@ def test_gcs_and_azure_have_no_way_to_turn_tls_verification_off(
     # Neither provider takes an option that disables certificate checks: asking is an error.
     with pytest.raises(ConfigError):
         make_provider(store, options)
+
+
+def test_redactor_blanks_the_authorization_header_aiohttp_keeps() -> None:
+    """A ClientResponseError holds the request's headers in request_info (not text): the one
+    redaction path replaces the header whole, in the attribute and in args."""
+    import aiohttp
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    from artifact_uploader.providers._redact import Redactor
+
+    token = "ya29.opaque-token-value-0123456789"
+    info = aiohttp.RequestInfo(
+        URL("https://storage.example/o"),
+        "GET",
+        CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}", "X-Other": "kept"})),
+    )
+    cause = aiohttp.ClientResponseError(info, (), status=403, message="Forbidden")
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = cause
+    Redactor().scrub_exception(outer)
+    assert cause.request_info.headers["Authorization"] == "<redacted>"
+    assert cause.request_info.headers["X-Other"] == "kept"
+    printed = "".join(traceback.format_exception(outer)) + repr(cause) + repr(cause.args)
+    assert token not in printed
+
+
+def test_redactor_scrubs_the_response_text_an_error_prints() -> None:
+    """azure-core's HttpResponseError prints response.text() each time: the text an error
+    server echoed (a SAS signature in a URL) passes through the redactor."""
+    from azure.core.exceptions import HttpResponseError
+
+    from artifact_uploader.providers._redact import Redactor
+
+    class Response:
+        status_code = 403
+        reason = "Forbidden"
+
+        def text(self, encoding: str | None = None) -> str:
+            return "<Error>https://acct.blob.example/c/b?sv=2024&sig=SeCrEtSiGnAtUrE%3D</Error>"
+
+    exc = HttpResponseError(message="denied", response=Response())
+    Redactor().scrub_exception(exc)
+    printed = str(exc) + repr(exc.response) + exc.response.text()
+    assert "SeCrEtSiGnAtUrE" not in printed
+    assert exc.response.status_code == 403  # everything else is the response's own

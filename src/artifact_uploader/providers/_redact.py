@@ -224,6 +224,7 @@ class Redactor:
 
     def _scrub_one(self, exc: BaseException) -> None:
         _blank_authorization(exc)
+        self._wrap_response(exc)
         args = self.scrub_value(exc.args)
         if args is not exc.args:
             try:
@@ -248,6 +249,42 @@ class Redactor:
                         setattr(exc, name, clean)
                     except Exception:
                         continue
+
+    def _wrap_response(self, exc: BaseException) -> None:
+        """Put a response whose ``text()`` an exception prints behind :class:`ScrubbedResponse`.
+
+        azure-core's ``HttpResponseError.__str__`` appends ``response.text()`` every time it is
+        printed; a server (or proxy) that quotes the request URL in its error page would put a
+        SAS signature there, out of reach of scrubbing the exception's arguments.
+        """
+        response = getattr(exc, "response", None)
+        if isinstance(response, ScrubbedResponse) or not callable(getattr(response, "text", None)):
+            return
+        try:
+            exc.response = ScrubbedResponse(response, self)  # type: ignore[attr-defined]
+        except Exception:
+            return
+
+
+class ScrubbedResponse:
+    """A response whose ``text()`` and repr pass through a :class:`Redactor`; everything else
+    is the wrapped response's."""
+
+    __slots__ = ("_inner", "_redactor")
+
+    def __init__(self, inner: Any, redactor: Redactor) -> None:
+        self._inner = inner
+        self._redactor = redactor
+
+    def text(self, *args: Any, **kwargs: Any) -> str:
+        """The wrapped response's text, scrubbed."""
+        return self._redactor.scrub(str(self._inner.text(*args, **kwargs)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return self._redactor.scrub(repr(self._inner))
 
 
 def _blank_authorization(exc: BaseException) -> None:
