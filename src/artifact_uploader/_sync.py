@@ -3,9 +3,11 @@ or in a child process with ``use_procs=True`` (see :mod:`artifact_uploader._proc
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -18,13 +20,16 @@ from typing import Any, Protocol
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._config import PartPolicy, RetryPolicy
-from ._download import _SyncReadSide
-from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError
+from ._download import _SyncReadSide, check_read_timeout
+from ._engine import Engine, build_engine
+from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError, UploadFailedError
 from ._events import EventCallback, ProgressTotals
-from ._journal import resuming
-from ._procs import ProcessBackend, close_unopened
+from ._intake import EngineOptions, Intake, Prepared
+from ._journal import JournalEntry, resuming
+from ._procs import ProcessRunner
+from ._report import LocalReporter
+from ._resume import ResumeReport
 from ._types import UploadResult
-from ._uploader import AsyncUploader, ResumeReport, _Prepared
 from .providers._protocol import Provider
 
 log = logging.getLogger("artifact_uploader")
@@ -60,65 +65,97 @@ def resolve_use_procs(use_procs: bool | None, provider: Provider) -> bool:
     return True
 
 
-class _Backend(Protocol):
-    """Where the uploads run: a loop thread (:class:`_ThreadBackend`) or a child process
-    (:class:`ProcessBackend`). The Uploader stages, hands off, and waits; nothing more."""
+class Runner(Protocol):
+    """Where the uploads run: a loop thread (:class:`ThreadRunner`) or a child process
+    (:class:`~._procs.ProcessRunner`). The Uploader stages (its intake), hands off, and waits;
+    failures, totals and events reach its reporter either way."""
 
     # The thread that resolves futures (and runs their callbacks): calling back into the
     # uploader from it would deadlock.
     thread_ident: int
     worker_pid: int
 
-    def check_alive(self) -> None: ...
+    def check_alive(self) -> None:
+        """Raise UploaderClosedError if the runner died (a child process)."""
+        ...
 
     def hand_off(
-        self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None
-    ) -> concurrent.futures.Future[UploadResult]: ...
+        self, prepared: Prepared, after: concurrent.futures.Future[Any] | None
+    ) -> concurrent.futures.Future[UploadResult]:
+        """Start uploading a staged file (after ``after``, a future of the same uploader)."""
+        ...
 
-    def flush(self, timeout: float | None) -> None: ...
+    def flush(self, timeout: float | None) -> None:
+        """Wait for every upload handed off so far; TimeoutError if ``timeout`` expires."""
+        ...
 
-    def close(self, timeout: float | None) -> None: ...
+    def close(self, timeout: float | None) -> None:
+        """Drain (up to ``timeout``), stop, and close the intake's journal and folder."""
+        ...
 
-    def resume(self) -> ResumeReport: ...
-
-    def take_failures(self) -> list[FailedUpload]: ...
+    def resume(
+        self, entries: list[JournalEntry], skipped_lines: list[str], bad_entries: list[str]
+    ) -> ResumeReport:
+        """Upload what a previous run left journalled (the intake vetted the entries)."""
+        ...
 
     def read(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any: ...
+    ) -> Any:
+        """download / head / exists / list, on the runner's loop."""
+        ...
 
 
-class _ThreadBackend:
-    """The engine's event loop on one background thread (anyio's blocking portal)."""
+class ThreadRunner:
+    """The loop-side engine on an event loop in one background thread (anyio's portal)."""
 
-    def __init__(self, engine: AsyncUploader) -> None:
-        self._engine = engine
+    def __init__(self, intake: Intake, reporter: LocalReporter, options: EngineOptions) -> None:
+        self._intake = intake
         self.worker_pid = os.getpid()
         self._portal_cm = start_blocking_portal("asyncio", name="artifact-uploader")
         self._portal: BlockingPortal = self._portal_cm.__enter__()
+
+        async def start() -> Engine:
+            reporter.attach(asyncio.get_running_loop())
+            engine = build_engine(
+                intake.provider,
+                options,
+                intake.stager,
+                intake.journal,
+                reporter,
+                gate=intake.gate,
+                track_names=bool(intake.inherited),
+            )
+            try:
+                await engine.open()
+            except BaseException:
+                intake.close_files()
+                raise
+            return engine
+
         try:
             self.thread_ident: int = self._portal.call(threading.get_ident)
-            self._portal.call(engine.open)
+            self._engine = self._portal.call(start)
         except BaseException as exc:
             # Passing the exception on makes the portal cancel the open still running on its
             # loop (a Ctrl-C here must not wait for the store to answer).
             self._portal_cm.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        self._reporter = reporter
 
     def check_alive(self) -> None:
         return None
 
     def hand_off(
-        self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None
+        self, prepared: Prepared, after: concurrent.futures.Future[Any] | None
     ) -> concurrent.futures.Future[UploadResult]:
         future: concurrent.futures.Future[UploadResult] = concurrent.futures.Future()
-        loop = self._engine._loop
-        assert loop is not None  # opened in __init__
+        engine = self._engine
         # Scheduled, not awaited: a blocking round trip to a busy loop thread would cost the
         # caller more than staging a small file. Callbacks run in order, so per-name ordering
-        # holds; a refused hand-off fails the future (AsyncUploader._enqueue_threadsafe).
+        # holds; a refused hand-off fails the future (Core.enqueue_threadsafe).
         try:
-            loop.call_soon_threadsafe(self._engine._enqueue_threadsafe, prepared, future, after)
+            engine.loop.call_soon_threadsafe(engine.enqueue_threadsafe, prepared, future, after)
         except RuntimeError:  # the loop is closed: so is the uploader
             raise UploaderClosedError(
                 "the uploader is closed; submit() is no longer accepted"
@@ -128,9 +165,16 @@ class _ThreadBackend:
     def flush(self, timeout: float | None) -> None:
         self._portal.call(self._engine.flush, timeout)
 
+    async def _aclose(self, timeout: float | None) -> None:
+        try:
+            await self._engine.aclose(timeout, stop_submits=self._intake.stop_submits)
+        finally:
+            self._reporter.end_streams()
+            self._intake.close_files()
+
     def close(self, timeout: float | None) -> None:
         try:
-            self._portal.call(self._engine.aclose, timeout)
+            self._portal.call(self._aclose, timeout)
         except BaseException as exc:
             # As in __init__: an interrupted close cancels what is left on the loop.
             with contextlib.suppress(Exception):
@@ -139,16 +183,15 @@ class _ThreadBackend:
         with contextlib.suppress(Exception):
             self._portal_cm.__exit__(None, None, None)
 
-    def resume(self) -> ResumeReport:
-        return self._portal.call(self._engine.resume)
-
-    def take_failures(self) -> list[FailedUpload]:
-        return self._engine._take_failures()
+    def resume(
+        self, entries: list[JournalEntry], skipped_lines: list[str], bad_entries: list[str]
+    ) -> ResumeReport:
+        return self._portal.call(self._engine.resume, entries, skipped_lines, bad_entries)
 
     def read(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
-        return self._portal.call(self._engine._read_call, method, args, kwargs, timeout)
+        return self._portal.call(self._engine.read_call, method, args, kwargs, timeout)
 
 
 class Uploader(_SyncReadSide):
@@ -219,56 +262,41 @@ class Uploader(_SyncReadSide):
     ) -> None:
         if use_procs is not None and not isinstance(use_procs, bool):
             raise ConfigError(f"use_procs must be a bool or None, got {use_procs!r}")
-        self._engine = AsyncUploader(
+        options = EngineOptions.of(max_concurrency, retry, parts, verify)
+        self._reporter = LocalReporter(on_event)
+        self._intake = Intake.create(
             store,
-            max_concurrency=max_concurrency,
+            self._reporter,
             staging_dir=staging_dir,
             provider_kwargs=provider_kwargs,
             staging=staging,
             max_staged_bytes=max_staged_bytes,
-            retry=retry,
-            parts=parts,
-            verify=verify,
-            on_event=on_event,
         )
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._backend: _Backend
+        self._runner: Runner
         try:
             # True or False as resolved: what this uploader actually does.
-            self.use_procs = resolve_use_procs(use_procs, self._engine.provider)
+            self.use_procs = resolve_use_procs(use_procs, self._intake.provider)
             if self.use_procs:
-                self._backend = ProcessBackend(self._engine, forward_events=on_event is not None)
+                self._runner = ProcessRunner(
+                    self._intake, self._reporter, options, forward_events=on_event is not None
+                )
             else:
-                self._backend = _ThreadBackend(self._engine)
+                self._runner = ThreadRunner(self._intake, self._reporter, options)
         except BaseException:
             self._closed = True
-            close_unopened(self._engine)  # the staging folder's lock and temporary folder
+            self._intake.close_unopened()  # the staging folder's lock and temporary folder
             raise
-        self._loop_thread = self._backend.thread_ident
+        self._loop_thread = self._runner.thread_ident
         # A weak reference: the hook must not keep an abandoned uploader alive.
-        ref = weakref.ref(self)
-
-        def at_exit() -> None:
-            uploader = ref()
-            if uploader is not None and not uploader._closed and os.getpid() == uploader._pid:
-                warnings.warn(
-                    f"{uploader!r} was not closed; flushing it at interpreter exit",
-                    ResourceWarning,
-                    stacklevel=1,
-                )
-                try:
-                    uploader.close()
-                except UploadError as exc:
-                    log.error("uploads lost at exit: %s", exc)
-
-        self._at_exit = at_exit
-        atexit.register(at_exit)
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Uploader {self._engine.provider!r} {state}>"
+        return f"<Uploader {self._intake.provider!r} {state}>"
 
     def __enter__(self) -> Uploader:
         return self
@@ -279,27 +307,27 @@ class Uploader(_SyncReadSide):
     @property
     def provider(self) -> Provider:
         """The provider in use."""
-        return self._engine.provider
+        return self._intake.provider
 
     @property
     def staging_folder(self) -> str:
         """The staging folder in use."""
-        return str(self._engine.staging_folder)
+        return str(self._intake.stager.folder)
 
     @property
     def worker_pid(self) -> int:
         """The pid of the process running the uploads: this one, or the child with
         ``use_procs=True``."""
-        return self._backend.worker_pid
+        return self._runner.worker_pid
 
     @property
     def totals(self) -> ProgressTotals:
         """Running totals: files and bytes queued, sent, failed, in flight."""
-        return self._engine.totals
+        return self._reporter.totals
 
     def uri(self, name: str) -> str:
         """The URI object ``name`` has (or will have) in the store."""
-        return self._engine.provider.uri(name)
+        return self._intake.provider.uri(name)
 
     def _check_usable(self, what: str) -> None:
         if os.getpid() != self._pid:
@@ -314,6 +342,13 @@ class Uploader(_SyncReadSide):
                 f"Uploader.{what.split()[0]}() was called from the uploader's own loop thread "
                 "(e.g. a future callback); it would deadlock. Call it from another thread."
             )
+
+    def _blocking_read(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        self._check_usable(method)
+        check_read_timeout(timeout)
+        return self._runner.read(method, args, kwargs, timeout)
 
     def submit(
         self,
@@ -344,9 +379,9 @@ class Uploader(_SyncReadSide):
             UploaderClosedError: The uploader is closed.
         """
         self._check_usable(f"submit {name!r}")
-        self._backend.check_alive()  # before staging: a dead child would only refuse it
-        with self._engine._submitting(name):  # close() waits for it to hand off
-            prepared = self._engine._prepare(path, name, overwrite, timeout, staging)
+        self._runner.check_alive()  # before staging: a dead child would only refuse it
+        with self._intake.submitting(name):  # close() waits for it to hand off
+            prepared = self._intake.prepare(path, name, overwrite, timeout, staging)
             return self._hand_off(prepared)
 
     def _submit_bytes(
@@ -361,16 +396,14 @@ class Uploader(_SyncReadSide):
         return submit_bytes(self, data, name, overwrite=overwrite, after=after)
 
     def _hand_off(
-        self, prepared: _Prepared, after: concurrent.futures.Future[Any] | None = None
+        self, prepared: Prepared, after: concurrent.futures.Future[Any] | None = None
     ) -> concurrent.futures.Future[UploadResult]:
         try:
-            return self._backend.hand_off(prepared, after)
+            return self._runner.hand_off(prepared, after)
         except BaseException as exc:
             # Closed between staging and hand-off: the staged copy must not leak, nor its
             # journal entry (a resume would report its missing copy); a moved file goes back.
-            if self._engine._journal is not None:
-                self._engine._journal.done(prepared.staged.id)
-            self._engine._discard(prepared.staged, exc)
+            self._intake.withdraw(prepared, exc)
             raise
 
     def upload(
@@ -387,7 +420,12 @@ class Uploader(_SyncReadSide):
             TimeoutError: ``timeout`` expired first.
         """
         self._check_usable("flush")
-        self._backend.flush(timeout)
+        try:
+            self._runner.flush(timeout)
+        except UploaderClosedError:
+            self._raise_failures()  # what a dead child lost comes first
+            raise
+        self._raise_failures()
 
     def close(self, timeout: float | None = None) -> None:
         """Drain (up to ``timeout`` seconds), stop the loop and join its thread (or the child
@@ -411,12 +449,24 @@ class Uploader(_SyncReadSide):
                 )
             self._closed = True
             atexit.unregister(self._at_exit)
-            self._backend.close(timeout)
+            self._runner.close(timeout)
+        self._raise_failures("before close")
 
     def resume_pending(self) -> ResumeReport:
         """Upload what a previous run left pending in this uploader's staging folder."""
         self._check_usable("resume")
-        return self._backend.resume()
+        intake = self._intake
+        report = self._runner.resume(
+            intake.take_inherited(),
+            list(intake.journal_problems),
+            list(intake.journal_bad_entries),
+        )
+        self._raise_failures("while resuming")
+        return report
+
+    def _raise_failures(self, context: str = "") -> None:
+        if failures := self._reporter.take_failures():
+            raise UploadFailedError(failures, context=context)
 
     @classmethod
     def resume(
@@ -449,13 +499,28 @@ class Uploader(_SyncReadSide):
             return up.resume_pending()
 
 
+def _close_at_exit(ref: weakref.ref[Uploader]) -> None:
+    """The at-exit hook of an uploader left open: flush and close it, with a warning."""
+    uploader = ref()
+    if uploader is not None and not uploader._closed and os.getpid() == uploader._pid:
+        warnings.warn(
+            f"{uploader!r} was not closed; flushing it at interpreter exit",
+            ResourceWarning,
+            stacklevel=1,
+        )
+        try:
+            uploader.close()
+        except UploadError as exc:
+            log.error("uploads lost at exit: %s", exc)
+
+
 # -- for the package's own layers (the logger, the checkpoint sink) ------------------------------
 
 
 def take_failures(uploader: Uploader) -> list[FailedUpload]:
     """Failures ``uploader`` has not reported yet, clearing them: the logger raises them at its
     next call rather than waiting for a flush."""
-    return uploader._backend.take_failures()
+    return uploader._reporter.take_failures()
 
 
 def submit_bytes(
@@ -472,5 +537,11 @@ def submit_bytes(
     :class:`DependencyFailedError` if it failed (a symlink is never written before its target).
     """
     uploader._check_usable(f"submit {name!r}")
-    with uploader._engine._submitting(name):
-        return uploader._hand_off(uploader._engine._prepare_bytes(data, name, overwrite), after)
+    with uploader._intake.submitting(name):
+        return uploader._hand_off(uploader._intake.prepare_bytes(data, name, overwrite), after)
+
+
+def staged_bytes(uploader: Uploader) -> int:
+    """Bytes ``uploader``'s staging budget counts now: staged and not yet uploaded or given up
+    (what ``max_staged_bytes`` bounds)."""
+    return uploader._intake.stager.budget.used

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._config import PartPolicy, RetryPolicy
 from ._errors import UploadError
 from ._events import EventKind
+from ._intake import EngineOptions, Prepared
 from ._journal import JournalEntry
 from ._staging import StagedFile
 from ._types import UploadResult
-from ._uploader import _Prepared
 
 # -- exceptions across the process boundary --------------------------------------------------
 
@@ -97,10 +96,7 @@ class Spec:
     """What the child needs to build its engine (the first message)."""
 
     provider: bytes  # the pickled, unopened provider
-    max_concurrency: int
-    retry: RetryPolicy
-    parts: PartPolicy
-    verify: bool
+    options: EngineOptions
     folder: str
     persistent: bool
     forward_events: bool
@@ -123,7 +119,7 @@ class Submit:
     after_id: str | None
 
     @classmethod
-    def of(cls, prepared: _Prepared, after_id: str | None) -> Submit:
+    def of(cls, prepared: Prepared, after_id: str | None) -> Submit:
         staged = prepared.staged
         return cls(
             staged.id,
@@ -135,10 +131,10 @@ class Submit:
             after_id,
         )
 
-    def prepared(self) -> _Prepared:
+    def prepared(self) -> Prepared:
         """The staged file as the engine takes it."""
         staged = StagedFile(self.staged_id, Path(self.path), self.size, self.source)
-        return _Prepared(self.name, staged, self.overwrite)
+        return Prepared(self.name, staged, self.overwrite)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from artifact_uploader import (
     UploadFailedError,
 )
 from artifact_uploader._journal import load
-from artifact_uploader._sync import submit_bytes
+from artifact_uploader._sync import staged_bytes, submit_bytes
 from tests._hanging import SilentAfterCreate
 from tests._pending import leave_pending
 from tests.conftest import read_line, reaped, wait_until
@@ -411,7 +411,7 @@ def test_staging_budget_is_released_as_uploads_finish(
             up.submit(make_file(os.urandom(60_000)), f"b{i}.bin", timeout=60) for i in range(5)
         ]
         assert [f.result(timeout=60).size for f in futures] == [60_000] * 5
-        assert up._engine._stager.budget.used == 0
+        assert staged_bytes(up) == 0
     assert sorted(p.name for p in store.iterdir() if p.is_file()) == [f"b{i}.bin" for i in range(5)]
 
 

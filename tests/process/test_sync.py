@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from artifact_uploader import (
-    AsyncUploader,
     ConfigError,
     FailedUpload,
     LogLevel,
@@ -26,11 +25,10 @@ from artifact_uploader import (
     Uploader,
     UploaderClosedError,
     UploadFailedError,
-    UploadResult,
 )
 from artifact_uploader._journal import load
+from artifact_uploader._report import LocalReporter
 from artifact_uploader._staging import Stager
-from artifact_uploader._uploader import _Prepared
 from tests._pending import leave_pending
 from tests.conftest import resumed, wait_child, wait_until
 
@@ -238,15 +236,24 @@ def test_symlink_written_after_target_and_suffix_not_doubled(
     assert not (store_dir / "r/best.symlink.symlink").exists()
 
 
+def _memory_logger(
+    memory: MemoryProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ObjectStoreLogger:
+    """A logger over ``memory``, to inject failures (its behaviour is store-agnostic)."""
+    monkeypatch.setattr(
+        "artifact_uploader._logger.provider_from_seed", lambda *args, **kwargs: memory
+    )
+    logger = ObjectStoreLogger("file", str(tmp_path / "unused"), use_procs=False)
+    assert logger.uploader.provider is memory
+    return logger
+
+
 def test_symlink_not_written_when_target_fails(
     tmp_path: Path, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory = MemoryProvider("m")
     memory.pause()
-    logger = ObjectStoreLogger("file", str(tmp_path / "unused"))
-    # Swap in a memory store to inject the failure; the logger's behaviour is store-agnostic.
-    logger._uploader.close()
-    logger._uploader = Uploader(memory)
+    logger = _memory_logger(memory, tmp_path, monkeypatch)
     memory.inject(ProviderError("target broke"), times=1)
     logger.file_artifact(LogLevel.EPOCH, "t.pt", make_file(b"t"))
     logger.symlink_artifact(LogLevel.EPOCH, "t.pt", "latest")
@@ -259,11 +266,11 @@ def test_symlink_not_written_when_target_fails(
     logger.close()
 
 
-def test_failure_raised_from_next_file_artifact(tmp_path: Path, make_file: MakeFile) -> None:
+def test_failure_raised_from_next_file_artifact(
+    tmp_path: Path, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
     memory = MemoryProvider("m")
-    logger = ObjectStoreLogger("file", str(tmp_path / "unused"))
-    logger._uploader.close()
-    logger._uploader = Uploader(memory)
+    logger = _memory_logger(memory, tmp_path, monkeypatch)
     memory.inject(ProviderError("denied"), times=1)
     fut = logger.file_artifact(LogLevel.EPOCH, "a.pt", make_file(b"a"))
     assert fut is not None
@@ -354,44 +361,41 @@ class _HeldList(list[FailedUpload]):
         super().append(item)
 
 
-def test_a_failure_recorded_while_the_caller_takes_failures_is_not_lost(
-    memory: MemoryProvider, tmp_path: Path
-) -> None:
-    engine = AsyncUploader(memory)
+def test_a_failure_recorded_while_the_caller_takes_failures_is_not_lost() -> None:
+    reporter = LocalReporter()
     held = _HeldList()
-    engine._failures = held
-    src = tmp_path / "f"
-    src.write_bytes(b"x")
-    staged = engine._stager.stage(src)
-    loop = asyncio.new_event_loop()
-    future: asyncio.Future[UploadResult] = loop.create_future()
+    reporter._failures = held
     # The loop's side: an upload fails (its report paused inside the append).
     recorder = threading.Thread(
-        target=engine._record_failure,
-        args=(_Prepared("f", staged, True), future, ProviderError("boom")),
+        target=reporter.add_failure, args=(FailedUpload("f", None, ProviderError("boom")),)
     )
     recorder.start()
     held.in_append.wait()
     # The caller's side (the logger's next call) takes the failures meanwhile.
     taken: list[list[FailedUpload]] = []
-    taker = threading.Thread(target=lambda: taken.append(list(engine._take_failures())))
+    taker = threading.Thread(target=lambda: taken.append(list(reporter.take_failures())))
     taker.start()
-    frames = sys._current_frames
-
-    def taker_done_or_waiting() -> bool:
-        frame = frames().get(taker.ident or 0)
-        return not taker.is_alive() or (
-            frame is not None and frame.f_code.co_name == "_take_failures"
-        )
-
-    wait_until(taker_done_or_waiting, what="the taker to finish or wait")
+    wait_until(
+        lambda: not taker.is_alive() or _waiting_in("take_failures", taker),
+        what="the taker to finish or wait",
+    )
     held.go.set()
     recorder.join()
     taker.join()
-    loop.close()
-    reported = taken[0] + list(engine._take_failures())
+    reported = taken[0] + list(reporter.take_failures())
     assert [f.name for f in reported] == ["f"]
-    engine._stager.close()
+
+
+def _waiting_in(function: str, thread: threading.Thread | None = None) -> bool:
+    """Whether ``thread`` (any thread when None) is inside ``function`` right now."""
+    frames = sys._current_frames()
+    stacks = [frames.get(thread.ident or 0)] if thread is not None else list(frames.values())
+    for frame in stacks:
+        while frame is not None:
+            if frame.f_code.co_name == function:
+                return True
+            frame = frame.f_back
+    return False
 
 
 @pytest.mark.parametrize(
@@ -437,7 +441,7 @@ def test_submit_racing_close_fails_cleanly(
     closer = threading.Thread(target=up.close)
     closer.start()
     # close() gets as far as it can (it waits for the submission still staging).
-    wait_until(lambda: not closer.is_alive() or getattr(up._engine, "_submits_stopped", False))
+    wait_until(lambda: not closer.is_alive() or _waiting_in("stop_submits"))
     let_go.set()
     submitter.join()
     closer.join()
