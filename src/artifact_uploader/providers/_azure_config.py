@@ -12,11 +12,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from .._errors import ConfigError, InvalidObjectNameError
 from ._kit import (
+    SEED_OPTIONS,
     SeedEndpoint,
     check_common_name,
     check_plain_http,
@@ -40,27 +41,18 @@ _SPECIAL_CONTAINERS = frozenset({"$root", "$web", "$logs"})
 _MAX_NAME_CHARS = 1024
 _MAX_SEGMENTS = 254
 
-OPTION_NAMES = frozenset(
-    {
-        "connection_string",
-        "account_name",
-        "account_key",
-        "account_url",
-        "sas_token",
-        "credential",
-        "connection_timeout",
-        "read_timeout",
-        "allow_http",
-        # The seed's (libcloud) provider_kwargs.
-        "key",
-        "secret",
-        "secure",
-        "host",
-        "port",
-        "region",
-        "api_version",
-    }
-)
+# The seed's (libcloud) provider_kwargs are SEED_OPTIONS: key, secret, host, port, secure, ...
+OPTION_NAMES: Final = SEED_OPTIONS | {
+    "connection_string",
+    "account_name",
+    "account_key",
+    "account_url",
+    "sas_token",
+    "credential",
+    "connection_timeout",
+    "read_timeout",
+    "allow_http",
+}
 
 
 @dataclass(frozen=True)

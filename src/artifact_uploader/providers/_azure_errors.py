@@ -120,12 +120,12 @@ class AzureErrors:
         """Turn an SDK or transport exception into the library's error tree.
 
         ``exc`` and its whole chain (it becomes the ``__cause__`` of what is raised) are
-        scrubbed of the key, SAS and connection string in place, and so is the result.
+        scrubbed of the key, SAS and connection string in place, and so is the result; the
+        response text azure-core prints with an error is put behind the redactor too.
         """
         error = self._classify(exc, name, doing, conditional=conditional, reading=reading)
         self._redactor.scrub_exception(exc)
         self._redactor.scrub_exception(error)
-        _scrub_responses(exc, self._redactor)
         return error
 
     def _classify(
@@ -254,41 +254,3 @@ def error_code(exc: BaseException) -> str:
 def _is_aiohttp_error(exc: BaseException) -> bool:
     # aiohttp is the SDK's async transport; its errors normally arrive wrapped, but not always.
     return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError)
-
-
-class _ScrubbedResponse:
-    """An SDK response whose body text is scrubbed of secrets.
-
-    azure-core's ``HttpResponseError.__str__`` appends ``response.text()`` every time it is
-    printed; a server (or proxy) that quotes the request URL in its error page would put the
-    SAS signature there, out of reach of scrubbing the exception's arguments.
-    """
-
-    def __init__(self, inner: Any, redactor: Redactor) -> None:
-        self._inner = inner
-        self._redactor = redactor
-
-    def text(self, encoding: str | None = None) -> str:
-        return str(self._redactor.scrub(self._inner.text(encoding)))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __repr__(self) -> str:
-        return str(self._redactor.scrub(repr(self._inner)))
-
-
-def _scrub_responses(exc: BaseException, redactor: Redactor) -> None:
-    """Wrap the ``response`` of every azure-core error in ``exc``'s chain (in place)."""
-    seen: set[int] = set()
-    current: list[BaseException | None] = [exc]
-    while current and len(seen) < 64:
-        e = current.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        response = getattr(e, "response", None)
-        if isinstance(e, azure_exc.HttpResponseError) and response is not None:
-            if not isinstance(response, _ScrubbedResponse):
-                e.response = _ScrubbedResponse(response, redactor)
-        current += [e.__cause__, e.__context__]

@@ -31,7 +31,8 @@ from artifact_uploader._errors import (
 from artifact_uploader._registry import make_provider, provider_from_seed
 from artifact_uploader._types import FileSlice, PartResult
 from artifact_uploader.providers import _azure_blocks
-from artifact_uploader.providers._protocol import MiB, MultipartProvider
+from artifact_uploader.providers._kit import MiB
+from artifact_uploader.providers._protocol import MultipartProvider
 from artifact_uploader.providers.azure import AzureProvider
 from artifact_uploader.testing import MultipartConformance, ReadConformance, ReadObject
 from tests.servers.azurite import AzureContainer, AzuriteServer
