@@ -384,17 +384,6 @@ class Uploader(_SyncReadSide):
             prepared = self._intake.prepare(path, name, overwrite, timeout, staging)
             return self._hand_off(prepared)
 
-    def _submit_bytes(
-        self,
-        data: bytes,
-        name: str,
-        *,
-        overwrite: bool,
-        after: concurrent.futures.Future[Any] | None = None,
-    ) -> concurrent.futures.Future[UploadResult]:
-        # Kept until every caller uses submit_bytes(uploader, ...).
-        return submit_bytes(self, data, name, overwrite=overwrite, after=after)
-
     def _hand_off(
         self, prepared: Prepared, after: concurrent.futures.Future[Any] | None = None
     ) -> concurrent.futures.Future[UploadResult]:

@@ -86,7 +86,7 @@ def test_logger_default_follows_the_cores_too(
 ) -> None:
     _cores(monkeypatch, cores)
     with ObjectStoreLogger("file", str(tmp_path / "store")) as logger:
-        assert logger._uploader.use_procs is expected
+        assert logger.uploader.use_procs is expected
 
 
 def test_this_machine_gets_what_its_cores_say(tmp_path: Path) -> None:
