@@ -11,6 +11,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -31,6 +32,7 @@ from ._kit import check_plain_http
 from ._vendor import cancel_token_refresh, gcloud_access_token
 
 
+@dataclass(slots=True, repr=False, eq=False)
 class GCSClient:
     """The session, the library's ``Storage`` and what requests need (see the module).
 
@@ -44,24 +46,13 @@ class GCSClient:
         min_throughput: Slowest upload rate tolerated, in bytes per second.
     """
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        storage: Storage,
-        *,
-        root: str,
-        anonymous: bool,
-        errors: ErrorMap,
-        timeout: float,
-        min_throughput: float,
-    ) -> None:
-        self.session = session
-        self.storage = storage
-        self.root = root
-        self.anonymous = anonymous
-        self.errors = errors
-        self.timeout = timeout
-        self.min_throughput = min_throughput
+    session: aiohttp.ClientSession
+    storage: Storage
+    root: str
+    anonymous: bool
+    errors: ErrorMap
+    timeout: float
+    min_throughput: float
 
     def __repr__(self) -> str:
         return f"GCSClient(root={self.root!r}, anonymous={self.anonymous})"
@@ -238,8 +229,8 @@ async def open_client(
         ) from exc
     errors.root = root
     return GCSClient(
-        session,
-        storage,
+        session=session,
+        storage=storage,
         root=root,
         anonymous=anonymous,
         errors=errors,
