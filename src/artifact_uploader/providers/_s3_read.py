@@ -7,11 +7,12 @@ ranged body is read into one buffer bounded by the range whatever the server sen
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from .._errors import ObjectNotFoundError, ProviderError
+from .._errors import ObjectNotFoundError
 from .._retry import note_progress
 from ._protocol import Checksum, ObjectInfo
 from ._s3_checks import etag_is_md5, etag_parts, is_b64_digest, version
@@ -40,12 +41,8 @@ class S3Reader:
             raise t.map(exc, "HeadObject", name, missing=True) from exc
         size = resp.get("ContentLength")
         if not isinstance(size, int) or size < 0:
-            raise ProviderError(
-                f"S3 HeadObject of {t.uri(name)!r} returned no valid size",
-                name=name,
-                uri=t.uri(name),
-                transient=True,
-            )
+            what = f"S3 HeadObject of {t.uri(name)!r} returned no valid size"
+            raise t.error(name, what, transient=True)
         etag = resp.get("ETag") if isinstance(resp.get("ETag"), str) else None
         parts = etag_parts(etag)
         part_size: int | None = None
@@ -105,7 +102,7 @@ class S3Reader:
 
     async def get_range(
         self, name: str, offset: int, length: int, *, etag: str | None = None
-    ) -> bytearray:
+    ) -> bytes:
         """One ranged GetObject; see :meth:`S3Provider.get_range`."""
         if offset < 0 or length < 1:
             raise ValueError(f"get_range needs offset >= 0 and length >= 1, got {offset}, {length}")
@@ -129,18 +126,11 @@ class S3Reader:
         except Exception as exc:
             raise t.map(exc, op, name, missing=True) from exc
         if got < length:
-            raise ProviderError(
-                f"S3 {op} of {t.uri(name)!r}: got {got} of {length} bytes",
-                name=name,
-                uri=t.uri(name),
-                transient=True,
-            )
+            what = f"S3 {op} of {t.uri(name)!r}: got {got} of {length} bytes"
+            raise t.error(name, what, transient=True)
         if got > length:
-            raise ProviderError(
-                f"S3 {op} of {t.uri(name)!r}: the server sent more than the range asked for",
-                name=name,
-                uri=t.uri(name),
-            )
+            what = f"S3 {op} of {t.uri(name)!r}: the server sent more than the range asked for"
+            raise t.error(name, what)
         return data
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
@@ -188,40 +178,40 @@ class S3Reader:
             raise error from exc
 
 
-async def read_range(stream: Any, length: int) -> tuple[bytearray, int]:
+async def read_range(stream: Any, length: int) -> tuple[bytes, int]:
     """Read a GetObject body of ``length`` expected bytes into one preallocated buffer.
 
-    Returns the buffer and the bytes the server sent: fewer than ``length`` when the body ended
+    Returns the bytes and how many the server sent: fewer than ``length`` when the body ended
     early; ``length + 1`` as soon as it sends more (it ignored the range), so memory stays
     bounded by the range whatever the server sends. Each network chunk is copied once, into the
     buffer, and freed at once: joining the chunks kept the whole range twice and cost about 30%
     more client CPU per MiB (measured against moto, 8 MiB ranges: 1.47 -> 0.95 ms/MiB).
+
+    The buffer is a ``bytes`` object a ``BytesIO`` writes into in place (it owns the only
+    reference) and hands back from ``getvalue()`` without a copy: the result is ``bytes`` at the
+    cost of the ``bytearray`` it replaced (against moto, 8 MiB ranges, 9 interleaved runs:
+    0.975 vs 0.988 ms/MiB median); ``bytes(bytearray)`` cost about 1.2 ms/MiB more in a
+    micro-benchmark (8 MiB of 16-64 KiB chunks).
     """
-    buf = bytearray(length)
+    out = io.BytesIO(bytes(length))
     got = 0
     content: Any = getattr(getattr(stream, "raw_stream", None), "content", None)
-    if not hasattr(content, "readchunk"):
-        # Another HTTP backend: its reads, copied into the buffer.
-        while got <= length:
-            chunk = await stream.read(length + 1 - got)
-            if not chunk:
-                return buf, got
-            if got + len(chunk) > length:
-                return buf, length + 1
-            buf[got : got + len(chunk)] = chunk
-            got += len(chunk)
-            note_progress()
-        return buf, got
+    chunked = hasattr(content, "readchunk")
     while True:
-        # aiohttp's StreamReader hands out the chunks it received as they are (no slicing or
-        # joining); (b"", True) marks the end of a chunked-encoding chunk, (b"", False) the end.
-        chunk, end_of_http_chunk = await content.readchunk()
-        if not chunk:
-            if end_of_http_chunk:
+        if chunked:
+            # aiohttp's StreamReader hands out the chunks it received as they are (no slicing
+            # or joining); (b"", True) marks the end of a chunked-encoding chunk, (b"", False)
+            # the end of the body.
+            chunk, end_of_http_chunk = await content.readchunk()
+            if not chunk and end_of_http_chunk:
                 continue
-            return buf, got
+        else:
+            # Another HTTP backend: its reads, at most one byte past the range.
+            chunk = await stream.read(length + 1 - got)
+        if not chunk:
+            return out.getvalue(), got
         if got + len(chunk) > length:
-            return buf, length + 1
-        buf[got : got + len(chunk)] = chunk
+            return out.getvalue(), length + 1
+        out.write(chunk)
         got += len(chunk)
         note_progress()

@@ -59,6 +59,10 @@ class S3Target:
             raise ProviderError(f"{self.label} is not open (call open() first, or it was closed)")
         return self.client
 
+    def error(self, name: str, text: str, *, transient: bool = False) -> ProviderError:
+        """A :class:`ProviderError` about object ``name`` (its name and URI attached)."""
+        return ProviderError(text, name=name, uri=self.uri(name), transient=transient)
+
     def scrub(self, text: str) -> str:
         """``text`` without the provider's secrets."""
         return self.redactor.scrub(text)

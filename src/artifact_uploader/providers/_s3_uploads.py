@@ -65,12 +65,8 @@ class S3Uploads:
             resp = await client.create_multipart_upload(**params)
             upload_id = resp.get("UploadId")
             if not isinstance(upload_id, str) or not upload_id:
-                raise ProviderError(
-                    f"S3 CreateMultipartUpload for {t.uri(name)!r} returned no UploadId",
-                    name=name,
-                    uri=t.uri(name),
-                    transient=True,
-                )
+                what = f"S3 CreateMultipartUpload for {t.uri(name)!r} returned no UploadId"
+                raise t.error(name, what, transient=True)
         except Exception as exc:
             error = t.map(exc, "CreateMultipartUpload", name)
             if error.transient and doubt is None:

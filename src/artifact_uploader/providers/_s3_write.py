@@ -76,11 +76,10 @@ class S3Writer:
         client = t.live()
         key = t.key(name)
         if data.length > MAX_PUT_BYTES:
-            raise ProviderError(
+            raise t.error(
+                name,
                 f"{data.length} bytes is over S3's single PutObject limit of 5 GiB for "
                 f"{t.uri(name)!r}; use multipart",
-                name=name,
-                uri=t.uri(name),
             )
         body = await (read_body(data) if t.direct is not None else data.read())
         note_progress()
@@ -137,19 +136,14 @@ class S3Writer:
         }
         ours = self.add_checksum(params, body)
         md5 = Md5(body) if self.check_part_etags else None
+        op = f"UploadPart {part_number}"
         try:
             resp = await (t.direct or client).upload_part(**params)
         except Exception as exc:
-            raise t.map(exc, f"UploadPart {part_number}", name) from exc
+            raise t.map(exc, op, name) from exc
         etag = resp.get("ETag")
         if not isinstance(etag, str) or not etag:
-            raise ProviderError(
-                f"S3 UploadPart {part_number} of {t.uri(name)!r} returned no ETag",
-                name=name,
-                uri=t.uri(name),
-                transient=True,
-            )
-        op = f"UploadPart {part_number}"
+            raise t.error(name, f"S3 {op} of {t.uri(name)!r} returned no ETag", transient=True)
         if md5 is not None:
             # A mismatch is transient: the retry uploads the same part number again, which
             # replaces the damaged part.

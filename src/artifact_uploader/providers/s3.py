@@ -435,12 +435,10 @@ class S3Provider:
 
     async def get_range(
         self, name: str, offset: int, length: int, *, etag: str | None = None
-    ) -> bytearray:
+    ) -> bytes:
         """One ranged GetObject, conditional on ``etag`` (``If-Match``) when given.
 
-        Returns the bytes as a ``bytearray``: the one buffer the body was read into, without a
-        copy to ``bytes`` (that copy, of freshly allocated memory, cost more client CPU than the
-        whole read). It is bytes-like: written, hashed and compared as ``bytes`` are.
+        The body is read into one buffer of ``length`` bytes, returned without a copy.
 
         Raises:
             ObjectNotFoundError: No such object.
