@@ -20,7 +20,8 @@ import pytest_asyncio
 from aiobotocore.config import AioConfig
 
 from artifact_uploader._types import FileSlice
-from artifact_uploader.providers._s3_direct import DirectS3, read_body
+from artifact_uploader.providers._body import read_body
+from artifact_uploader.providers._s3_direct import DirectS3
 from artifact_uploader.providers.s3 import S3Provider
 from tests.servers.moto import MotoServer, read_s3_object
 from tests.servers.s3_faults import FaultServer, s3_error
