@@ -28,17 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-from .._types import FileSlice, PartResult, PutResult
-
-# The helpers that lived here moved to _kit; re-exported until every user imports them there.
-from ._kit import MAX_NAME_BYTES as MAX_NAME_BYTES
-from ._kit import MiB as MiB
-from ._kit import check_common_name as check_common_name
-from ._kit import check_plain_http as check_plain_http
-from ._kit import is_loopback_host as is_loopback_host
-from ._kit import join_key as join_key
-from ._kit import parse_retry_after as parse_retry_after
-from ._kit import split_store_uri as split_store_uri
+from .._types import FileSlice, MiB, PartResult, PutResult
 
 
 @dataclass(frozen=True, slots=True)
