@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._checkpoints import download_checkpoint as download_checkpoint
+from ._checkpoints import latest_checkpoint as latest_checkpoint
+from ._checkpoints import list_checkpoints as list_checkpoints
+from ._checkpoints import prune_checkpoints as prune_checkpoints
+from ._checkpoints import resume_checkpoints as resume_checkpoints
 from ._commit import CheckpointError as CheckpointError
 from ._commit import CheckpointNotCommittedError as CheckpointNotCommittedError
 from ._commit import CommittedCheckpoint as CommittedCheckpoint
-from ._commit import latest_checkpoint as latest_checkpoint
-from ._commit import list_checkpoints as list_checkpoints
-from ._commit import prune_checkpoints as prune_checkpoints
-from ._commit import resume_checkpoints as resume_checkpoints
 from ._config import PartPolicy as PartPolicy
 from ._config import RetryPolicy as RetryPolicy
 from ._download import DestinationExistsError as DestinationExistsError
@@ -145,6 +146,7 @@ __all__ = [
     "Uploader",
     "UploaderClosedError",
     "__version__",
+    "download_checkpoint",
     "is_transient",
     "latest_checkpoint",
     "list_checkpoints",

@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._commit import Store
+from ._config import RetryPolicy
 from ._errors import ConfigError, UploadFailedError
+from ._publish import CheckpointPublisher, own_failures
 from ._registry import make_provider
-from ._sync import Uploader
+from ._sync import Uploader, submit_bytes
 from ._types import UploadResult
 from .providers._protocol import Provider
 
@@ -58,6 +61,19 @@ def check_template(template: object, fields: Sequence[str], option: str = "objec
                 f"available: {available}"
             )
     return template
+
+
+def check_commit_template(owner: str, object_name: str, commit: bool) -> None:
+    """With ``commit``, names come from the commit protocol: refuse a custom template.
+
+    Raises:
+        ConfigError: ``commit`` and an ``object_name`` other than ``"{path}"``.
+    """
+    if commit is True and object_name != "{path}":
+        raise ConfigError(
+            f"{owner}: object_name {object_name!r} does not apply with commit=True: each "
+            "checkpoint goes to <store>/step-<N>/<save-id>/; put a prefix in the store URI"
+        )
 
 
 def render(template: str, **values: object) -> str:
@@ -109,8 +125,11 @@ class CheckpointSink:
         provider_kwargs: Provider options when ``store`` is a URI.
         uploader_options: :class:`Uploader` options when ``store`` is a URI or a provider.
         overwrite: Passed to every ``submit``.
-        wait_on_save: Block after each checkpoint until it is uploaded.
+        wait_on_save: Block after each checkpoint until it is uploaded (and committed).
         raise_on_failure: Raise failures at the end (else log them).
+        commit: Publish each checkpoint through the commit protocol (:meth:`publish`):
+            ``store`` must be a URI, the checkpoint root.
+        keep_last: With ``commit``, keep only this many newest committed checkpoints.
 
     Raises:
         ConfigError: Bad URI, option, or an option that makes no sense with an Uploader given.
@@ -127,12 +146,15 @@ class CheckpointSink:
         overwrite: bool,
         wait_on_save: bool,
         raise_on_failure: bool,
+        commit: bool = False,
+        keep_last: int | None = None,
     ) -> None:
         self.owner = owner
         for option, value in (
             ("overwrite", overwrite),
             ("wait_on_save", wait_on_save),
             ("raise_on_failure", raise_on_failure),
+            ("commit", commit),
         ):
             if not isinstance(value, bool):
                 raise ConfigError(f"{owner}: {option} must be a bool, got {value!r}")
@@ -173,6 +195,25 @@ class CheckpointSink:
         else:
             self._fresh_provider = make_provider(store)
         self._uploader: Uploader | None = self._given
+        self.publisher: CheckpointPublisher | None = None
+        if commit:
+            if self._uri is None:
+                raise ConfigError(
+                    f"{owner}: commit=True needs the store as a URI (the checkpoint root), "
+                    f"not a {type(store).__name__}"
+                )
+            retry = options.get("retry")
+            self.publisher = CheckpointPublisher(
+                Store(
+                    self._uri,
+                    self._provider_kwargs,
+                    retry if isinstance(retry, RetryPolicy) else None,
+                ),
+                keep_last=keep_last,
+                owner=owner,
+            )
+        elif keep_last is not None:
+            raise ConfigError(f"{owner}: keep_last applies only with commit=True")
 
     @property
     def uploader(self) -> Uploader | None:
@@ -210,9 +251,15 @@ class CheckpointSink:
         future.add_done_callback(self._log_failure(name))
         return future
 
+    def publish(self, files: Sequence[tuple[str, Path]], step: int) -> None:
+        """Stage ``files`` (name inside the checkpoint, local path) and commit them as one
+        checkpoint of ``step`` in the background (needs ``commit=True``)."""
+        assert self.publisher is not None
+        self.publisher.publish(self.open(), files, step)
+
     def submit_bytes(self, data: bytes, name: str) -> concurrent.futures.Future[UploadResult]:
         """Upload generated content (e.g. the trainer's state) as ``name``."""
-        future = self.open()._submit_bytes(data, name, overwrite=self.overwrite)
+        future = submit_bytes(self.open(), data, name, overwrite=self.overwrite)
         future.add_done_callback(self._log_failure(name))
         return future
 
@@ -229,9 +276,12 @@ class CheckpointSink:
         return done
 
     def after_save(self) -> None:
-        """Called once a checkpoint's files are staged: wait for them if ``wait_on_save``."""
+        """Called once a checkpoint's files are staged: wait for them (and their commit) if
+        ``wait_on_save``."""
         if self.wait_on_save and self._uploader is not None:
-            self._report(self._uploader.flush)
+            self._report(
+                self._uploader.flush, None if self.publisher is None else self.publisher.wait
+            )
 
     def finish(self) -> None:
         """Wait for every upload; close the uploader if this sink made it.
@@ -242,11 +292,12 @@ class CheckpointSink:
         uploader = self._uploader
         if uploader is None:
             return
+        commits = None if self.publisher is None else self.publisher.close
         if uploader is self._given:
-            self._report(uploader.flush)
+            self._report(uploader.flush, commits)
             return
         self._uploader = None
-        self._report(uploader.close)
+        self._report(uploader.close, commits)
 
     def abort(self) -> None:
         """Training crashed: close an uploader this sink made, logging (never raising) failures."""
@@ -258,11 +309,30 @@ class CheckpointSink:
             uploader.close()
         except UploadFailedError as exc:
             log.error("%s: %s", self.owner, exc)
+        finally:
+            # Files that uploaded before the crash make whole checkpoints: commit those.
+            for failure in self.publisher.close() if self.publisher is not None else ():
+                log.error("%s: %s", self.owner, failure)
 
-    def _report(self, call: Callable[[], None]) -> None:
+    def _report(
+        self,
+        call: Callable[[], None],
+        commits: Callable[[], list[BaseException]] | None = None,
+    ) -> None:
+        """Run ``call`` (flush or close), then wait for ``commits``; raise or log failures.
+
+        An upload failure comes first (it names the objects); a commit that failed only
+        because of it is logged, not raised again.
+        """
         try:
             call()
         except UploadFailedError as exc:
             if self.raise_on_failure:
                 raise
             log.error("%s: %s", self.owner, exc)
+        finally:
+            failures = own_failures(commits()) if commits is not None else []
+        for failure in failures:
+            if self.raise_on_failure:
+                raise failure
+            log.error("%s: %s", self.owner, failure)

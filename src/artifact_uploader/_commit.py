@@ -6,6 +6,11 @@ Layout under a checkpoint root (a store URI such as ``s3://bucket/run-7``)::
     step-0000000010/<save-id>/.metadata         DCP's metadata, written after every shard
     _commits/0000000010-000001.json             the commit record, written last, conditionally
 
+The trainer integrations publish their checkpoints (an HF ``checkpoint-N`` folder, a Lightning
+``.ckpt`` file or folder, a Composer checkpoint) with the same records, of kind ``"files"``:
+the location holds the checkpoint's files (relative paths, possibly in sub-folders) and no
+``.metadata`` is required.
+
 A save is visible to readers only through its commit record. The record is created with
 ``overwrite=False`` (If-None-Match), after every object it names is durable; it lists every
 object of the save with its size, so a reader can prove the save is whole before reading it.
@@ -14,8 +19,10 @@ highest ``(step, generation)`` is the latest. Retention deletes a commit record 
 names, so a crash while deleting leaves an uncommitted (invisible) location, never a torn
 committed one.
 
-Everything here is synchronous for callers and runs each operation on a private event loop that
-lives for that call (no module-global loop), with the engine's retry policy around each request.
+The functions callers use (``latest_checkpoint``, ``download_checkpoint``...) live in
+:mod:`artifact_uploader._checkpoints`. Everything is synchronous for callers and runs each
+operation on a private event loop that lives for that call (no module-global loop), with the
+engine's retry policy around each request.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,9 +45,8 @@ from ._config import RetryPolicy
 from ._errors import ConfigError, ObjectExistsError, ObjectNotFoundError, UploadError
 from ._registry import make_provider
 from ._retry import retrying
-from ._sync import Uploader
 from ._types import FileSlice
-from .providers._protocol import ReadableProvider
+from .providers._protocol import Provider, ReadableProvider
 
 T = TypeVar("T")
 
@@ -54,7 +59,11 @@ _STEP_DIGITS = 10
 _GEN_DIGITS = 6
 _RECORD_RE = re.compile(rf"^(\d{{{_STEP_DIGITS}}})-(\d{{{_GEN_DIGITS}}})\.json$")
 _LOCATION_RE = re.compile(rf"^step-(\d{{{_STEP_DIGITS}}})/([0-9a-f]{{32}})$")
-_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}$|^\.metadata$")
+# One path segment of a file in a checkpoint: what trainers name files (``epoch=0-step=1.ckpt``,
+# ``model-00001-of-00002.safetensors``, ``.metadata``), never "." / ".." or a separator.
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.=+@,\-]{1,255}$")
+_MAX_FILE_NAME = 1024
+KINDS = ("dcp", "files")
 # A commit record is small; anything bigger was not written by us.
 _MAX_RECORD_BYTES = 16 * 1024 * 1024
 _MAX_STEP = 10**_STEP_DIGITS - 1
@@ -126,6 +135,8 @@ class CommittedCheckpoint:
         metric: The metric recorded with the save (for keep-best retention), if any.
         world_size: How many ranks wrote it.
         record: The commit record's object name, relative to the root.
+        kind: ``"dcp"`` (a DCP save, with ``.metadata``) or ``"files"`` (a trainer's checkpoint
+            folder or file, published by a trainer integration).
     """
 
     root: str
@@ -137,6 +148,7 @@ class CommittedCheckpoint:
     metric: float | None
     world_size: int
     record: str
+    kind: str = "dcp"
 
     @property
     def uri(self) -> str:
@@ -154,6 +166,7 @@ class CommittedCheckpoint:
             "files": dict(sorted(self.files.items())),
             "metric": self.metric,
             "world_size": self.world_size,
+            "kind": self.kind,
             "committed_at": committed_at,
         }
         return json.dumps(body, indent=1).encode()
@@ -187,11 +200,16 @@ def parse_record(root: str, name: str, data: bytes) -> CommittedCheckpoint:
     if lm is None or lm.group(2) != save_id or int(lm.group(1)) != step:
         raise bad(f"location {location!r} does not match step {step} and its save id")
     assert isinstance(location, str) and isinstance(save_id, str)
+    kind = body.get("kind", "dcp")  # records written before kinds existed are DCP saves
+    if kind not in KINDS:
+        raise bad(f"unknown kind {kind!r}")
     files = body.get("files")
-    if not isinstance(files, dict) or METADATA_NAME not in files or len(files) > 100_000:
+    if not isinstance(files, dict) or not files or len(files) > 100_000:
+        raise bad("no file list")
+    if kind == "dcp" and METADATA_NAME not in files:
         raise bad("no file list naming .metadata")
     for fname, size in files.items():
-        if not _FILE_RE.match(fname) or type(size) is not int or size < 0:
+        if not is_file_name(fname) or type(size) is not int or size < 0:
             raise bad(f"file entry {fname!r}: {size!r}")
     metric = body.get("metric")
     if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int | float)):
@@ -209,6 +227,20 @@ def parse_record(root: str, name: str, data: bytes) -> CommittedCheckpoint:
         metric=None if metric is None else float(metric),
         world_size=world,
         record=name,
+        kind=kind,
+    )
+
+
+def is_file_name(name: object) -> bool:
+    """Whether ``name`` may name a file inside a checkpoint location.
+
+    A relative POSIX path of plain segments: no ``.`` / ``..`` segment, no empty one, no
+    backslash, so a reader writing ``<folder>/<name>`` never leaves ``<folder>``.
+    """
+    if not isinstance(name, str) or not 0 < len(name) <= _MAX_FILE_NAME:
+        return False
+    return all(
+        _SEGMENT_RE.match(part) is not None and part not in (".", "..") for part in name.split("/")
     )
 
 
@@ -232,6 +264,14 @@ class Store:
     Each public method opens a provider, does its work and closes it again: the protocol's
     requests are few and small next to the shard uploads, which go through an
     :class:`~artifact_uploader.Uploader`.
+
+    Args:
+        root: The root's URI (also the name used in messages).
+        provider_kwargs: Options for the provider built from ``root``.
+        retry: The retry policy around each request. Default ``RetryPolicy()``.
+        factory: Builds a fresh provider rooted at ``root`` (instead of ``make_provider(root,
+            provider_kwargs)``), for callers that name their store otherwise (the seed
+            logger's ``provider`` and ``container``).
     """
 
     def __init__(
@@ -239,16 +279,31 @@ class Store:
         root: str,
         provider_kwargs: Mapping[str, Any] | None = None,
         retry: RetryPolicy | None = None,
+        *,
+        factory: Callable[[], Provider] | None = None,
     ) -> None:
         if not isinstance(root, str) or not root:
             raise ConfigError(f"the checkpoint root must be a store URI, got {root!r}")
         self.root = root.rstrip("/") if not root.endswith(":///") else root
         self.provider_kwargs = dict(provider_kwargs or {})
         self.retry = retry or RetryPolicy()
+        self._factory = factory
         # Built once here so a bad URI or option fails at construction, in the caller's thread.
-        provider = make_provider(self.root, self.provider_kwargs)
+        self.new_provider()
+
+    def new_provider(self) -> ReadableProvider:
+        """A fresh (unopened) provider for the root.
+
+        Raises:
+            ConfigError: A bad URI or option, or a store that cannot be read back.
+        """
+        if self._factory is not None:
+            provider = self._factory()
+        else:
+            provider = make_provider(self.root, self.provider_kwargs)
         if not isinstance(provider, ReadableProvider):
             raise ConfigError(f"store {self.root!r} cannot be read back (no ReadableProvider)")
+        return provider
 
     def session(self) -> _Session:
         """An async context manager holding one opened provider."""
@@ -299,9 +354,7 @@ class _Session:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.root = store.root
-        provider = make_provider(store.root, store.provider_kwargs)
-        assert isinstance(provider, ReadableProvider)
-        self.provider: ReadableProvider = provider
+        self.provider: ReadableProvider = store.new_provider()
 
     async def __aenter__(self) -> _Session:
         await self.provider.open(verify=False)
@@ -430,8 +483,8 @@ class _Session:
         location = location_for(step, save_id)
         present = [n.rpartition("/")[2] for n, _ in await self.list_objects(location + "/")]
         missing = ["commit record"]
-        if METADATA_NAME not in present:
-            missing.append(METADATA_NAME)
+        if METADATA_NAME not in present and all(n.endswith(".distcp") for n in present):
+            missing.append(METADATA_NAME)  # a DCP save (or nothing yet) without its metadata
         return CheckpointNotCommittedError(
             f"checkpoint {self.root}/{location} is not committed: no commit record in "
             f"{self.root}/{COMMITS_DIR}/ names it (missing: {', '.join(missing)}; "
@@ -462,6 +515,7 @@ class _Session:
                 metric=ckpt.metric,
                 world_size=ckpt.world_size,
                 record=record,
+                kind=ckpt.kind,
             )
             fd, tmp = tempfile.mkstemp(prefix="commit-", suffix=".json", dir=scratch)
             try:
@@ -595,99 +649,3 @@ async def wait_present(
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         # Capped low: a late poll is latency added to every commit, a HEAD is cheap.
         delay = min(delay * 2, 0.25)
-
-
-def latest_checkpoint(
-    root: str,
-    *,
-    step: int | None = None,
-    provider_kwargs: Mapping[str, Any] | None = None,
-) -> CommittedCheckpoint | None:
-    """The newest committed, whole checkpoint under ``root`` (of ``step`` if given), or None.
-
-    Raises:
-        CheckpointError: The newest commit names objects that are missing (torn).
-        ConfigError: A bad URI or option.
-    """
-    if step is not None:
-        check_step(step)
-    store = Store(root, provider_kwargs)
-    try:
-        return store.run(lambda s: s.resolve(step, None))
-    except CheckpointNotCommittedError:
-        return None
-
-
-def list_checkpoints(
-    root: str, *, provider_kwargs: Mapping[str, Any] | None = None
-) -> list[CommittedCheckpoint]:
-    """Every committed checkpoint under ``root``, newest first (records only; not proven whole)."""
-    return Store(root, provider_kwargs).run(lambda s: s.committed())
-
-
-def prune_checkpoints(
-    root: str,
-    *,
-    keep_last: int,
-    keep_best: int = 0,
-    best: Literal["max", "min"] = "max",
-    provider_kwargs: Mapping[str, Any] | None = None,
-    _on_delete: Callable[[str], None] | None = None,
-) -> list[CommittedCheckpoint]:
-    """Keep the ``keep_last`` newest committed checkpoints (and ``keep_best`` best by metric).
-
-    Each other checkpoint is uncommitted first (its commit record deleted), then its objects,
-    so a crash midway leaves nothing torn visible. Older saves of a step that was saved again
-    are deleted too.
-
-    Returns:
-        The checkpoints deleted.
-
-    Raises:
-        ConfigError: A bad option.
-    """
-    check_retention(keep_last, keep_best, best)
-    store = Store(root, provider_kwargs)
-    return store.run(lambda s: apply_retention(s, keep_last, keep_best, best, _on_delete))
-
-
-def resume_checkpoints(
-    root: str,
-    staging_dir: str | os.PathLike[str],
-    *,
-    provider_kwargs: Mapping[str, Any] | None = None,
-    delete_uncommitted: bool = True,
-) -> list[str]:
-    """After a crash: finish each rank's journal, then delete saves that were never committed.
-
-    Removes the serialization scratch folders a killed writer left in ``staging_dir``, runs
-    :meth:`Uploader.resume` on every ``rank-*`` folder of it (aborting the
-    multipart uploads the journal names and uploading what was pending), then deletes every
-    ``step-N/<save-id>/`` location under ``root`` that no commit record names. Call it when no
-    save to ``root`` is running.
-
-    Returns:
-        The locations deleted.
-
-    Raises:
-        UploadFailedError: A journalled upload could not be finished (it stays journalled).
-    """
-    folder = Path(staging_dir)
-    for scratch in sorted(folder.glob(SCRATCH_PREFIX + "*")):
-        # Shards a killed writer was serializing: never staged, so never journalled.
-        if scratch.is_dir() and not scratch.is_symlink():
-            shutil.rmtree(scratch, ignore_errors=True)
-    for rank_dir in sorted(folder.glob("rank-*")):
-        if rank_dir.is_dir():
-            Uploader.resume(rank_dir, root, provider_kwargs=provider_kwargs, use_procs=False)
-    if not delete_uncommitted:
-        return []
-    store = Store(root, provider_kwargs)
-
-    async def clean(s: Any) -> list[str]:
-        locations: list[str] = await s.uncommitted_locations()
-        for location in locations:
-            await s.delete_location(location)
-        return locations
-
-    return store.run(clean)

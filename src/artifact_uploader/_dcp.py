@@ -542,6 +542,13 @@ class CheckpointReader(FileSystemReader):
         if kind == "error":
             raise value
         assert isinstance(value, CommittedCheckpoint)
+        if value.kind != "dcp":
+            raise CheckpointError(
+                f"checkpoint {value.uri} was committed by a trainer integration (kind "
+                f"{value.kind!r}), not by a CheckpointWriter: it has no DCP metadata; "
+                "use download_checkpoint() to fetch its files",
+                location=value.location,
+            )
         self._checkpoint = value
         return value
 

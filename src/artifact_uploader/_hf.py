@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._checkpoint_sink import CheckpointSink, check_patterns, check_template, render, selected_files
+from ._checkpoint_sink import (
+    CheckpointSink,
+    check_commit_template,
+    check_patterns,
+    check_template,
+    render,
+    selected_files,
+)
 from ._errors import ConfigError, MissingDependencyError, SourceFileError
 from ._sync import Uploader
 from ._types import UploadResult
@@ -102,6 +109,15 @@ class HFUploadCallback(TrainerCallback):
         uploader_options: :class:`Uploader` options (``max_concurrency``, ``staging_dir``,
             ``max_staged_bytes``, ``retry``...) when ``store`` is a URI or provider.
             ``staging="move"`` is refused: the Trainer still needs its files.
+        commit: Publish each ``checkpoint-N`` folder as one committed checkpoint under
+            ``store`` (a URI: the checkpoint root): its files go to a fresh location
+            ``step-<N>/<save-id>/`` and a commit record is written after every one of them is
+            durable, so :func:`~artifact_uploader.latest_checkpoint` and
+            :func:`~artifact_uploader.download_checkpoint` only ever see whole checkpoints.
+            ``object_name`` must stay ``"{path}"``. Default False: plain uploads.
+        keep_last: With ``commit``, keep only this many newest committed checkpoints in the
+            store (older ones are deleted after a newer one is committed, record first).
+            Default None: keep every one.
 
     Raises:
         ConfigError: Malformed URI, unknown option or template field, bad patterns.
@@ -123,8 +139,11 @@ class HFUploadCallback(TrainerCallback):
         raise_on_failure: bool = True,
         provider_kwargs: Mapping[str, Any] | None = None,
         uploader_options: Mapping[str, Any] | None = None,
+        commit: bool = False,
+        keep_last: int | None = None,
     ) -> None:
         self.object_name = check_template(object_name, NAME_FIELDS)
+        check_commit_template("HFUploadCallback", object_name, commit)
         self.include = check_patterns(include, "include")
         self.exclude = check_patterns(exclude, "exclude") or ()
         for option, value in (("upload_state", upload_state), ("wait_on_end", wait_on_end)):
@@ -147,6 +166,8 @@ class HFUploadCallback(TrainerCallback):
             overwrite=overwrite,
             wait_on_save=wait_on_save,
             raise_on_failure=raise_on_failure,
+            commit=commit,
+            keep_last=keep_last,
         )
 
     def __repr__(self) -> str:
@@ -231,9 +252,15 @@ class HFUploadCallback(TrainerCallback):
         # TrainingArguments fills in a default output_dir; str() only satisfies the type.
         output_dir = Path(str(args.output_dir))
         folder = _checkpoint_folder(output_dir, state.global_step)
-        self.upload_folder(
-            folder, folder.relative_to(output_dir).as_posix(), step=state.global_step
-        )
+        if self._sink.publisher is not None:
+            files = selected_files(folder, self.include, self.exclude)
+            self._sink.publish(
+                [(p.relative_to(folder).as_posix(), p) for p in files], state.global_step
+            )
+        else:
+            self.upload_folder(
+                folder, folder.relative_to(output_dir).as_posix(), step=state.global_step
+            )
         self._sink.after_save()
 
     def on_train_end(

@@ -23,7 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint_sink import CheckpointSink, check_template, render, selected_files
+from ._checkpoint_sink import (
+    CheckpointSink,
+    check_commit_template,
+    check_template,
+    render,
+    selected_files,
+)
 from ._errors import ConfigError, MissingDependencyError
 from ._sync import Uploader
 from .providers._protocol import Provider
@@ -114,6 +120,18 @@ class LightningUploadCallback(Callback):
         uploader_options: :class:`Uploader` options (``max_concurrency``, ``staging_dir``,
             ``max_staged_bytes``, ``retry``...) when ``store`` is a URI or provider.
             ``staging="move"`` is refused: Lightning still needs its files.
+        commit: Publish each checkpoint (a ``.ckpt`` file, or a folder a strategy writes) as
+            one committed checkpoint under ``store`` (a URI: the checkpoint root), by its
+            global step: its file(s) go to a fresh location ``step-<N>/<save-id>/<name>``
+            and a commit record is written once every one is durable, so
+            :func:`~artifact_uploader.latest_checkpoint` and
+            :func:`~artifact_uploader.download_checkpoint` only ever see whole checkpoints.
+            Two saves at one step (a top-k file and ``last.ckpt``) are two generations of
+            that step; the later one is the latest. ``object_name`` must stay ``"{path}"``.
+            Default False: plain uploads.
+        keep_last: With ``commit``, keep only this many newest committed steps in the store
+            (older ones, and earlier generations of a step, are deleted after a newer one is
+            committed, record first). Default None: keep every one.
 
     Raises:
         ConfigError: Malformed URI, unknown option or template field.
@@ -132,8 +150,11 @@ class LightningUploadCallback(Callback):
         raise_on_failure: bool = True,
         provider_kwargs: Mapping[str, Any] | None = None,
         uploader_options: Mapping[str, Any] | None = None,
+        commit: bool = False,
+        keep_last: int | None = None,
     ) -> None:
         self.object_name = check_template(object_name, NAME_FIELDS)
+        check_commit_template("LightningUploadCallback", object_name, commit)
         if not isinstance(wait_on_end, bool):
             raise ConfigError(
                 f"LightningUploadCallback: wait_on_end must be a bool, got {wait_on_end!r}"
@@ -148,6 +169,8 @@ class LightningUploadCallback(Callback):
             overwrite=overwrite,
             wait_on_save=wait_on_save,
             raise_on_failure=raise_on_failure,
+            commit=commit,
+            keep_last=keep_last,
         )
         self._root = Path.cwd()
         # (strategy, its CheckpointIO before ours), while installed.
@@ -182,7 +205,17 @@ class LightningUploadCallback(Callback):
             StagingError, InvalidObjectNameError: As for :meth:`Uploader.submit`.
         """
         local = Path(path)
-        if local.is_dir():
+        if self._sink.publisher is not None:
+            # One checkpoint, one commit; inside the location it keeps its own name.
+            if local.is_dir():
+                files = [
+                    (f"{local.name}/{f.relative_to(local).as_posix()}", f)
+                    for f in selected_files(local, None, ())
+                ]
+            else:
+                files = [(local.name, local)]
+            self._sink.publish(files, step)
+        elif local.is_dir():
             for file in selected_files(local, None, ()):
                 self._sink.submit(file, render(self.object_name, path=self._rel(file), step=step))
         else:

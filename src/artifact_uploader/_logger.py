@@ -14,6 +14,7 @@ from typing import Any
 from ._config import PartPolicy, RetryPolicy, check_positive_int
 from ._errors import ConfigError, FailedUpload, ObjectNotFoundError, UploadFailedError
 from ._journal import resuming
+from ._logger_commit import ComposerCommits
 from ._naming import NameTemplate, default_run_name
 from ._registry import provider_from_seed
 from ._sync import Uploader, submit_bytes, take_failures
@@ -70,6 +71,14 @@ class ObjectStoreLogger:
         retry: Retry policy for transient errors. Default ``RetryPolicy()``.
         parts: Multipart policy. Default ``PartPolicy()``.
         verify: Check the store is reachable at construction. Default True.
+        commit_checkpoints: Opt-in: the folder Composer uploads its checkpoints under (the
+            folder of its ``remote_file_name``, e.g. ``"{run_name}/checkpoints"``). Each
+            checkpoint there (one file, or a sharded folder) goes to a fresh location
+            ``<folder>/step-<batch>/<save-id>/`` and is published with a commit record once
+            every file is durable; the ``latest`` ``.symlink`` is written after the commit and
+            points into it. Readers (:func:`~artifact_uploader.latest_checkpoint`,
+            :func:`~artifact_uploader.download_checkpoint` on :meth:`checkpoint_root_uri`)
+            see whole checkpoints only. Default None: plain uploads, as the seed.
 
     Raises:
         ConfigError: Unknown provider or template field, invalid concurrency, etc.
@@ -93,8 +102,13 @@ class ObjectStoreLogger:
         retry: RetryPolicy | None = None,
         parts: PartPolicy | None = None,
         verify: bool = True,
+        commit_checkpoints: str | None = None,
     ) -> None:
         check_positive_int(num_concurrent_uploads, "num_concurrent_uploads")
+        self._commits: ComposerCommits | None = None
+        if commit_checkpoints is not None:
+            seed = (provider, container, provider_kwargs)
+            self._commits = ComposerCommits(commit_checkpoints, seed, retry)
         if should_log_artifact is not None and not callable(should_log_artifact):
             raise ConfigError(f"should_log_artifact must be callable, got {should_log_artifact!r}")
         self._template = NameTemplate(object_name)
@@ -220,8 +234,17 @@ class ObjectStoreLogger:
         )
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait for every upload so far; raise :class:`UploadFailedError` for any that failed."""
+        """Wait for every upload so far; raise :class:`UploadFailedError` for any that failed
+        (and, with ``commit_checkpoints``, a commit's failure)."""
+        failures = [] if self._commits is None else self._commits.flush()
         self._uploader.flush(timeout)
+        if failures:
+            raise failures[0]
+
+    def checkpoint_root_uri(self) -> str | None:
+        """With ``commit_checkpoints``, the URI of the checkpoint root (for
+        :func:`~artifact_uploader.latest_checkpoint` / ``download_checkpoint``); else None."""
+        return None if self._commits is None else self._commits.root_uri(self)
 
     def close(self, timeout: Any = None, logger: Any = None, *, state: Any = None) -> None:
         """Flush and shut down the background thread (or process). Idempotent.
@@ -243,7 +266,10 @@ class ObjectStoreLogger:
         if state is not None or logger is not None or (timeout is not None and not is_number):
             return
         self._latest.clear()
+        failures = [] if self._commits is None else self._commits.close()
         self._uploader.close(timeout)
+        if failures:
+            raise failures[0]
 
     # -- Reading back --------------------------------------------------------------------------
 
@@ -418,7 +444,12 @@ class ObjectStoreLogger:
         was logged here, the symlink is stored as by :meth:`symlink_artifact`: written only
         after the checkpoint is durable (never when its upload failed), its text the
         checkpoint's stored object name (``object_name`` template applied).
+        With ``commit_checkpoints``, checkpoint files go to the commit instead.
         """
+        if self._commits is not None:
+            self._raise_earlier_failures()
+            if self._commits.upload_file(self, state, remote_file_name, file_path):
+                return
         if remote_file_name.endswith(SYMLINK_SUFFIX):
             target = _read_symlink_text(file_path)
             if target is not None and target in self._latest:

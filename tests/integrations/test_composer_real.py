@@ -10,11 +10,19 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from artifact_uploader import ObjectStoreLogger, UploadFailedError
+from artifact_uploader import (
+    ObjectStoreLogger,
+    RetryPolicy,
+    UploadFailedError,
+    download_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from tests._composer_shim import import_composer
 from tests.servers.fault_proxy import FaultProxy
 from tests.servers.moto import MotoServer, list_s3_keys, read_s3_object
@@ -177,8 +185,6 @@ def test_a_failed_final_checkpoint_fails_fit_and_keeps_the_old_latest(
     fault_proxy: FaultProxy,
     use_procs: bool,
 ) -> None:
-    from artifact_uploader import RetryPolicy
-
     # Every request for the final checkpoint's key is refused (403), for good.
     fault_proxy.deny("ep2-ba4-rank0.pt")
     logger = ObjectStoreLogger(
@@ -308,3 +314,102 @@ def test_download_file_and_get_file_artifact(
         assert not (dest / "m.pt").exists()
     finally:
         reader.close()
+
+
+# -- commit_checkpoints: each checkpoint a commit, the latest symlink moved after it ----------
+
+
+def steps(logger: ObjectStoreLogger, store: Store) -> list[int]:
+    root = logger.checkpoint_root_uri()
+    assert root is not None
+    return [c.step for c in list_checkpoints(root, provider_kwargs=store.options)]
+
+
+def test_composer_checkpoints_are_commits_and_autoresume_follows_latest(
+    composer: Any, workdir: Path, store: Store, tmp_path: Path
+) -> None:
+    logger = store.logger(commit_checkpoints=CKPTS)
+    fit_and_close(make_trainer(composer, logger))
+
+    assert steps(logger, store) == [4, 2]
+    root = logger.checkpoint_root_uri()
+    assert root is not None
+    latest = latest_checkpoint(root, provider_kwargs=store.options)
+    assert latest is not None and latest.files.keys() == {"ep2-ba4-rank0.pt"}
+    # The latest symlink names the checkpoint inside its committed location.
+    target = store.read(LATEST + ".symlink").decode()
+    assert target == f"{CKPTS}/{latest.location}/ep2-ba4-rank0.pt"
+    assert store.read(target) == (workdir / EP2).read_bytes()
+    dest = tmp_path / "restored"
+    download_checkpoint(root, dest, provider_kwargs=store.options)
+    assert (dest / "ep2-ba4-rank0.pt").read_bytes() == (workdir / EP2).read_bytes()
+    # Only committed locations and the symlink: nothing under the plain names.
+    assert not [n for n in store.names() if n.startswith(f"{CKPTS}/ep")]
+
+    # A new machine: the local checkpoints are gone; autoresume downloads through the logger,
+    # following the symlink into the committed location, and goes on from epoch 2.
+    shutil.rmtree(workdir / CKPTS)
+    resumed = make_trainer(
+        composer, store.logger(commit_checkpoints=CKPTS), max_duration="3ep", autoresume=True
+    )
+    fit_and_close(resumed)
+    assert int(resumed.state.timestamp.epoch) == 3
+    assert steps(logger, store) == [6, 4, 2]
+
+
+def test_a_sharded_folder_is_one_commit_and_latest_names_the_folder(store_dir: Path) -> None:
+    # What Composer uploads for a sharded checkpoint (rank 0, world size 1): .metadata, the
+    # shard, then the latest symlink naming the folder.
+    logger = ObjectStoreLogger("file", str(store_dir), commit_checkpoints="{run_name}/ckpts")
+    logger.run_name = "run9"
+    work = store_dir.parent / "work"
+    (work / "ep1-ba2").mkdir(parents=True)
+    (work / "ep1-ba2" / ".metadata").write_bytes(b"meta")
+    (work / "ep1-ba2" / "__0_0.distcp").write_bytes(b"shard" * 1000)
+    (work / "latest.symlink").write_text("run9/ckpts/ep1-ba2")
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=SimpleNamespace(value=2)))
+    for name in (".metadata", "__0_0.distcp"):
+        logger.upload_file(state, f"run9/ckpts/ep1-ba2/{name}", work / "ep1-ba2" / name)
+    root = logger.checkpoint_root_uri()
+    assert root == (store_dir / "run9" / "ckpts").as_uri()
+    logger.upload_file(state, "run9/ckpts/latest-rank0.pt.symlink", work / "latest.symlink")
+    logger.close()
+
+    ckpt = latest_checkpoint(root)
+    assert ckpt is not None and ckpt.step == 2
+    assert sorted(ckpt.files) == ["ep1-ba2/.metadata", "ep1-ba2/__0_0.distcp"]
+    symlink = (store_dir / "run9/ckpts/latest-rank0.pt.symlink").read_text()
+    assert symlink == f"run9/ckpts/{ckpt.location}/ep1-ba2"
+    dest = store_dir.parent / "restored"
+    download_checkpoint(root, dest)
+    assert (dest / "ep1-ba2" / "__0_0.distcp").read_bytes() == b"shard" * 1000
+
+
+def test_a_failed_checkpoint_is_never_committed_and_latest_stays(
+    composer: Any,
+    workdir: Path,
+    moto_server: MotoServer,
+    s3_bucket: str,
+    fault_proxy: FaultProxy,
+) -> None:
+    # Every request for the second checkpoint's file is refused (403), for good.
+    fault_proxy.deny("ep2-ba4-rank0.pt")
+    options = moto_server.options(endpoint_url=fault_proxy.endpoint_url)
+    logger = ObjectStoreLogger(
+        "s3",
+        s3_bucket,
+        provider_kwargs=options,
+        retry=RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0),
+        commit_checkpoints=CKPTS,
+    )
+    trainer = make_trainer(composer, logger)
+    with pytest.raises(UploadFailedError, match=r"ep2-ba4-rank0\.pt"):
+        trainer.fit()
+    trainer.close()
+    root = logger.checkpoint_root_uri()
+    assert root is not None
+    committed = list_checkpoints(root, provider_kwargs=options)
+    assert [c.step for c in committed] == [2]
+    client = moto_server.client("s3")
+    symlink = client.get_object(Bucket=s3_bucket, Key=LATEST + ".symlink")["Body"].read()
+    assert symlink.decode() == f"{CKPTS}/{committed[0].location}/ep1-ba2-rank0.pt"
