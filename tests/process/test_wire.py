@@ -14,7 +14,9 @@ from artifact_uploader._intake import EngineOptions, Prepared
 from artifact_uploader._staging import StagedFile
 
 _CLASSES = [
-    obj for obj in vars(wire).values() if isinstance(obj, type) and obj.__module__ == wire.__name__
+    obj
+    for name, obj in vars(wire).items()
+    if isinstance(obj, type) and obj.__module__ == wire.__name__ and not name.startswith("_")
 ]
 
 
