@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Generator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def outcome_of(handle: UploadHandle) -> asyncio.Future[UploadResult]:
     return handle._future
 
 
+@dataclass(eq=False)
 class Core:
     """Per-name chains and upload tasks; drain and cancel.
 
@@ -85,25 +87,15 @@ class Core:
         submitted: Those names.
     """
 
-    def __init__(
-        self,
-        gate: Gate,
-        transfer: Transfer,
-        reporter: Reporter,
-        stager: Stager,
-        journal: Journal | None,
-        *,
-        track_names: bool = False,
-    ) -> None:
-        self.gate = gate
-        self.transfer = transfer
-        self.reporter = reporter
-        self.stager = stager
-        self.journal = journal
-        self.track_names = track_names
-        self.submitted: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._chains: dict[str, asyncio.Future[UploadResult]] = {}
+    gate: Gate
+    transfer: Transfer
+    reporter: Reporter
+    stager: Stager
+    journal: Journal | None
+    track_names: bool = False
+    submitted: set[str] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _chains: dict[str, asyncio.Future[UploadResult]] = field(default_factory=dict, init=False)
 
     @property
     def running(self) -> int:

@@ -50,7 +50,7 @@ from ._errors import (
 from ._events import EventKind
 from ._intake import Gate
 from ._report import Reporter
-from ._transfer import RequestRunner, first_error
+from ._transfer import RequestRunner, run_workers
 from ._types import DownloadResult
 from .providers._protocol import Checksum, ObjectInfo, Provider, ReadableProvider
 
@@ -89,6 +89,9 @@ class _Plan:
     # are computed by reading the written file back.
     read_back: bool = False
 
+
+# Where a download may go.
+Dest = str | os.PathLike[str]
 
 _READ_METHODS = frozenset({"download", "head", "exists", "list"})
 
@@ -231,24 +234,17 @@ class _ReadSide:
         )
 
 
+@dataclass(eq=False)
 class Reads:
     """The read side on the engine's loop: every request through its :class:`RequestRunner`
     (so reads share the uploads' semaphore, watchdog and retry policy), every event through
     its :class:`Reporter`."""
 
-    def __init__(
-        self,
-        provider: Provider,
-        parts: PartPolicy,
-        runner: RequestRunner,
-        reporter: Reporter,
-        gate: Gate,
-    ) -> None:
-        self.provider = provider
-        self.parts = parts
-        self.runner = runner
-        self.reporter = reporter
-        self.gate = gate
+    provider: Provider
+    parts: PartPolicy
+    runner: RequestRunner
+    reporter: Reporter
+    gate: Gate
 
     def _reader(self) -> ReadableProvider:
         self.gate.check_open()
@@ -291,12 +287,7 @@ class Reads:
         return await self.runner.request(collect, f"LIST {prefix!r}", prefix, 0)
 
     async def download(
-        self,
-        name: str,
-        dest: str | os.PathLike[str],
-        *,
-        overwrite: bool = False,
-        follow_symlinks: bool = True,
+        self, name: str, dest: Dest, *, overwrite: bool = False, follow_symlinks: bool = True
     ) -> DownloadResult:
         """See ``AsyncUploader.download``."""
         provider = self._reader()
@@ -454,11 +445,12 @@ class Reads:
                     async def get(o: int = offset, n: int = length) -> bytes:
                         data = await provider.get_range(name, o, n, etag=etag)
                         if len(data) != n:
+                            uri = provider.uri(name)
+                            short = f"{len(data)} of {n} bytes at {o}"
                             raise ProviderError(
-                                f"short read of {provider.uri(name)!r}: {len(data)} of {n} "
-                                f"bytes at {o}",
+                                f"short read of {uri!r}: {short}",
                                 name=name,
-                                uri=provider.uri(name),
+                                uri=uri,
                                 transient=True,
                             )
                         # A failed write is an OSError, not a transient ProviderError: it ends
@@ -476,12 +468,7 @@ class Reads:
             if count == 1:
                 await worker()
             elif count:
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        for _ in range(min(self.runner.max_concurrency, count)):
-                            tg.create_task(worker())
-                except BaseExceptionGroup as group:
-                    raise first_error(group) from None
+                await run_workers(worker, min(self.runner.max_concurrency, count))
             uri = provider.uri(name)
 
             def check_and_publish(found: list[bytes]) -> None:
@@ -689,4 +676,3 @@ def _publish(fd: int, tmp: Path, dest: Path, overwrite: bool) -> None:
         pass
     finally:
         os.close(dfd)
-

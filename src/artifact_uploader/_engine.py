@@ -9,59 +9,55 @@ writes to the pipe. The staging folder and the journal stay their owner's to clo
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from ._core import Core, UploadHandle
+from ._core import Core
 from ._download import Reads
 from ._errors import ConfigError
-from ._intake import EngineOptions, Gate, Prepared
+from ._intake import EngineOptions, Gate
 from ._journal import Journal, JournalEntry
 from ._report import Reporter
 from ._resume import Resumer, ResumeReport
 from ._staging import Stager
 from ._transfer import RequestRunner, Transfer, cleanup_budget
-from ._types import UploadResult
 from .providers._protocol import Provider
 
 log = logging.getLogger("artifact_uploader")
 
 
+@dataclass(eq=False)
 class Engine:
-    """One provider's uploads and reads on one event loop.
+    """One provider's uploads and reads on one event loop (build it with
+    :func:`build_engine`).
 
     Attributes:
+        core: Scheduling (per-name chains, tasks); ``core.gate`` is the lifecycle it shares
+            with its intake (its own in a child process).
+        reads: download / head / exists / list (``reads.runner``: semaphore, watchdog,
+            retries).
         loop: The loop it was built on (the only one it may be used from).
-        gate: The lifecycle it shares with its intake (its own in a child process).
-        core: Scheduling (per-name chains, tasks).
-        transfer: Put / multipart / abort.
-        runner: The request runner (semaphore, watchdog, retries).
-        reads: download / head / exists / list.
+        enqueue: :meth:`Core.enqueue` (on the loop).
+        enqueue_threadsafe: :meth:`Core.enqueue_threadsafe` (schedule it with
+            ``loop.call_soon_threadsafe``).
+        read_call: :meth:`Reads.call`, one read on behalf of a sync facade.
     """
 
-    def __init__(
-        self,
-        provider: Provider,
-        options: EngineOptions,
-        gate: Gate,
-        core: Core,
-        transfer: Transfer,
-        reads: Reads,
-        journal: Journal | None,
-        resumer: Resumer | None,
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.provider = provider
-        self.options = options
-        self.gate = gate
-        self.core = core
-        self.transfer = transfer
-        self.runner = transfer.runner
-        self.reads = reads
-        self.journal = journal
-        self._resumer = resumer
+    provider: Provider
+    options: EngineOptions
+    core: Core
+    reads: Reads
+    resumer: Resumer | None
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+
+    def __post_init__(self) -> None:
+        self.gate = self.core.gate
+        self.transfer = self.core.transfer
+        self.runner = self.transfer.runner
+        self.enqueue = self.core.enqueue
+        self.enqueue_threadsafe = self.core.enqueue_threadsafe
+        self.read_call = self.reads.call
 
     async def open(self) -> None:
         """Open the provider (checking the store when ``verify``); the gate opens.
@@ -75,19 +71,6 @@ class Engine:
             await self.provider.aclose()
             raise
         self.gate.move("open")
-
-    def enqueue(self, prepared: Prepared, after: Awaitable[Any] | None = None) -> UploadHandle:
-        """Start uploading ``prepared`` (on the loop); see :meth:`Core.enqueue`."""
-        return self.core.enqueue(prepared, after)
-
-    def enqueue_threadsafe(
-        self,
-        prepared: Prepared,
-        target: concurrent.futures.Future[UploadResult],
-        after: concurrent.futures.Future[Any] | None = None,
-    ) -> None:
-        """Schedule with ``loop.call_soon_threadsafe``; see :meth:`Core.enqueue_threadsafe`."""
-        self.core.enqueue_threadsafe(prepared, target, after)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every upload started so far has finished (failures stay with the
@@ -140,19 +123,9 @@ class Engine:
             ConfigError: No persistent staging folder (no journal).
         """
         self.gate.check_open()
-        if self._resumer is None:
+        if self.resumer is None:
             raise ConfigError("resume needs a persistent staging folder (staging_dir=...)")
-        return await self._resumer.resume(entries, problems, bad_entries)
-
-    async def read_call(
-        self,
-        method: str,
-        args: tuple[object, ...],
-        kwargs: dict[str, object],
-        timeout: float | None,
-    ) -> object:
-        """One read on behalf of a sync facade; see :meth:`Reads.call`."""
-        return await self.reads.call(method, args, kwargs, timeout)
+        return await self.resumer.resume(entries, problems, bad_entries)
 
 
 def build_engine(
@@ -182,4 +155,4 @@ def build_engine(
     core = Core(gate, transfer, reporter, stager, journal, track_names=track_names)
     resumer = Resumer(core, transfer, reporter, stager, journal) if journal is not None else None
     reads = Reads(provider, options.parts, runner, reporter, gate)
-    return Engine(provider, options, gate, core, transfer, reads, journal, resumer)
+    return Engine(provider, options, core, reads, resumer)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -90,26 +89,3 @@ class ProgressTotals:
 
 
 EventCallback = Callable[[UploadEvent], None]
-
-
-@dataclass
-class _Counters:
-    start: float = field(default_factory=time.monotonic)
-    files_queued: int = 0
-    files_done: int = 0
-    files_failed: int = 0
-    bytes_queued: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-    def snapshot(self) -> ProgressTotals:
-        return ProgressTotals(
-            files_queued=self.files_queued,
-            files_done=self.files_done,
-            files_failed=self.files_failed,
-            bytes_queued=self.bytes_queued,
-            bytes_sent=self.bytes_sent,
-            in_flight=self.files_queued - self.files_done - self.files_failed,
-            elapsed=time.monotonic() - self.start,
-            bytes_received=self.bytes_received,
-        )

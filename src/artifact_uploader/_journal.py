@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._errors import StagingError, UploaderClosedError
-from ._staging import _CREATE_EXCL, STAGED_DIR, _check_own_file, _refused
+from ._staging import _CREATE_EXCL, STAGED_DIR, _check_own_file, _refused, closed_on_error
 from .providers._protocol import Checksum
 
 JOURNAL_FILE = "journal.jsonl"
@@ -208,12 +208,9 @@ def _open_append(path: Path) -> int:
         )
     except OSError as exc:
         raise _refused(path, exc, "journal") from exc
-    try:
+    with closed_on_error(fd):
         _check_own_file(fd, path, "journal")
         os.fchmod(fd, 0o600)
-    except BaseException:
-        os.close(fd)
-        raise
     return fd
 
 

@@ -11,17 +11,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from ._errors import FailedUpload
-from ._events import EventCallback, EventKind, ProgressTotals, UploadEvent, _Counters
+from ._events import EventCallback, EventKind, ProgressTotals, UploadEvent
 from ._types import UploadResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger("artifact_uploader")
 
 # Most events an events() consumer may fall behind before the oldest are dropped.
 _EVENT_BUFFER = 10_000
+# What count() may add to (ProgressTotals' fields that are running sums).
+_COUNTERS = (
+    "files_queued",
+    "files_done",
+    "files_failed",
+    "bytes_queued",
+    "bytes_sent",
+    "bytes_received",
+)
+
+
+class EventDetail(TypedDict, total=False):
+    """An event's optional fields (see :class:`UploadEvent`); absent ones are 0 / None."""
+
+    nbytes: int
+    attempt: int
+    delay: float
+    error: BaseException | None
 
 
 class Reporter(Protocol):
@@ -32,17 +54,7 @@ class Reporter(Protocol):
         """Add ``deltas`` to the running totals (``files_done=1``, ``bytes_sent=n``...)."""
         ...
 
-    def emit(
-        self,
-        kind: EventKind,
-        name: str,
-        size: int,
-        *,
-        nbytes: int = 0,
-        attempt: int = 0,
-        delay: float = 0.0,
-        error: BaseException | None = None,
-    ) -> None:
+    def emit(self, kind: EventKind, name: str, size: int, **detail: Unpack[EventDetail]) -> None:
         """One progress event (see :class:`UploadEvent` for the fields)."""
         ...
 
@@ -63,7 +75,8 @@ class LocalReporter:
 
     def __init__(self, on_event: EventCallback | None = None) -> None:
         self._listeners: list[EventCallback] = [on_event] if on_event is not None else []
-        self._counters = _Counters()
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._start = time.monotonic()
         self._counter_lock = threading.Lock()
         self._failures: list[FailedUpload] = []
         # The loop appends failures while a caller's thread takes them (the logger, at its next
@@ -76,7 +89,10 @@ class LocalReporter:
     def totals(self) -> ProgressTotals:
         """Running totals: files and bytes queued, sent, failed, in flight."""
         with self._counter_lock:
-            return self._counters.snapshot()
+            counts = dict(self._counts)
+            elapsed = time.monotonic() - self._start
+        in_flight = counts["files_queued"] - counts["files_done"] - counts["files_failed"]
+        return ProgressTotals(**counts, in_flight=in_flight, elapsed=elapsed)
 
     @property
     def subscribers(self) -> int:
@@ -86,7 +102,8 @@ class LocalReporter:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the totals from zero, and stream events to ``events()`` through ``loop``."""
         with self._counter_lock:
-            self._counters = _Counters()
+            self._counts = dict.fromkeys(_COUNTERS, 0)
+            self._start = time.monotonic()
         self._loop = loop
 
     # -- Reporter ----------------------------------------------------------------------------
@@ -95,24 +112,23 @@ class LocalReporter:
         """Add ``deltas`` to the running totals."""
         with self._counter_lock:
             for k, v in deltas.items():
-                setattr(self._counters, k, getattr(self._counters, k) + v)
+                self._counts[k] += v
 
-    def emit(
-        self,
-        kind: EventKind,
-        name: str,
-        size: int,
-        *,
-        nbytes: int = 0,
-        attempt: int = 0,
-        delay: float = 0.0,
-        error: BaseException | None = None,
-    ) -> None:
+    def emit(self, kind: EventKind, name: str, size: int, **detail: Unpack[EventDetail]) -> None:
         """Call every listener with the event (a raising listener is logged and ignored) and
         queue it for every ``events()`` iterator."""
         if not self._listeners and not self._queues:
             return
-        event = UploadEvent(kind, name, size, self.totals, nbytes, attempt, delay, error)
+        event = UploadEvent(
+            kind,
+            name,
+            size,
+            self.totals,
+            detail.get("nbytes", 0),
+            detail.get("attempt", 0),
+            detail.get("delay", 0.0),
+            detail.get("error"),
+        )
         for listener in self._listeners:
             try:
                 listener(event)

@@ -50,24 +50,16 @@ class ResumeReport:
     bad_entries: list[str] = field(default_factory=list)
 
 
+@dataclass(eq=False)
 class Resumer:
     """Hands each inherited journal entry over: superseded, already present, failed or
     uploaded again."""
 
-    def __init__(
-        self,
-        core: Core,
-        transfer: Transfer,
-        reporter: Reporter,
-        stager: Stager,
-        journal: Journal,
-    ) -> None:
-        self.core = core
-        self.transfer = transfer
-        self.provider = transfer.provider
-        self.reporter = reporter
-        self.stager = stager
-        self.journal = journal
+    core: Core
+    transfer: Transfer
+    reporter: Reporter
+    stager: Stager
+    journal: Journal
 
     async def resume(
         self, entries: list[JournalEntry], problems: list[str], bad_entries: list[str]
@@ -116,7 +108,7 @@ class Resumer:
             bad_entries.append(msg)
             self.journal.done(entry.id)
             return None
-        provider = self.provider
+        provider = self.transfer.provider
         if isinstance(provider, MultipartProvider):
             # The crashed run's own uploads: always safe to abort.
             for upload_id in entry.multipart_ids:
@@ -145,9 +137,7 @@ class Resumer:
             self._supersede(entry, path, superseded)
             return None
         try:
-            handle = self.core.enqueue(
-                Prepared(entry.name, staged, entry.overwrite), resumed=True
-            )
+            handle = self.core.enqueue(Prepared(entry.name, staged, entry.overwrite), resumed=True)
         except BaseException:
             self.stager.forget(staged)  # closed meanwhile: the entry stays journalled
             raise

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -385,6 +386,16 @@ class Stager:
                 pass
 
 
+@contextlib.contextmanager
+def closed_on_error(fd: int) -> Iterator[int]:
+    """Close ``fd`` if the block raises (a descriptor refused by a check must not leak)."""
+    try:
+        yield fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 # Create a new file, never through a symbolic link and never reusing a name that exists.
 _CREATE_EXCL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -459,13 +470,10 @@ def _open_private_dir(folder: Path) -> int:
             path=folder,
         )
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with closed_on_error(fd):
         _check_owner_and_mode(os.fstat(fd), folder, "staging folder")
         if fresh:
             os.fchmod(fd, 0o700)  # whatever owner bits the umask took away
-    except BaseException:
-        os.close(fd)
-        raise
     return fd
 
 
@@ -493,15 +501,12 @@ def _open_subdir(parent_fd: int, parent: Path, name: str) -> int:
                 f"staged sub-folder {str(path)!r} is not a directory; refusing it", path=path
             ) from exc
         raise
-    try:
+    with closed_on_error(fd):
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
             _check_owner_and_mode(st, path, "staged sub-folder")
         # Ours: make it private again, whatever an earlier run or the umask left.
         os.fchmod(fd, 0o700)
-    except BaseException:
-        os.close(fd)
-        raise
     return fd
 
 

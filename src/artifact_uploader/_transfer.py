@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ._config import PartPolicy, RetryPolicy
 from ._errors import ConfigError
@@ -41,31 +42,43 @@ def cleanup_budget(timeout: float | None) -> float:
     return min(_CLEANUP_TIMEOUT, max(1.0, timeout))
 
 
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error of a task group's failure (not a sibling's cancellation)."""
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
+            return _first_error(exc)
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group.exceptions[0]
 
 
+async def run_workers(worker: Callable[[], Coroutine[Any, Any, None]], count: int) -> None:
+    """Run ``count`` copies of ``worker`` at once; the first to fail cancels the others, and
+    its error (not a sibling's cancellation) is raised as itself, not as a group."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(count):
+                tg.create_task(worker())
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+
+
+@dataclass(eq=False)
 class RequestRunner:
     """Runs one request to the store: under the semaphore, watched for stalls, retried.
 
     Built on the loop it serves (the semaphore and the watchdog's timer belong to it).
     """
 
-    def __init__(
-        self, provider: Provider, retry: RetryPolicy, max_concurrency: int, reporter: Reporter
-    ) -> None:
-        self.provider = provider
-        self.retry = retry
-        self.max_concurrency = max_concurrency
-        self.reporter = reporter
-        self.semaphore = asyncio.Semaphore(max_concurrency)
-        stall = retry.stall_timeout
+    provider: Provider
+    retry: RetryPolicy
+    max_concurrency: int
+    reporter: Reporter
+    semaphore: asyncio.Semaphore = field(init=False)
+    watchdog: StallWatchdog | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.max_concurrency)
+        stall = self.retry.stall_timeout
         self.watchdog = StallWatchdog(stall) if stall is not None else None
 
     async def request(self, op: Callable[[], Awaitable[T]], what: str, name: str, size: int) -> T:
@@ -87,6 +100,7 @@ class RequestRunner:
         return await retrying(self.retry, attempt, what=what, on_retry=on_retry)
 
 
+@dataclass(eq=False)
 class Transfer:
     """Moves one staged file into the store: one PUT, or a multipart upload (aborted on
     failure or cancellation).
@@ -96,20 +110,17 @@ class Transfer:
         cleanup_timeout: How long one abort may take (shortened by a close with a timeout).
     """
 
-    def __init__(
-        self,
-        runner: RequestRunner,
-        parts: PartPolicy,
-        reporter: Reporter,
-        journal: Journal | None,
-    ) -> None:
-        self.runner = runner
-        self.provider = runner.provider
-        self.parts = parts
-        self.reporter = reporter
-        self.journal = journal
-        self.live_ids: set[str] = set()
-        self.cleanup_timeout = _CLEANUP_TIMEOUT
+    runner: RequestRunner
+    parts: PartPolicy
+    reporter: Reporter
+    journal: Journal | None
+    live_ids: set[str] = field(default_factory=set)
+    cleanup_timeout: float = _CLEANUP_TIMEOUT
+
+    @property
+    def provider(self) -> Provider:
+        """The store."""
+        return self.runner.provider
 
     def _sent(self, name: str, size: int, n: int) -> None:
         self.reporter.count(bytes_sent=n)
@@ -178,12 +189,7 @@ class Transfer:
                 # Inside the try: an upload whose id could not be journalled is aborted now,
                 # never left for no resume to find.
                 self.journal.multipart(staged.id, upload_id)
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for _ in range(min(self.runner.max_concurrency, count)):
-                        tg.create_task(worker())
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
+            await run_workers(worker, min(self.runner.max_concurrency, count))
             parts = [r for r in results if r is not None]
             return await request(
                 lambda: provider.complete_multipart(name, upload_id, parts, overwrite=overwrite),
