@@ -281,6 +281,10 @@ class ScrubbedResponse:
         return self._redactor.scrub(str(self._inner.text(*args, **kwargs)))
 
     def __getattr__(self, name: str) -> Any:
+        if name in ScrubbedResponse.__slots__ or name.startswith("__"):
+            # Our own slots before they are set (copy, unpickling), and protocol lookups:
+            # never delegated, so they cannot recurse.
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def __repr__(self) -> str:
