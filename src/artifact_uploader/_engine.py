@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from ._core import Core
 from ._download import Reads
 from ._errors import ConfigError
-from ._intake import EngineOptions, Gate
+from ._intake import EngineOptions, Gate, Intake
 from ._journal import Journal, JournalEntry
-from ._report import Reporter
+from ._report import LocalReporter, Reporter
 from ._resume import Resumer, ResumeReport
 from ._staging import Stager
 from ._transfer import RequestRunner, Transfer, cleanup_budget
@@ -156,3 +156,38 @@ def build_engine(
     resumer = Resumer(core, transfer, reporter, stager, journal) if journal is not None else None
     reads = Reads(provider, options.parts, runner, reporter, gate)
     return Engine(provider, options, core, reads, resumer)
+
+
+async def open_local(intake: Intake, reporter: LocalReporter, options: EngineOptions) -> Engine:
+    """Build and open the engine of an uploader whose loop runs in this process (AsyncUploader,
+    the thread runner): totals start, events stream through this loop, the engine shares the
+    intake's gate. When opening fails, the intake's journal and staging folder are closed.
+    """
+    reporter.attach(asyncio.get_running_loop())
+    engine = build_engine(
+        intake.provider,
+        options,
+        intake.stager,
+        intake.journal,
+        reporter,
+        gate=intake.gate,
+        track_names=bool(intake.inherited),
+    )
+    try:
+        await engine.open()
+    except BaseException:
+        intake.close_files()
+        raise
+    return engine
+
+
+async def close_local(
+    engine: Engine, intake: Intake, reporter: LocalReporter, timeout: float | None
+) -> None:
+    """Close what :func:`open_local` opened: the engine (see :meth:`Engine.aclose`), then the
+    event streams and the intake's journal and staging folder, whatever happened."""
+    try:
+        await engine.aclose(timeout, stop_submits=intake.stop_submits)
+    finally:
+        reporter.end_streams()
+        intake.close_files()

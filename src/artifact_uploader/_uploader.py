@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -18,14 +17,13 @@ from typing import Any
 from ._config import PartPolicy, RetryPolicy
 from ._core import DependencyFailedError, UploadHandle
 from ._download import Reads, _ReadSide
-from ._engine import Engine, build_engine
+from ._engine import Engine, close_local, open_local
 from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadFailedError
 from ._events import EventCallback, ProgressTotals, UploadEvent
-from ._intake import EngineOptions, Intake, Prepared
+from ._intake import EngineOptions, Intake
 from ._journal import JournalEntry
 from ._report import LocalReporter
 from ._resume import ResumeReport
-from ._transfer import cleanup_budget
 from ._types import UploadResult
 from .providers._protocol import Provider
 
@@ -34,11 +32,7 @@ __all__ = [
     "DependencyFailedError",
     "ResumeReport",
     "UploadHandle",
-    "cleanup_budget",
 ]
-
-# Kept for one step: the runners imported the staged-file record under this name.
-_Prepared = Prepared
 
 
 class AsyncUploader(_ReadSide):
@@ -137,21 +131,7 @@ class AsyncUploader(_ReadSide):
             if intake.gate.state == "open":
                 return
             raise UploaderClosedError("this uploader was closed; create a new one")
-        self._reporter.attach(asyncio.get_running_loop())
-        self._engine = build_engine(
-            self.provider,
-            self._options,
-            intake.stager,
-            intake.journal,
-            self._reporter,
-            gate=intake.gate,
-            track_names=bool(intake.inherited),
-        )
-        try:
-            await self._engine.open()
-        except BaseException:
-            intake.close_files()
-            raise
+        self._engine = await open_local(intake, self._reporter, self._options)
 
     def _opened(self) -> Engine:
         """The engine, once open (raises UploaderClosedError otherwise)."""
@@ -268,11 +248,7 @@ class AsyncUploader(_ReadSide):
             intake.gate.move("closed")
             intake.close_files()
             return
-        try:
-            await self._engine.aclose(timeout, stop_submits=intake.stop_submits)
-        finally:
-            self._reporter.end_streams()
-            intake.close_files()
+        await close_local(self._engine, intake, self._reporter, timeout)
         self._raise_failures("before close")
 
     @property
