@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Awaitable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from . import _wire as wire
 from ._core import UploadHandle
@@ -28,6 +28,7 @@ from ._engine import Engine, build_engine
 from ._errors import ConfigError, FailedUpload, UploadError
 from ._events import EventKind
 from ._journal import Journal
+from ._report import EventDetail
 from ._staging import Stager
 from ._types import UploadResult
 
@@ -107,20 +108,14 @@ class PipeReporter:
         """Counter deltas, for the parent's totals."""
         self._out.put(wire.Count(deltas))
 
-    def emit(
-        self,
-        kind: EventKind,
-        name: str,
-        size: int,
-        *,
-        nbytes: int = 0,
-        attempt: int = 0,
-        delay: float = 0.0,
-        error: BaseException | None = None,
-    ) -> None:
+    def emit(self, kind: EventKind, name: str, size: int, **detail: Unpack[EventDetail]) -> None:
         """A progress event, sent only when the parent has a listener."""
         if self._forward_events:
-            self._out.put(wire.Event(kind, name, size, nbytes, attempt, delay, wire.pack(error)))
+            error = wire.pack(detail.get("error"))
+            nbytes, attempt = detail.get("nbytes", 0), detail.get("attempt", 0)
+            self._out.put(
+                wire.Event(kind, name, size, nbytes, attempt, detail.get("delay", 0.0), error)
+            )
 
     def add_failure(self, failure: FailedUpload) -> None:
         """A failure, sent as it happens (nothing is kept in this process)."""

@@ -1,5 +1,12 @@
 """Uploader: the sync facade. Stages in the caller's thread; uploads on its own loop thread,
-or in a child process with ``use_procs=True`` (see :mod:`artifact_uploader._procs`)."""
+or in a child process with ``use_procs=True`` (see :mod:`artifact_uploader._procs`).
+
+An :class:`Uploader` wires three parts: the :class:`~._intake.Intake` (validate, stage, journal;
+in the caller's thread), a :class:`~._report.LocalReporter` (totals, events, failures) and a
+:class:`Runner` that runs the loop-side engine: :class:`ThreadRunner` here, or
+:class:`~._procs.ProcessRunner`. Both runners feed the same reporter, so ``flush``/``close``
+report failures the same way in both modes.
+"""
 
 from __future__ import annotations
 
