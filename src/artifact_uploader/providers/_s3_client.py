@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiobotocore
+import aiobotocore.session
 import aiohttp
 import botocore
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 
-from .._errors import ProviderError
-from ._redact import Redactor
+from .._errors import ConfigError, ProviderError
+from ._kit import check_plain_http, is_loopback_host
+from ._redact import Redactor, install_log_filter
+from ._s3_direct import DirectS3
 from ._vendor import client_credentials, credential_values, session_class
 
 USER_AGENT: Final = (
@@ -47,6 +50,8 @@ class ClientOptions(Protocol):
     """The provider settings a client is built from (the provider's public attributes)."""
 
     bucket: str
+    checksum: str | None
+    allow_http: bool
     region: str | None
     endpoint_url: str | None
     use_ssl: bool
@@ -178,3 +183,100 @@ async def create_client(
             redactor.scrub(f"cannot create the S3 client for bucket {options.bucket!r}: {exc}")
         ) from exc
     return stack, client
+
+
+class Connection(NamedTuple):
+    """An open client (see :func:`connect`).
+
+    Attributes:
+        stack: Closing it closes the client, the direct path and the log filter.
+        client: The aiobotocore S3 client.
+        direct: The direct PutObject / UploadPart path, where it is equivalent (else None).
+        endpoint: The endpoint the client resolved (argument, environment or config file).
+    """
+
+    stack: AsyncExitStack
+    client: Any
+    direct: DirectS3 | None
+    endpoint: str
+
+
+def unsigned_payload_ok(checksum: str | None, endpoint: str) -> bool:
+    """Whether bodies to ``endpoint`` may go out with UNSIGNED-PAYLOAD: with our CRC32C, and
+    over TLS or to a loopback host (on plain HTTP anyone on the path could rewrite body and CRC
+    together). Decided on the endpoint the client resolved, however it was configured."""
+    if not checksum:
+        return False
+    parts = urlsplit(endpoint)
+    return parts.scheme == "https" or is_loopback_host(parts.hostname)
+
+
+async def connect(
+    options: ClientOptions, credentials: Credentials | None, redactor: Redactor
+) -> Connection:
+    """Create the client (and the direct path where it is equivalent) on the running loop.
+
+    The default chain's credentials join ``redactor``'s secrets and the SDK loggers get its
+    filter while the connection is open.
+
+    Raises:
+        ConfigError: The resolved endpoint is plain HTTP to a remote host without
+            ``allow_http``.
+        ProviderError: botocore could not create the client.
+        LibraryChanged: botocore no longer keeps the chain's credentials where they are read.
+    """
+    session = aiobotocore.session.AioSession()
+    # First guess from the arguments; botocore may resolve another endpoint (from
+    # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or the config file): then the client is made
+    # again with the signing and addressing that endpoint needs.
+    guess = options.endpoint_url or ("https" if options.use_ssl else "http") + "://s3.amazonaws.com"
+    custom = options.endpoint_url is not None
+    unsigned = unsigned_payload_ok(options.checksum, guess)
+    stack, client = await create_client(
+        session, options, credentials, redactor, unsigned=unsigned, path_style=custom
+    )
+    resolved = str(getattr(client.meta, "endpoint_url", None) or guess)
+    try:
+        check_plain_http(resolved, label="S3", allow_http=options.allow_http)
+    except ConfigError:
+        await stack.aclose()
+        raise
+    if unsigned_payload_ok(options.checksum, resolved) != unsigned or (
+        not custom and not is_aws_endpoint(resolved)
+    ):
+        await stack.aclose()
+        stack, client = await create_client(
+            session,
+            options,
+            credentials,
+            redactor,
+            unsigned=unsigned_payload_ok(options.checksum, resolved),
+            path_style=custom or not is_aws_endpoint(resolved),
+        )
+    direct: DirectS3 | None = None
+    try:
+        if credentials is None:
+            source = chain_secrets(client)
+            if source is not None:
+                redactor.add_source(source)
+        stack.callback(install_log_filter(redactor, SDK_LOGGERS))
+        if unsigned_payload_ok(options.checksum, resolved):
+            # Only with our own CRC32C, over TLS or loopback: the fast path sends
+            # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to botocore.
+            direct = await DirectS3.create(
+                client,
+                options.bucket,
+                verify=options.verify,
+                connect_timeout=options.connect_timeout,
+                read_timeout=options.read_timeout,
+                max_pool_connections=options.max_pool_connections,
+                user_agent=USER_AGENT,
+            )
+    except BaseException:
+        await stack.aclose()
+        raise
+    if direct is not None:
+        stack.push_async_callback(direct.aclose)
+        if not unsigned_payload_ok(options.checksum, direct.endpoint):
+            direct = None
+    return Connection(stack, client, direct, resolved)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,8 @@ from .._retry import note_progress
 from ._protocol import Checksum, ObjectInfo
 from ._s3_checks import etag_is_md5, etag_parts, is_b64_digest, version
 from ._s3_target import S3Target
+
+log = logging.getLogger("artifact_uploader")
 
 
 class S3Reader:
@@ -29,6 +32,34 @@ class S3Reader:
 
     def __repr__(self) -> str:
         return f"S3Reader({self._target!r})"
+
+    async def head_bucket(self) -> None:
+        """HeadBucket: the bucket exists and the credentials are accepted.
+
+        A bucket in another region than the direct path signs for turns the direct path off:
+        botocore follows the bucket's real region (and remembers it), so every request goes to
+        botocore.
+
+        Raises:
+            StoreNotFoundError: The bucket does not exist.
+            PermissionDeniedError: The credentials were refused.
+        """
+        t = self._target
+        try:
+            head = await t.live().head_bucket(Bucket=t.bucket)
+        except Exception as exc:
+            raise t.map(exc, "HeadBucket", None) from exc
+        headers = (head.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        region = headers.get("x-amz-bucket-region")
+        direct = t.direct
+        if direct is not None and region and region != direct.region:
+            log.info(
+                "S3 bucket %r is in region %r, not %r: not using the direct request path",
+                t.bucket,
+                region,
+                direct.region,
+            )
+            t.direct = None
 
     async def head(self, name: str) -> ObjectInfo:
         """HeadObject; see :meth:`S3Provider.head`."""

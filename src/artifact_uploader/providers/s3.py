@@ -40,26 +40,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Final
 
-import aiobotocore.session
-
-from .._errors import ConfigError, InvalidObjectNameError
+from .._errors import InvalidObjectNameError
 from .._types import FileSlice, PartResult, PutResult
-from ._kit import MiB, check_common_name, check_plain_http, is_loopback_host, split_store_uri
+from ._kit import MiB, check_common_name, check_plain_http, split_store_uri
 from ._protocol import ObjectInfo, PartLimits
-from ._redact import Redactor, install_log_filter
-from ._s3_client import (
-    SDK_LOGGERS,
-    USER_AGENT,
-    Credentials,
-    chain_secrets,
-    create_client,
-    is_aws_endpoint,
-)
+from ._redact import Redactor
+from ._s3_client import Credentials, connect, is_aws_endpoint
 from ._s3_config import check_bucket, check_options, options_from_seed
-from ._s3_direct import DirectS3
 from ._s3_read import S3Reader
 from ._s3_target import S3Target
 from ._s3_uploads import S3Uploads
@@ -173,7 +162,8 @@ class S3Provider:
         # Known now when the endpoint is explicit (so a bad one fails here, at the call that
         # gave it); else at open, once botocore has resolved it.
         if self.endpoint_url is not None or not use_ssl:
-            self._check_http(self.endpoint_url or "http://s3.amazonaws.com")
+            endpoint = self.endpoint_url or "http://s3.amazonaws.com"
+            check_plain_http(endpoint, label="S3", allow_http=allow_http)
         self._stack: AsyncExitStack | None = None
         self._target = S3Target(self.bucket, self.prefix, self._redactor, label=repr(self))
         self._writer = S3Writer(
@@ -243,90 +233,23 @@ class S3Provider:
         """
         if self._target.client is not None:
             return
-        session = aiobotocore.session.AioSession()
-        # First guess from the arguments; botocore may resolve another endpoint (from
-        # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or the config file): then the client is made
-        # again with the signing and addressing that endpoint needs.
-        guess = self.endpoint_url or ("https" if self.use_ssl else "http") + "://s3.amazonaws.com"
-        custom = self.endpoint_url is not None
-        stack, client = await self._create_client(
-            session, unsigned=self._unsigned_payload_ok(guess), path_style=custom
-        )
-        resolved = str(getattr(client.meta, "endpoint_url", None) or guess)
-        try:
-            self._check_http(resolved)
-        except ConfigError:
-            await stack.aclose()
-            raise
-        if self._unsigned_payload_ok(resolved) != self._unsigned_payload_ok(guess) or (
-            not custom and not is_aws_endpoint(resolved)
-        ):
-            await stack.aclose()
-            stack, client = await self._create_client(
-                session,
-                unsigned=self._unsigned_payload_ok(resolved),
-                path_style=custom or not is_aws_endpoint(resolved),
-            )
+        conn = await connect(self, self._credentials, self._redactor)
         # AWS verifies the CRC32C we send; other stores may store whatever arrives.
         self._writer.check_etag = (
             self.check_etag
             if self.check_etag is not None
-            else not (self.checksum and is_aws_endpoint(resolved))
+            else not (self.checksum and is_aws_endpoint(conn.endpoint))
         )
-        direct: DirectS3 | None = None
-        try:
-            if self._credentials is None:
-                source = chain_secrets(client)
-                if source is not None:
-                    self._redactor.add_source(source)
-            stack.callback(install_log_filter(self._redactor, SDK_LOGGERS))
-            if self._unsigned_payload_ok(resolved):
-                # Only with our own CRC32C, over TLS or loopback: the fast path sends
-                # UNSIGNED-PAYLOAD like botocore does here, and leaves payload signing to
-                # botocore.
-                direct = await DirectS3.create(
-                    client,
-                    self.bucket,
-                    verify=self.verify,
-                    connect_timeout=self.connect_timeout,
-                    read_timeout=self.read_timeout,
-                    max_pool_connections=self.max_pool_connections,
-                    user_agent=USER_AGENT,
-                )
-        except BaseException:
-            await stack.aclose()
-            raise
-        if direct is not None:
-            stack.push_async_callback(direct.aclose)
-            if not self._unsigned_payload_ok(direct.endpoint):
-                direct = None
-        self._target.client, self._target.direct = client, direct
-        self._stack = stack
+        self._target.client, self._target.direct = conn.client, conn.direct
+        self._stack = conn.stack
         if verify:
-            await self._head_bucket(client)
-
-    async def _head_bucket(self, client: Any) -> None:
-        try:
-            head = await client.head_bucket(Bucket=self.bucket)
-        except BaseException as exc:
-            # A provider that failed to open holds no client (the engine may never aclose it).
-            await self.aclose()
-            if isinstance(exc, Exception):
-                raise self._target.map(exc, "HeadBucket", None) from exc
-            raise
-        headers = (head.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
-        region = headers.get("x-amz-bucket-region")
-        direct = self._target.direct
-        if direct is not None and region and region != direct.region:
-            # The fast path signs for the region resolved at open; botocore follows the
-            # bucket's real region (and remembers it), so every request goes to botocore.
-            log.info(
-                "S3 bucket %r is in region %r, not %r: not using the direct request path",
-                self.bucket,
-                region,
-                direct.region,
-            )
-            self._target.direct = None
+            try:
+                await self._reader.head_bucket()
+            except BaseException:
+                # A provider that failed to open holds no client (the engine may never aclose
+                # it).
+                await self.aclose()
+                raise
 
     async def aclose(self) -> None:
         stack, self._stack = self._stack, None
@@ -342,31 +265,6 @@ class S3Provider:
         provider is open; None when botocore sends every request (see the module docstring)."""
         direct = self._target.direct
         return direct.region if direct is not None else None
-
-    def _unsigned_payload_ok(self, endpoint: str) -> bool:
-        """Whether bodies to ``endpoint`` may go out with UNSIGNED-PAYLOAD: with our CRC32C, and
-        over TLS or to a loopback host (on plain HTTP anyone on the path could rewrite body and
-        CRC together). Decided on the endpoint the client resolved, however it was configured."""
-        if not self.checksum:
-            return False
-        parts = urlsplit(endpoint)
-        return parts.scheme == "https" or is_loopback_host(parts.hostname)
-
-    def _check_http(self, endpoint: str) -> None:
-        """Refuse plain HTTP to a non-loopback host unless ``allow_http``."""
-        check_plain_http(endpoint, label="S3", allow_http=self.allow_http)
-
-    async def _create_client(
-        self, session: Any, *, unsigned: bool, path_style: bool
-    ) -> tuple[AsyncExitStack, Any]:
-        return await create_client(
-            session,
-            self,
-            self._credentials,
-            self._redactor,
-            unsigned=unsigned,
-            path_style=path_style,
-        )
 
     # -- writes -----------------------------------------------------------------------------
 
