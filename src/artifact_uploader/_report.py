@@ -174,9 +174,13 @@ class LocalReporter:
             self._queues.remove(q)
 
     def end_streams(self) -> None:
-        """End every ``events()`` iteration (on the loop)."""
+        """End every ``events()`` iteration (on the loop), after the events already sent."""
         for q in self._queues:
-            _offer(q, None)
+            if self._loop is not None:
+                # Behind the events emit() scheduled: each consumer gets them, then the end.
+                self._loop.call_soon_threadsafe(_offer, q, None)
+            else:
+                _offer(q, None)
 
 
 def _offer(q: asyncio.Queue[UploadEvent | None], item: UploadEvent | None) -> None:
