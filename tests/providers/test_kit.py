@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,6 +22,7 @@ from artifact_uploader.providers._kit import (
     InDoubt,
     b64,
     classify,
+    count_conditional_send,
     hash_slice,
     md5,
     note_send,
@@ -162,3 +164,44 @@ async def test_read_and_hash_agree_with_hashlib(tmp_path: Path) -> None:
         assert b64(h2.digest()) == b64(expected)
     with pytest.raises(OSError, match="shorter"):
         hash_slice(FileSlice(path, len(blob) - 1, 5), md5())
+
+
+@pytest.mark.asyncio
+async def test_the_trace_hook_counts_only_conditional_sends_inside_run() -> None:
+    """count_conditional_send (aiohttp's on_request_headers_sent) feeds the one resend counter
+    with the sends that carry If-None-Match; other requests in the same run do not count."""
+    doubt = InDoubt()
+    conditional = SimpleNamespace(headers={"If-None-Match": "*"})
+    plain = SimpleNamespace(headers={"Content-Type": "x"})
+
+    async def send(*sent: SimpleNamespace) -> str:
+        for params in sent:
+            await count_conditional_send(None, None, params)
+        raise ObjectExistsError("exists")
+
+    async def landed() -> str | None:
+        return "ours"
+
+    with pytest.raises(ObjectExistsError):
+        await doubt.run("a", lambda: send(conditional, plain, plain), landed, what="az://c/a")
+    assert await doubt.run("b", lambda: send(conditional, conditional), landed, what="az://c/b")
+
+
+@pytest.mark.asyncio
+async def test_a_custom_conflict_decides_what_may_be_our_own_send() -> None:
+    """S3's Complete: "no such upload" on a resend may mean the first Complete made the object."""
+    doubt = InDoubt()
+
+    async def lost() -> str:
+        raise ProviderError("no answer", transient=True)
+
+    async def gone() -> str:
+        raise ProviderError("NoSuchUpload", status=404)
+
+    async def landed() -> str | None:
+        return "completed by the first send"
+
+    with pytest.raises(ProviderError):
+        await doubt.run("u", lost, landed, what="s3://b/k")
+    result = await doubt.run("u", gone, landed, what="s3://b/k", conflict=lambda e: e.status == 404)
+    assert result == "completed by the first send"
