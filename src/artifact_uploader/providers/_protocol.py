@@ -4,8 +4,12 @@ A provider turns one request into one backend call and maps backend errors onto
 :mod:`artifact_uploader._errors` (``raise ... from exc``), marking transient ones
 (``ProviderError(..., transient=True)``). It knows nothing of staging, journals, retries, threads
 or the concurrency limit: the engine calls each method under its one semaphore, retries transient
-failures, and drives multipart uploads part by part. Every coroutine runs on the engine's loop;
-SDK clients are created in :meth:`Provider.open` and closed in :meth:`Provider.aclose` on that loop.
+failures, and drives multipart uploads part by part. The one thing a provider remembers across
+those retries is a conditional write whose answer was lost (:class:`~._kit.InDoubt`): when its
+resend meets "already exists", the provider checks whether the stored object is its own first
+send. Every coroutine runs on the engine's loop; SDK clients are created in
+:meth:`Provider.open` and closed in :meth:`Provider.aclose` on that loop. What providers share
+beyond this contract (names, endpoints, the error table, hashing) is in :mod:`._kit`.
 
 Capabilities, as small protocols:
 
