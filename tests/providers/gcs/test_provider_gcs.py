@@ -330,6 +330,12 @@ def test_seed_host_port_secure_make_the_api_root() -> None:
     assert p.api_root == "http://127.0.0.1:4443"
     q = make_provider("gs://b-1/p", {"host": "storage.example.com"})
     assert isinstance(q, GCSProvider) and q.api_root == "https://storage.example.com"
+    # An IPv6 address is bracketed in the URL; a port that is not a number is refused here,
+    # naming the option, not at the first request.
+    v6 = make_provider("gs://b-1", {"host": "::1", "port": "4443", "secure": False})
+    assert isinstance(v6, GCSProvider) and v6.api_root == "http://[::1]:4443"
+    with pytest.raises(ConfigError, match="'port'"):
+        make_provider("gs://b-1", {"host": "127.0.0.1", "port": "44x3"})
 
 
 def test_seed_key_as_service_file(tmp_path: Path) -> None:
