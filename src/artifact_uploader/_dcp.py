@@ -37,15 +37,13 @@ from ._commit import (
     CheckpointError,
     CommittedCheckpoint,
     Store,
-    StoreRunner,
-    apply_retention,
-    check_retention,
     check_step,
     location_for,
     wait_present,
 )
 from ._config import RetryPolicy
 from ._errors import ConfigError, MissingDependencyError, UploadError
+from ._publish import CheckpointPublisher
 from ._sync import Uploader
 from ._types import UploadResult
 
@@ -135,19 +133,22 @@ class CheckpointWriter(FileSystemWriter):
         thread_count: int = 1,
         sync_files: bool = True,
     ) -> None:
-        if keep_last is not None or keep_best:
-            check_retention(keep_last if keep_last is not None else 1, keep_best, best)
         if not isinstance(commit_timeout, int | float) or commit_timeout <= 0:
             raise ConfigError(f"commit_timeout must be a positive number, got {commit_timeout!r}")
-        options = dict(uploader_options or {})
-        for key in ("store", "staging_dir", "provider_kwargs", "staging"):
-            if key in options:
-                raise ConfigError(f"uploader_options must not set {key!r}; it is the writer's")
+        options = _writer_options(uploader_options)
         retry = options.get("retry")
         self._store = Store(
             root, provider_kwargs, retry if isinstance(retry, RetryPolicy) else None
         )
         self.root = self._store.root
+        # The commit thread, record and retention: the protocol every writer shares.
+        self._publisher = CheckpointPublisher(
+            self._store,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            best=best,
+            owner="CheckpointWriter",
+        )
         if staging_dir is not None:
             Path(staging_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         # Shards are serialized here and then moved into staging: beside the staging folder,
@@ -164,13 +165,9 @@ class CheckpointWriter(FileSystemWriter):
         )
         self._staging_dir = None if staging_dir is None else Path(staging_dir).absolute()
         self._uploader_options = options
-        self._keep_last = keep_last
-        self._keep_best = keep_best
-        self._best = best
         self._commit_timeout = float(commit_timeout)
         self._uploader: Uploader | None = None
         self._uploader_rank = -1
-        self._is_coordinator = False
         self._step: int | None = None
         self._metric: float | None = None
         self._target: _SaveTarget | None = None
@@ -179,8 +176,6 @@ class CheckpointWriter(FileSystemWriter):
         self._pending: list[concurrent.futures.Future[UploadResult]] = []
         self._commits: list[concurrent.futures.Future[CommittedCheckpoint]] = []
         self._closed = False
-        self._commit_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._runner: StoreRunner | None = None
         if dist.is_available() and dist.is_initialized():
             # Started now, not in the first save: its start-up is not the training loop's wait.
             self._open_uploader(dist.get_rank())
@@ -199,11 +194,8 @@ class CheckpointWriter(FileSystemWriter):
         Raises:
             ConfigError: ``step`` is not an int from 0 to 10**10 - 1, or ``metric`` not a number.
         """
-        check_step(step)
-        if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int | float)):
-            raise ConfigError(f"metric must be a number or None, got {metric!r}")
-        self._step = step
-        self._metric = None if metric is None else float(metric)
+        self._metric = _check_metric(metric)
+        self._step = check_step(step)
 
     def wait_durable(self, timeout: float | None = None) -> CommittedCheckpoint | None:
         """Wait until every save so far is durable: on the coordinator, committed.
@@ -249,10 +241,7 @@ class CheckpointWriter(FileSystemWriter):
                 if self._uploader is not None:
                     self._uploader.close(timeout)
             finally:
-                if self._commit_pool is not None:
-                    self._commit_pool.shutdown(wait=True)
-                if self._runner is not None:
-                    self._runner.close()
+                self._publisher.close()  # its failures are the commits', raised below
                 shutil.rmtree(self._scratch_base, ignore_errors=True)
         with self._lock:
             commits = list(self._commits)
@@ -283,7 +272,6 @@ class CheckpointWriter(FileSystemWriter):
         super().set_up_storage_writer(is_coordinator, *args, **kwargs)
         if not self.use_collectives:
             raise ConfigError("CheckpointWriter needs use_collectives=True (one commit per save)")
-        self._is_coordinator = is_coordinator
         rank = kwargs.get("rank")
         if rank is None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -300,16 +288,7 @@ class CheckpointWriter(FileSystemWriter):
 
     def _open_uploader(self, rank: int) -> None:
         staging = None if self._staging_dir is None else self._staging_dir / f"rank-{rank}"
-        if staging is not None:
-            staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-        options = {"use_procs": False, **self._uploader_options}
-        self._uploader = Uploader(
-            self.root,
-            provider_kwargs=self._store.provider_kwargs,
-            staging_dir=staging,
-            staging="move",
-            **options,
-        )
+        self._uploader = _rank_uploader(self._store, staging, self._uploader_options)
         self._uploader_rank = rank
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
@@ -385,65 +364,12 @@ class CheckpointWriter(FileSystemWriter):
         )
         with self._lock:
             own = list(self._pending)
-            if self._commit_pool is None:
-                self._commit_pool = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="au-dcp-commit"
-                )
-            self._commits.append(self._commit_pool.submit(self._commit, ckpt, own, local))
-
-    # -- the commit (coordinator, background thread) -----------------------------------------
-
-    def _commit(
-        self,
-        ckpt: CommittedCheckpoint,
-        own: list[concurrent.futures.Future[UploadResult]],
-        local: Path,
-    ) -> CommittedCheckpoint:
-        deadline = time.monotonic() + self._commit_timeout
-        try:
-            for fut in own:
-                fut.result(max(0.0, deadline - time.monotonic()))
-            uploader = self._uploader
+            uploader, publisher = self._uploader, self._publisher
             assert uploader is not None
-            shards = {n: s for n, s in ckpt.files.items() if n != METADATA_NAME}
-
-            async def durable_then_publish(s: Any) -> CommittedCheckpoint:
-                await wait_present(s, ckpt.location, shards, deadline)
-                return ckpt
-
-            runner = self._commit_runner()
-            runner.run(durable_then_publish)
-            # .metadata only after every shard: a reader of the location alone sees no checkpoint.
-            uploader.submit(
-                local / METADATA_NAME,
-                f"{ckpt.location}/{METADATA_NAME}",
-                overwrite=False,
-                staging="move",
-            ).result(max(1.0, deadline - time.monotonic()))
-
-            async def publish(s: Any) -> CommittedCheckpoint:
-                final: CommittedCheckpoint = await s.publish(ckpt, local)
-                if self._keep_last is not None or self._keep_best:
-                    # Retention runs only after this newer commit exists.
-                    await apply_retention(
-                        s, self._keep_last or 1 << 62, self._keep_best, self._best
-                    )
-                return final
-
-            final = runner.run(publish)
-            log.info("committed checkpoint %s (%s)", final.uri, final.record)
-            return final
-        except BaseException as exc:
-            log.error("checkpoint %s/%s was not committed: %s", self.root, ckpt.location, exc)
-            raise
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-
-    def _commit_runner(self) -> StoreRunner:
-        # Only the commit thread calls this (one thread: no race creating it).
-        if self._runner is None:
-            self._runner = StoreRunner(self._store)
-        return self._runner
+            timeout = self._commit_timeout
+            self._commits.append(
+                publisher.submit(lambda: _commit(publisher, uploader, ckpt, own, local, timeout))
+            )
 
     def storage_meta(self) -> Any:
         meta = super().storage_meta()
@@ -456,6 +382,72 @@ class CheckpointWriter(FileSystemWriter):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
         return False
+
+
+def _writer_options(uploader_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = dict(uploader_options or {})
+    for key in ("store", "staging_dir", "provider_kwargs", "staging"):
+        if key in options:
+            raise ConfigError(f"uploader_options must not set {key!r}; it is the writer's")
+    return options
+
+
+def _check_metric(metric: object) -> float | None:
+    if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int | float)):
+        raise ConfigError(f"metric must be a number or None, got {metric!r}")
+    return None if metric is None else float(metric)
+
+
+def _rank_uploader(store: Store, staging: Path | None, options: Mapping[str, Any]) -> Uploader:
+    """One rank's uploader: shards are moved (not copied) into ``staging``, journalled there."""
+    if staging is not None:
+        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Uploader(
+        store.root,
+        provider_kwargs=store.provider_kwargs,
+        staging_dir=staging,
+        staging="move",
+        **{"use_procs": False, **options},
+    )
+
+
+def _commit(
+    publisher: CheckpointPublisher,
+    uploader: Uploader,
+    ckpt: CommittedCheckpoint,
+    own: list[concurrent.futures.Future[UploadResult]],
+    local: Path,
+    timeout: float,
+) -> CommittedCheckpoint:
+    """The coordinator's commit of one save, on the publisher's commit thread: every rank's
+    shards durable (within ``timeout`` seconds), then ``.metadata``, then the record (and
+    retention)."""
+    deadline = time.monotonic() + timeout
+    try:
+        for fut in own:
+            fut.result(max(0.0, deadline - time.monotonic()))
+        shards = {n: s for n, s in ckpt.files.items() if n != METADATA_NAME}
+
+        async def durable(s: Any) -> None:
+            await wait_present(s, ckpt.location, shards, deadline)
+
+        publisher.run(durable)
+        # .metadata only after every shard: a reader of the location alone sees no checkpoint.
+        uploader.submit(
+            local / METADATA_NAME,
+            f"{ckpt.location}/{METADATA_NAME}",
+            overwrite=False,
+            staging="move",
+        ).result(max(1.0, deadline - time.monotonic()))
+        # The record, then retention (only once this newer commit exists).
+        final = publisher.publish_record(ckpt)
+        log.info("committed checkpoint %s (%s)", final.uri, final.record)
+        return final
+    except BaseException as exc:
+        log.error("checkpoint %s/%s was not committed: %s", publisher.root, ckpt.location, exc)
+        raise
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 class CheckpointReader(FileSystemReader):

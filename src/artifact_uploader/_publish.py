@@ -20,9 +20,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from . import _commit as protocol
 from ._commit import CheckpointError, CommittedCheckpoint, Store
@@ -31,6 +31,7 @@ from ._sync import Uploader
 from ._types import UploadResult
 
 log = logging.getLogger("artifact_uploader")
+T = TypeVar("T")
 
 
 class CheckpointPublisher:
@@ -41,22 +42,33 @@ class CheckpointPublisher:
         name_prefix: What the uploader's object names need in front of a name relative to
             the root (``""`` when the uploader's store is the root itself).
         keep_last: After each commit, keep only this many newest checkpoints. None: all.
+        keep_best: Also keep this many best checkpoints by their metric.
+        best: Whether a larger (``"max"``) or smaller (``"min"``) metric is better.
         owner: The integration's name, for messages.
 
     Raises:
-        ConfigError: ``keep_last`` is not an int >= 1.
+        ConfigError: A bad retention option.
     """
 
     def __init__(
-        self, store: Store, *, name_prefix: str = "", keep_last: int | None = None, owner: str
+        self,
+        store: Store,
+        *,
+        name_prefix: str = "",
+        keep_last: int | None = None,
+        keep_best: int = 0,
+        best: Literal["max", "min"] = "max",
+        owner: str,
     ) -> None:
-        if keep_last is not None:
-            protocol.check_retention(keep_last, 0, "max")
+        if keep_last is not None or keep_best:
+            protocol.check_retention(keep_last if keep_last is not None else 1, keep_best, best)
         self.store = store
         self.root = store.root
         self.owner = owner
         self.name_prefix = name_prefix.strip("/") + "/" if name_prefix.strip("/") else ""
         self._keep_last = keep_last
+        self._keep_best = keep_best
+        self._best: Literal["max", "min"] = best
         self._lock = threading.Lock()
         self._commits: list[concurrent.futures.Future[CommittedCheckpoint]] = []
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -100,18 +112,19 @@ class CheckpointPublisher:
             save.add(name, path)
         return save.commit()
 
-    def _enqueue(
-        self,
-        ckpt: CommittedCheckpoint,
-        names: list[str],
-        futures: list[concurrent.futures.Future[UploadResult]],
+    def submit(
+        self, job: Callable[[], CommittedCheckpoint]
     ) -> concurrent.futures.Future[CommittedCheckpoint]:
+        """Run ``job`` on the commit thread, after every commit submitted before it.
+
+        ``job`` waits for its checkpoint's objects and ends with :meth:`publish_record`.
+        """
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix="au-commit"
                 )
-            commit = self._pool.submit(self._commit, ckpt, names, futures)
+            commit = self._pool.submit(job)
             # Forget commits that succeeded; keep the rest for wait() to report.
             self._commits = [c for c in self._commits if not _succeeded(c)]
             self._commits.append(commit)
@@ -151,6 +164,38 @@ class CheckpointPublisher:
 
     # -- the commit (background thread) ------------------------------------------------------
 
+    def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(session)`` on the publisher's open store session (commit thread only)."""
+        # Only the commit thread calls this (one thread: no race creating the runner).
+        if self._runner is None:
+            self._runner = protocol.StoreRunner(self.store)
+        return self._runner.run(fn)
+
+    def publish_record(self, ckpt: CommittedCheckpoint) -> CommittedCheckpoint:
+        """Create ``ckpt``'s commit record (every object it lists must be durable), then apply
+        retention; return the checkpoint as committed (commit thread only)."""
+        keep_last, keep_best, best = self._keep_last, self._keep_best, self._best
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="au-commit-"))
+        scratch = self._scratch
+
+        async def publish(s: Any) -> CommittedCheckpoint:
+            final: CommittedCheckpoint = await s.publish(ckpt, scratch)
+            if keep_last is not None or keep_best:
+                # Only now that a newer checkpoint is committed: never below keep_last whole.
+                await protocol.apply_retention(s, keep_last or 1 << 62, keep_best, best)
+            return final
+
+        return self.run(publish)
+
+    def _enqueue(
+        self,
+        ckpt: CommittedCheckpoint,
+        names: list[str],
+        futures: list[concurrent.futures.Future[UploadResult]],
+    ) -> concurrent.futures.Future[CommittedCheckpoint]:
+        return self.submit(lambda: self._commit(ckpt, names, futures))
+
     def _commit(
         self,
         ckpt: CommittedCheckpoint,
@@ -181,34 +226,13 @@ class CheckpointPublisher:
                     missing=(name,),
                 ) from exc
         ready = dataclasses.replace(ckpt, files=sizes)
-        keep_last = self._keep_last
-        scratch = self._scratch_dir()
-
-        async def publish(s: Any) -> CommittedCheckpoint:
-            final: CommittedCheckpoint = await s.publish(ready, scratch)
-            if keep_last is not None:
-                # Only now that a newer checkpoint is committed: never below keep_last whole.
-                await protocol.apply_retention(s, keep_last)
-            return final
-
         try:
-            final = self._commit_runner().run(publish)
+            final = self.publish_record(ready)
         except UploadError as exc:
             log.error("%s: checkpoint %s was not committed: %s", self.owner, ready.uri, exc)
             raise
         log.info("%s: committed checkpoint %s (%s)", self.owner, final.uri, final.record)
         return final
-
-    def _commit_runner(self) -> protocol.StoreRunner:
-        # Only the commit thread calls this (one thread: no race creating it).
-        if self._runner is None:
-            self._runner = protocol.StoreRunner(self.store)
-        return self._runner
-
-    def _scratch_dir(self) -> Path:
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="au-commit-"))
-        return self._scratch
 
 
 def _succeeded(future: concurrent.futures.Future[Any]) -> bool:

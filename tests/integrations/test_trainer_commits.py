@@ -189,8 +189,7 @@ CHILD = textwrap.dedent(
     import sys
     import torch
     import transformers
-    from artifact_uploader._dcp import CheckpointReader
-from artifact_uploader._hf import HFUploadCallback
+    from artifact_uploader._hf import HFUploadCallback
 
     root, options, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     config = transformers.BertConfig(
