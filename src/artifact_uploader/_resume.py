@@ -14,12 +14,18 @@ from pathlib import Path
 from ._core import Core, UploadHandle, succeeded
 from ._errors import FailedUpload, UploadError
 from ._intake import Prepared
-from ._journal import Journal, JournalEntry, already_stored, staged_problem, unrecorded_uploads
+from ._journal import Journal, JournalEntry, staged_problem
 from ._report import Reporter
 from ._staging import StagedFile, Stager
 from ._transfer import Transfer
 from ._types import UploadResult
-from .providers._protocol import MultipartProvider
+from .providers._protocol import (
+    Checksum,
+    MultipartListing,
+    MultipartProvider,
+    Provider,
+    ReadableProvider,
+)
 
 log = logging.getLogger("artifact_uploader")
 
@@ -187,3 +193,145 @@ class Resumer:
         if self.stager.budget.limit is None:
             return adopt(path, entry.size, entry.id, entry.source)
         return await anyio.to_thread.run_sync(adopt, path, entry.size, entry.id, entry.source)
+
+
+# -- what a resume asks the store ----------------------------------------------------------------
+#
+# Only through the provider protocol: ``head`` (size and the checksums the store recorded),
+# ``get_range`` (to compare bytes when the store recorded no checksum) and
+# ``list_multipart_uploads``. Any other store, or any error while asking, gives the
+# conservative answer: "not known to be there" / "no unrecorded uploads".
+
+_COMPARE_CHUNK = 8 * 1024 * 1024
+
+
+async def already_stored(
+    provider: Provider, name: str, path: Path, size: int, part_size: int | None
+) -> bool:
+    """True only when the store provably holds exactly the bytes of ``path`` as ``name``.
+
+    Used by resume for ``overwrite=False`` entries: the upload may have landed just before the
+    crash, with its ``done`` line lost (or never written). The store's ``head`` must report
+    ``size`` bytes and a checksum the staged file matches (CRC32C or MD5, whole-object or
+    composite per part; ``part_size`` is this uploader's part size, used when a composite
+    checksum does not carry its own). A store that recorded no usable checksum is read back
+    and compared byte for byte. Anything else, or any doubt, is False.
+    """
+    import anyio.to_thread
+
+    if not isinstance(provider, ReadableProvider):
+        return False
+    try:
+        info = await provider.head(name)
+        if info.size != size:
+            return False
+        # CRC32C first: cheaper to compute than MD5.
+        for checksum in sorted(info.checksums, key=lambda c: c.algorithm != "crc32c"):
+            same = await anyio.to_thread.run_sync(_file_matches, path, checksum, size, part_size)
+            if same is not None:
+                return same
+        return await _same_bytes(provider, name, path, size, info.etag)
+    except Exception as exc:
+        log.debug("could not compare %r with the stored object: %s", name, type(exc).__name__)
+    return False
+
+
+async def unrecorded_uploads(provider: Provider, name: str) -> list[str]:
+    """Ids of unfinished multipart uploads of ``name`` in the store, where it can list them.
+
+    A crash between CreateMultipartUpload reaching the server and its id reaching the journal
+    leaves an upload the journal cannot name; resume aborts these as well.
+    """
+    if not isinstance(provider, MultipartListing):
+        return []
+    try:
+        return [str(i) for i in await provider.list_multipart_uploads(name)]
+    except Exception as exc:
+        log.debug("could not list multipart uploads of %r: %s", name, type(exc).__name__)
+    return []
+
+
+def _file_matches(
+    path: Path, checksum: Checksum, size: int, default_part_size: int | None
+) -> bool | None:
+    """Whether ``path`` has ``checksum``; None when it cannot be compared (unknown shape,
+    no CRC32C implementation, a malformed value)."""
+    from ._checksums import crc32c_available, decode_b64
+
+    algorithm = checksum.algorithm
+    if algorithm not in ("crc32c", "md5") or (algorithm == "crc32c" and not crc32c_available()):
+        return None
+    # S3 reports a composite value bare, Azure's composite MD5 as "<base64>-N".
+    value, _, suffix = checksum.value.partition("-")
+    want = decode_b64(value, 4 if algorithm == "crc32c" else 16)
+    if want is None:
+        return None
+    composite = checksum.parts is not None or checksum.part_size is not None or bool(suffix)
+    if not composite:
+        return _file_digest(path, algorithm, None)[0] == want
+    parts = checksum.parts
+    if parts is None and suffix.isdigit():
+        parts = int(suffix)
+    part_size = checksum.part_size or default_part_size
+    if parts is None or part_size is None or part_size < 1:
+        return None
+    if (-(-size // part_size) if size else 1) != parts:
+        return None
+    digests = _file_digest(path, algorithm, part_size)
+    return _raw_digest(algorithm, b"".join(digests)) == want
+
+
+def _file_digest(path: Path, algorithm: str, part_size: int | None) -> list[bytes]:
+    """Raw digests of ``path`` (one, or one per ``part_size`` bytes), read in bounded chunks."""
+    import hashlib
+
+    from ._checksums import crc32c
+
+    out: list[bytes] = []
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            left = part_size
+            crc, md5, got = 0, hashlib.md5(usedforsecurity=False), 0
+            while left is None or left > 0:
+                chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if left is not None:
+                    left -= len(chunk)
+                if algorithm == "crc32c":
+                    crc = crc32c(chunk, crc)
+                else:
+                    md5.update(chunk)
+            if got == 0 and out:
+                return out
+            out.append(crc.to_bytes(4, "big") if algorithm == "crc32c" else md5.digest())
+            if part_size is None or got < part_size:
+                return out
+
+
+def _raw_digest(algorithm: str, data: bytes) -> bytes:
+    from ._checksums import digest
+
+    return digest(algorithm, data)
+
+
+async def _same_bytes(
+    provider: ReadableProvider, name: str, path: Path, size: int, etag: str | None
+) -> bool:
+    """Read the stored object back (bounded chunks, conditional on ``etag``) and compare."""
+    import anyio.to_thread
+
+    offset = 0
+    f = await anyio.to_thread.run_sync(path.open, "rb")
+    try:
+        while offset < size:
+            n = min(_COMPARE_CHUNK, size - offset)
+            stored = await provider.get_range(name, offset, n, etag=etag)
+            mine = await anyio.to_thread.run_sync(f.read, n)
+            if stored != mine:
+                return False
+            offset += n
+        return bool(await anyio.to_thread.run_sync(f.read, 1) == b"")
+    finally:
+        f.close()

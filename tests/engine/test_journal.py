@@ -25,14 +25,8 @@ from artifact_uploader import (
     UploadFailedError,
 )
 from artifact_uploader._checksums import digest
-from artifact_uploader._journal import (
-    JOURNAL_FILE,
-    Journal,
-    JournalEntry,
-    already_stored,
-    load,
-    unrecorded_uploads,
-)
+from artifact_uploader._journal import JOURNAL_FILE, Journal, JournalEntry, load
+from artifact_uploader._resume import already_stored, unrecorded_uploads
 from artifact_uploader.providers._protocol import MultipartListing
 from tests._pending import leave_pending
 from tests.conftest import read_line, reaped, resumed, wait_until
