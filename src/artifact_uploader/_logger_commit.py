@@ -15,7 +15,6 @@ follows it, and :func:`~artifact_uploader.latest_checkpoint` /
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -129,26 +128,24 @@ class ComposerCommits:
         inner = target[len(prefix) :]
         if not any(n == inner or n.startswith(inner + "/") for n in names):
             return False  # names something this checkpoint does not hold: a plain upload
-        commit = self._commit_pending()
         stored_target = logger.object_name_for(
             self.folder(logger) + "/" + save.location + "/" + inner
         )
         name = logger.object_name_for(self.folder(logger) + "/" + rel)
         uploader = logger.uploader
 
-        def write(done: concurrent.futures.Future[CommittedCheckpoint]) -> None:
-            # On the commit thread: only once the checkpoint is committed does `latest` move.
-            # Its failure is the uploader's, reported by the logger's next flush.
-            if done.exception() is None:
-                submit_bytes(uploader, stored_target.encode(), name, overwrite=True)
+        def write(_: CommittedCheckpoint) -> None:
+            # On the commit thread, once the checkpoint is committed: only then does `latest`
+            # move. Its failure is the uploader's, reported by the logger's next flush.
+            submit_bytes(uploader, stored_target.encode(), name, overwrite=True)
 
-        commit.add_done_callback(write)
+        self._commit_pending(then=write)
         return True
 
-    def _commit_pending(self) -> concurrent.futures.Future[CommittedCheckpoint]:
+    def _commit_pending(self, then: Callable[[CommittedCheckpoint], object] | None = None) -> None:
         save, self._pending = self._pending, None
         assert save is not None
-        return save.commit()
+        save.commit(then)
 
     def _publisher_for(self, logger: _Logger) -> CheckpointPublisher:
         if self._publisher is None:

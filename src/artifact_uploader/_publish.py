@@ -193,8 +193,15 @@ class CheckpointPublisher:
         ckpt: CommittedCheckpoint,
         names: list[str],
         futures: list[concurrent.futures.Future[UploadResult]],
+        then: Callable[[CommittedCheckpoint], object] | None = None,
     ) -> concurrent.futures.Future[CommittedCheckpoint]:
-        return self.submit(lambda: self._commit(ckpt, names, futures))
+        def job() -> CommittedCheckpoint:
+            final = self._commit(ckpt, names, futures)
+            if then is not None:
+                then(final)  # inside the job: whoever waits for the commit waits for it too
+            return final
+
+        return self.submit(job)
 
     def _commit(
         self,
@@ -287,7 +294,9 @@ class PendingSave:
         self._futures.append(future)
         return future
 
-    def commit(self) -> concurrent.futures.Future[CommittedCheckpoint]:
+    def commit(
+        self, then: Callable[[CommittedCheckpoint], object] | None = None
+    ) -> concurrent.futures.Future[CommittedCheckpoint]:
         """Commit once every file added is durable (in the background, in call order).
 
         Raises:
@@ -309,7 +318,7 @@ class PendingSave:
             record="",
             kind="files",
         )
-        return self._publisher._enqueue(ckpt, self._names, self._futures)
+        return self._publisher._enqueue(ckpt, self._names, self._futures, then)
 
 
 def own_failures(failures: list[BaseException]) -> list[BaseException]:
