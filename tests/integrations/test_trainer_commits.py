@@ -427,3 +427,36 @@ def test_download_refuses_a_torn_committed_checkpoint(tmp_path: Path) -> None:
     assert info.value.missing == ("config.json",)
     assert not (tmp_path / "dest").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".download-")]
+
+
+def test_download_skips_a_checkpoint_retention_deletes_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import artifact_uploader._checkpoints as checkpoints
+    from artifact_uploader._publish import CheckpointPublisher
+
+    root = (tmp_path / "store").as_uri()
+    for step in (1, 2):
+        (tmp_path / f"w{step}.bin").write_bytes(bytes([step]) * 1000)
+    publisher = CheckpointPublisher(Store(root), owner="test")
+    with Uploader(root) as up:
+        for step in (1, 2):
+            publisher.publish(up, [("w.bin", tmp_path / f"w{step}.bin")], step).result(60)
+    assert publisher.close() == []
+    real = checkpoints._download_files
+    deleted: list[int] = []
+
+    def retention_strikes_first(up: Any, ckpt: Any, folder: Path) -> None:
+        if not deleted:
+            # Between resolving step 2 and reading it, it is uncommitted and deleted, in the
+            # order retention deletes: record first, then data.
+            (tmp_path / "store" / ckpt.record).unlink()
+            (tmp_path / "store" / ckpt.location / "w.bin").unlink()
+            deleted.append(ckpt.step)
+        real(up, ckpt, folder)
+
+    monkeypatch.setattr(checkpoints, "_download_files", retention_strikes_first)
+    got = download_checkpoint(root, tmp_path / "dest")
+    assert deleted == [2] and got.step == 1
+    assert (tmp_path / "dest" / "w.bin").read_bytes() == bytes([1]) * 1000
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".download-")] == []
