@@ -357,10 +357,15 @@ def test_composer_checkpoints_are_commits_and_autoresume_follows_latest(
     assert steps(logger, store) == [6, 4, 2]
 
 
-def test_a_sharded_folder_is_one_commit_and_latest_names_the_folder(store_dir: Path) -> None:
+@pytest.mark.parametrize("use_procs", [False, True], ids=["thread", "procs"])
+def test_a_sharded_folder_is_one_commit_and_latest_names_the_folder(
+    store_dir: Path, use_procs: bool
+) -> None:
     # What Composer uploads for a sharded checkpoint (rank 0, world size 1): .metadata, the
     # shard, then the latest symlink naming the folder.
-    logger = ObjectStoreLogger("file", str(store_dir), commit_checkpoints="{run_name}/ckpts")
+    logger = ObjectStoreLogger(
+        "file", str(store_dir), commit_checkpoints="{run_name}/ckpts", use_procs=use_procs
+    )
     logger.run_name = "run9"
     work = store_dir.parent / "work"
     (work / "ep1-ba2").mkdir(parents=True)
