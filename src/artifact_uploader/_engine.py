@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ._core import Core
 from ._download import Reads
 from ._errors import ConfigError
-from ._intake import EngineOptions, Gate, Intake
+from ._intake import EngineOptions, Gate, Intake, Lifecycle
 from ._journal import Journal, JournalEntry
 from ._report import LocalReporter, Reporter
 from ._resume import Resumer, ResumeReport
@@ -67,10 +67,10 @@ class Engine:
         try:
             await self.provider.open(verify=self.options.verify)
         except BaseException:
-            self.gate.move("closed")
+            self.gate.move(Lifecycle.CLOSED)
             await self.provider.aclose()
             raise
-        self.gate.move("open")
+        self.gate.move(Lifecycle.OPEN)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every upload started so far has finished (failures stay with the
@@ -96,9 +96,9 @@ class Engine:
         """
         import anyio.to_thread
 
-        if self.gate.state in ("closing", "closed"):
+        if self.gate.state in (Lifecycle.CLOSING, Lifecycle.CLOSED):
             return
-        self.gate.move("closing")
+        self.gate.move(Lifecycle.CLOSING)
         cleanup = self.transfer.cleanup_timeout = cleanup_budget(timeout)
         try:
             if not await self.core.drain(timeout):
@@ -106,7 +106,7 @@ class Engine:
             if stop_submits is not None:
                 await anyio.to_thread.run_sync(stop_submits)
         finally:
-            self.gate.move("closed")
+            self.gate.move(Lifecycle.CLOSED)
             try:
                 async with asyncio.timeout(cleanup):
                     await self.provider.aclose()

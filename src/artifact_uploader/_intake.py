@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,15 @@ class EngineOptions:
         return cls(concurrency, retry or RetryPolicy(), parts or PartPolicy(), verify)
 
 
+class Lifecycle(StrEnum):
+    """Where an uploader is in its life; it only moves forward."""
+
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 class Gate:
     """An uploader's lifecycle (new -> open -> closing -> closed) and its submit gate.
 
@@ -76,30 +86,30 @@ class Gate:
     """
 
     def __init__(self) -> None:
-        self._state = "new"
+        self._state = Lifecycle.NEW
         self._submits = 0
         self._submits_stopped = False
         self._submits_cond = threading.Condition()
 
     @property
-    def state(self) -> str:
-        """ "new", "open", "closing" or "closed"."""
+    def state(self) -> Lifecycle:
+        """Where the uploader is in its life."""
         return self._state
 
-    def move(self, state: str) -> None:
+    def move(self, state: Lifecycle) -> None:
         """Enter ``state`` (the facade and the engine drive the lifecycle)."""
         self._state = state
 
     @property
     def accepting(self) -> bool:
         """Whether a submission may still start (new or open)."""
-        return self._state in ("new", "open")
+        return self._state in (Lifecycle.NEW, Lifecycle.OPEN)
 
     def check_open(self) -> None:
         """Raise UploaderClosedError unless open."""
-        if self._state == "new":
+        if self._state is Lifecycle.NEW:
             raise UploaderClosedError("the uploader is not open: use `async with` or await open()")
-        if self._state != "open":
+        if self._state is not Lifecycle.OPEN:
             raise UploaderClosedError("the uploader is closed; submit() is no longer accepted")
 
     @contextlib.contextmanager
@@ -342,6 +352,6 @@ class Intake:
         """Close for an uploader whose loop never opened (or is gone): let submissions still
         staging hand off, then, if never opened, close the journal and staging folder."""
         self.stop_submits()
-        if self.gate.state == "new":
-            self.gate.move("closed")
+        if self.gate.state is Lifecycle.NEW:
+            self.gate.move(Lifecycle.CLOSED)
             self.close_files()

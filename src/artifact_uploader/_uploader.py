@@ -20,7 +20,7 @@ from ._download import Reads, _ReadSide
 from ._engine import Engine, close_local, open_local
 from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadFailedError
 from ._events import EventCallback, ProgressTotals, UploadEvent
-from ._intake import EngineOptions, Intake
+from ._intake import EngineOptions, Intake, Lifecycle
 from ._journal import JournalEntry
 from ._report import LocalReporter
 from ._resume import ResumeReport
@@ -127,8 +127,8 @@ class AsyncUploader(_ReadSide):
     async def open(self) -> None:
         """Open the provider on this loop (and check the store unless ``verify=False``)."""
         intake = self._intake
-        if intake.gate.state != "new":
-            if intake.gate.state == "open":
+        if intake.gate.state is not Lifecycle.NEW:
+            if intake.gate.state is Lifecycle.OPEN:
                 return
             raise UploaderClosedError("this uploader was closed; create a new one")
         self._engine = await open_local(intake, self._reporter, self._options)
@@ -180,7 +180,7 @@ class AsyncUploader(_ReadSide):
             prepared = await anyio.to_thread.run_sync(
                 intake.prepare, path, name, overwrite, timeout, staging
             )
-            if intake.gate.state != "open":
+            if intake.gate.state is not Lifecycle.OPEN:
                 exc = UploaderClosedError(f"the uploader closed while staging {name!r}")
                 # Its pending line is already journalled: end it, or every later resume would
                 # report a missing staged copy.
@@ -204,7 +204,7 @@ class AsyncUploader(_ReadSide):
                 failure is reported once), with its kept staged copy.
             TimeoutError: ``timeout`` expired first (nothing is cancelled).
         """
-        if self._intake.gate.state == "new":
+        if self._intake.gate.state is Lifecycle.NEW:
             return
         if self._engine is not None:
             await self._engine.flush(timeout)
@@ -242,10 +242,10 @@ class AsyncUploader(_ReadSide):
             UploadFailedError: Listing every upload that failed or did not finish.
         """
         intake = self._intake
-        if intake.gate.state in ("closing", "closed"):
+        if intake.gate.state in (Lifecycle.CLOSING, Lifecycle.CLOSED):
             return
-        if intake.gate.state == "new" or self._engine is None:
-            intake.gate.move("closed")
+        if intake.gate.state is Lifecycle.NEW or self._engine is None:
+            intake.gate.move(Lifecycle.CLOSED)
             intake.close_files()
             return
         await close_local(self._engine, intake, self._reporter, timeout)
