@@ -71,11 +71,6 @@ def succeeded(handle: UploadHandle) -> UploadResult | None:
     return future.result()
 
 
-def outcome_of(handle: UploadHandle) -> asyncio.Future[UploadResult]:
-    """The loop-side future behind ``handle`` (to chain an upload after it)."""
-    return handle._future
-
-
 @dataclass(eq=False)
 class Core:
     """Per-name chains and upload tasks; drain and cancel.
