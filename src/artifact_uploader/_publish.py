@@ -188,21 +188,6 @@ class CheckpointPublisher:
 
         return self.run(publish)
 
-    def _enqueue(
-        self,
-        ckpt: CommittedCheckpoint,
-        names: list[str],
-        futures: list[concurrent.futures.Future[UploadResult]],
-        then: Callable[[CommittedCheckpoint], object] | None = None,
-    ) -> concurrent.futures.Future[CommittedCheckpoint]:
-        def job() -> CommittedCheckpoint:
-            final = self._commit(ckpt, names, futures)
-            if then is not None:
-                then(final)  # inside the job: whoever waits for the commit waits for it too
-            return final
-
-        return self.submit(job)
-
     def _commit(
         self,
         ckpt: CommittedCheckpoint,
@@ -318,7 +303,15 @@ class PendingSave:
             record="",
             kind="files",
         )
-        return self._publisher._enqueue(ckpt, self._names, self._futures, then)
+        publisher, names, futures = self._publisher, self._names, self._futures
+
+        def job() -> CommittedCheckpoint:
+            final = publisher._commit(ckpt, names, futures)
+            if then is not None:
+                then(final)  # inside the job: whoever waits for the commit waits for it too
+            return final
+
+        return publisher.submit(job)
 
 
 def own_failures(failures: list[BaseException]) -> list[BaseException]:
