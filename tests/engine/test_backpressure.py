@@ -24,6 +24,7 @@ import anyio.to_thread
 import pytest
 
 from artifact_uploader import EventKind, FileSlice, MemoryProvider, PutResult, Uploader, UploadEvent
+from artifact_uploader._sync import staged_bytes as budget_used
 from tests.conftest import resumed, wait_until
 
 MiB = 1024 * 1024
@@ -219,7 +220,7 @@ def test_oversize_file_waits_for_the_queue_to_drain_then_is_staged_alone(
         events.append((event.kind, event.name))
         if event.kind is EventKind.STAGED:
             # Bytes staged besides this file at the moment it was staged.
-            staged_with[event.name] = up._intake.stager.budget.used - event.size
+            staged_with[event.name] = budget_used(up) - event.size
 
     up = Uploader(store, max_staged_bytes=budget, on_event=on_event, max_concurrency=2)
     submitted = {"big": threading.Event(), "later": threading.Event()}

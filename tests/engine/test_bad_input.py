@@ -101,6 +101,7 @@ from artifact_uploader import (
 )
 from artifact_uploader import _errors as errors_module
 from artifact_uploader._journal import JOURNAL_FILE, load
+from artifact_uploader._sync import staged_bytes
 from tests.conftest import skip_outside_ci
 from tests.servers.moto import MotoServer, list_multipart_uploads, list_s3_keys, read_s3_object
 
@@ -876,7 +877,7 @@ def test_enospc_mid_copy_simulated(world: World, monkeypatch: pytest.MonkeyPatch
     assert len(calls) >= 2, "the copy never reached the injected ENOSPC"
     assert_documented(info.value)
     assert str(world.staging) in str(info.value) and "no space" in str(info.value)
-    assert up._intake.stager.budget.used == 0
+    assert staged_bytes(up) == 0
     world.assert_nothing_half_written()
 
 
