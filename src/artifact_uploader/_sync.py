@@ -10,7 +10,6 @@ report failures the same way in both modes.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -28,7 +27,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._config import PartPolicy, RetryPolicy
 from ._download import _SyncReadSide, check_read_timeout
-from ._engine import Engine, build_engine
+from ._engine import close_local, open_local
 from ._errors import ConfigError, FailedUpload, UploaderClosedError, UploadError, UploadFailedError
 from ._events import EventCallback, ProgressTotals
 from ._intake import EngineOptions, Intake, Prepared
@@ -118,37 +117,18 @@ class ThreadRunner:
 
     def __init__(self, intake: Intake, reporter: LocalReporter, options: EngineOptions) -> None:
         self._intake = intake
+        self._reporter = reporter
         self.worker_pid = os.getpid()
         self._portal_cm = start_blocking_portal("asyncio", name="artifact-uploader")
         self._portal: BlockingPortal = self._portal_cm.__enter__()
-
-        async def start() -> Engine:
-            reporter.attach(asyncio.get_running_loop())
-            engine = build_engine(
-                intake.provider,
-                options,
-                intake.stager,
-                intake.journal,
-                reporter,
-                gate=intake.gate,
-                track_names=bool(intake.inherited),
-            )
-            try:
-                await engine.open()
-            except BaseException:
-                intake.close_files()
-                raise
-            return engine
-
         try:
             self.thread_ident: int = self._portal.call(threading.get_ident)
-            self._engine = self._portal.call(start)
+            self._engine = self._portal.call(open_local, intake, reporter, options)
         except BaseException as exc:
             # Passing the exception on makes the portal cancel the open still running on its
             # loop (a Ctrl-C here must not wait for the store to answer).
             self._portal_cm.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        self._reporter = reporter
 
     def check_alive(self) -> None:
         return None
@@ -172,16 +152,9 @@ class ThreadRunner:
     def flush(self, timeout: float | None) -> None:
         self._portal.call(self._engine.flush, timeout)
 
-    async def _aclose(self, timeout: float | None) -> None:
-        try:
-            await self._engine.aclose(timeout, stop_submits=self._intake.stop_submits)
-        finally:
-            self._reporter.end_streams()
-            self._intake.close_files()
-
     def close(self, timeout: float | None) -> None:
         try:
-            self._portal.call(self._aclose, timeout)
+            self._portal.call(close_local, self._engine, self._intake, self._reporter, timeout)
         except BaseException as exc:
             # As in __init__: an interrupted close cancels what is left on the loop.
             with contextlib.suppress(Exception):
