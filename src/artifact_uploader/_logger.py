@@ -5,34 +5,24 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import sys
-import threading
 from collections.abc import Callable, Mapping
-from enum import IntEnum
 from typing import Any
 
 from ._config import PartPolicy, RetryPolicy, check_positive_int
-from ._errors import ConfigError, FailedUpload, ObjectNotFoundError, UploadFailedError
+from ._errors import ConfigError, UploadFailedError
 from ._journal import resuming
 from ._logger_commit import ComposerCommits
+from ._logger_hooks import SYMLINK_SUFFIX as SYMLINK_SUFFIX
+from ._logger_hooks import ComposerNames
+from ._logger_hooks import LogLevel as LogLevel
 from ._naming import NameTemplate, default_run_name
 from ._registry import provider_from_seed
 from ._sync import Uploader, submit_bytes, take_failures
 from ._types import UploadResult
 from ._uploader import ResumeReport
 
-SYMLINK_SUFFIX = ".symlink"
 
-
-class LogLevel(IntEnum):
-    """How often an artifact is logged, as in Composer."""
-
-    FIT = 1
-    EPOCH = 2
-    BATCH = 3
-
-
-class ObjectStoreLogger:
+class ObjectStoreLogger(ComposerNames):
     """Uploads logged artifacts to an object store in the background.
 
     The signature and semantics follow Composer's ``ObjectStoreLogger``: ``file_artifact`` blocks
@@ -132,18 +122,15 @@ class ObjectStoreLogger:
                 use_procs=use_procs,
             )
         self._latest: dict[str, concurrent.futures.Future[UploadResult]] = {}
-        self.resume_report: ResumeReport | None = None
-        if resume:
-            try:
-                self.resume_report = self._uploader.resume_pending()
-            except BaseException:
-                # No logger to close later: let go of the loop thread and the folder lock now.
-                with contextlib.suppress(Exception):
-                    self._uploader.close()
-                raise
+        self.resume_report = _resume(self._uploader) if resume else None
 
     def __repr__(self) -> str:
         return f"<ObjectStoreLogger {self._uploader.provider!r} run_name={self.run_name!r}>"
+
+    @property
+    def object_name_template(self) -> str:
+        """The ``object_name`` template, as given."""
+        return self._template.template
 
     @property
     def uploader(self) -> Uploader:
@@ -156,19 +143,13 @@ class ObjectStoreLogger:
             raise ConfigError(f"artifact_name must be a str, got {artifact_name!r}")
         return self._template.format(artifact_name, self.run_name)
 
-    def get_uri_for_artifact(self, artifact_name: str) -> str:
-        """The URI the artifact is (or will be) uploaded to, e.g. ``s3://bucket/rank_0/a.pt``."""
-        return self._uploader.uri(self.object_name_for(artifact_name))
-
     def _should_log(self, state: Any, log_level: LogLevel, artifact_name: str) -> bool:
-        if self.should_log_artifact is None:
-            return True
-        return bool(self.should_log_artifact(state, log_level, artifact_name))
+        should = self.should_log_artifact
+        return should is None or bool(should(state, log_level, artifact_name))
 
     def _raise_earlier_failures(self) -> None:
         # A failed upload is reported at the next call rather than waiting for flush().
-        failures: list[FailedUpload] = take_failures(self._uploader)
-        if failures:
+        if failures := take_failures(self._uploader):
             raise UploadFailedError(failures, context="in earlier uploads")
 
     def file_artifact(
@@ -271,95 +252,7 @@ class ObjectStoreLogger:
         if failures:
             raise failures[0]
 
-    # -- Reading back --------------------------------------------------------------------------
-
-    def download_file(
-        self,
-        remote_file_name: str,
-        destination: str | os.PathLike[str],
-        overwrite: bool = False,
-        progress_bar: bool = True,
-    ) -> None:
-        """Download what was logged as ``remote_file_name`` to ``destination`` (Composer's API).
-
-        ``remote_file_name`` is the name the file was logged under; it goes through the
-        ``object_name`` template as on upload, so what was uploaded as ``X`` downloads as ``X``.
-        When no object has that name, the name is also tried as a stored object name as it is
-        (the text of a ``.symlink`` object is one). A missing object whose ``.symlink`` exists
-        is followed to its target; asking for a ``.symlink`` name itself returns the symlink's
-        text, as Composer's ``get_file`` expects. The write is atomic and verified against the
-        checksum the store recorded (see :meth:`Uploader.download`).
-
-        Args:
-            remote_file_name: The logged name (Composer's remote file name).
-            destination: Local file path to write.
-            overwrite: Replace an existing ``destination``; False raises instead.
-            progress_bar: Accepted for Composer's signature; progress is reported through the
-                uploader's events, not a bar.
-
-        Raises:
-            ObjectNotFoundError: No such object (a ``FileNotFoundError``, which Composer's
-                autoresume treats as "no checkpoint here").
-            FileExistsError: ``destination`` exists and ``overwrite`` is False.
-            IntegrityError: The bytes read do not match the stored checksum; nothing is left at
-                ``destination``.
-        """
-        del progress_bar  # progress goes through the uploader's events
-        name = self.object_name_for(remote_file_name)
-        follow = not remote_file_name.endswith(SYMLINK_SUFFIX)
-        try:
-            self._uploader.download(name, destination, overwrite=overwrite, follow_symlinks=follow)
-        except ObjectNotFoundError:
-            literal = remote_file_name.lstrip("/")
-            if literal == name or not literal:
-                raise
-            self._uploader.download(
-                literal, destination, overwrite=overwrite, follow_symlinks=follow
-            )
-
-    def get_file_artifact(
-        self,
-        artifact_name: str,
-        destination: str | os.PathLike[str],
-        overwrite: bool = False,
-        progress_bar: bool = True,
-    ) -> None:
-        """The seed-era name for :meth:`download_file`."""
-        self.download_file(artifact_name, destination, overwrite, progress_bar)
-
-    # -- Composer's checkpointed state -----------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """What Composer stores for this logger in each checkpoint.
-
-        The logger holds no training state; uploads in flight are not part of a checkpoint
-        (a persistent ``upload_staging_folder`` with ``resume=True`` finishes them). The run
-        name and the object name template are recorded for the reader's information.
-        """
-        return {"run_name": self.run_name, "object_name": self._template.template}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Accept what :meth:`state_dict` stored (Composer calls this when it loads a checkpoint).
-
-        Nothing is restored: where new uploads go is decided by this logger's own arguments.
-
-        Raises:
-            ConfigError: ``state`` is not a mapping (a checkpoint from something else).
-        """
-        if not isinstance(state, Mapping):
-            raise ConfigError(
-                f"ObjectStoreLogger state must be a mapping, got {type(state).__name__}"
-            )
-
-    # -- Composer's LoggerDestination interface ---------------------------------------------
-    # Where Composer is imported, instances are of a subclass of Composer's LoggerDestination
-    # (see __new__), so Composer runs them as logger destinations and any hook this class does
-    # not define is inherited from Composer rather than guessed. Without Composer the same
-    # methods let the logger be driven by duck typing.
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> ObjectStoreLogger:
-        del args, kwargs  # __init__ takes them
-        return super().__new__(_with_composer_base(cls))
+    # -- Composer's LoggerDestination interface (the rest is in ComposerNames) ---------------
 
     def run_event(self, event: Any, state: Any, logger: Any = None) -> None:
         """Composer's event hook.
@@ -390,44 +283,6 @@ class ObjectStoreLogger:
             parent = getattr(super(), "run_event", None)
             if parent is not None:
                 parent(event, state, logger)
-
-    def fit_end(self, state: Any, logger: Any = None) -> None:
-        """Composer's ``fit_end`` hook: wait for every upload and raise any failure."""
-        self.run_event("fit_end", state, logger)
-
-    def post_close(self) -> None:
-        """Composer's final hook: drain and shut down, raising any failed upload."""
-        self.close()
-
-    def log_file_artifact(
-        self,
-        state: Any,
-        log_level: LogLevel,
-        artifact_name: str,
-        file_path: str | os.PathLike[str],
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """Composer's name for :meth:`file_artifact` (state first)."""
-        self.file_artifact(log_level, artifact_name, file_path, overwrite=overwrite, state=state)
-
-    def log_symlink_artifact(
-        self,
-        state: Any,
-        log_level: LogLevel,
-        existing_artifact_name: str,
-        symlink_artifact_name: str,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """Composer's name for :meth:`symlink_artifact` (state first)."""
-        self.symlink_artifact(
-            log_level,
-            existing_artifact_name,
-            symlink_artifact_name,
-            overwrite=overwrite,
-            state=state,
-        )
 
     def upload_file(
         self,
@@ -465,53 +320,20 @@ class ObjectStoreLogger:
             LogLevel.FIT, remote_file_name, file_path, overwrite=overwrite, state=state
         )
 
-    def can_log_file_artifacts(self) -> bool:
-        """Composer asks whether this destination stores files: it does."""
-        return True
-
-    def can_upload_files(self) -> bool:
-        """Newer Composer releases' name for :meth:`can_log_file_artifacts`."""
-        return True
-
-    def log_hyperparameters(self, hyperparameters: Mapping[str, Any]) -> None:
-        """Accepted and ignored: this destination stores files, not metrics."""
-
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Accepted and ignored: this destination stores files, not metrics."""
-
-    def log_traces(self, traces: Mapping[str, Any]) -> None:
-        """Accepted and ignored: this destination stores files, not traces."""
-
-    def log_table(
-        self,
-        columns: list[str],
-        rows: list[list[Any]],
-        name: str = "Table",
-        step: int | None = None,
-    ) -> None:
-        """Accepted and ignored (Composer's ``Generate`` callback logs tables everywhere)."""
-
-    def log_images(
-        self,
-        images: Any,
-        name: str = "Images",
-        channels_last: bool = False,
-        step: int | None = None,
-        masks: Mapping[str, Any] | None = None,
-        mask_class_labels: Mapping[int, str] | None = None,
-        use_table: bool = True,
-    ) -> None:
-        """Accepted and ignored (Composer's ``ImageVisualizer`` logs images everywhere)."""
-
-    def __enter__(self) -> ObjectStoreLogger:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
 
 # The longest symlink file read: its text is one object name (S3 allows 1024 bytes).
 _MAX_SYMLINK_BYTES = 64 * 1024
+
+
+def _resume(uploader: Uploader) -> ResumeReport:
+    """Resume what ``uploader``'s folder holds; on failure close it (there is no logger to close
+    later: let go of the loop thread and the folder lock now)."""
+    try:
+        return uploader.resume_pending()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            uploader.close()
+        raise
 
 
 def _read_symlink_text(path: str | os.PathLike[str]) -> str | None:
@@ -528,32 +350,3 @@ def _read_symlink_text(path: str | os.PathLike[str]) -> str | None:
     except UnicodeDecodeError:
         return None
     return text or None
-
-
-_composer_classes: dict[tuple[type[Any], type[Any]], type[Any]] = {}
-_composer_lock = threading.Lock()
-
-
-def _with_composer_base(cls: type[ObjectStoreLogger]) -> type[ObjectStoreLogger]:
-    """``cls`` with Composer's ``LoggerDestination`` as a base, where Composer is imported.
-
-    Composer is never imported here: it is heavy, and a program that does not use it should
-    not pay for it. A trainer script imports Composer before building its loggers, so the
-    check at construction finds it. The subclass keeps ``cls``'s name and qualified name,
-    under which Composer files the logger's ``state_dict`` in checkpoints.
-    """
-    module = sys.modules.get("composer.loggers.logger_destination")
-    base = getattr(module, "LoggerDestination", None)
-    if not isinstance(base, type) or issubclass(cls, base):
-        return cls
-    key = (cls, base)
-    with _composer_lock:
-        combined = _composer_classes.get(key)
-        if combined is None:
-            combined = type(
-                cls.__name__,
-                (cls, base),
-                {"__qualname__": cls.__qualname__, "__module__": cls.__module__},
-            )
-            _composer_classes[key] = combined
-    return combined
