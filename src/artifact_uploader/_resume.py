@@ -118,7 +118,7 @@ class Resumer:
         if isinstance(provider, MultipartProvider):
             # The crashed run's own uploads: always safe to abort.
             for upload_id in entry.multipart_ids:
-                await self.transfer.abort(provider, entry.name, upload_id)
+                await self.transfer.abort(provider, entry.name, upload_id, entry.size)
         if entry.name in self.core.submitted:
             self._supersede(entry, path, superseded)
             return None
@@ -126,7 +126,7 @@ class Resumer:
             for upload_id in await unrecorded_uploads(provider, entry.name):
                 # Never an upload of this run (a newer submission of the same name).
                 if upload_id not in entry.multipart_ids and upload_id not in self.transfer.live_ids:
-                    await self.transfer.abort(provider, entry.name, upload_id)
+                    await self.transfer.abort(provider, entry.name, upload_id, entry.size)
         if not self._intact(entry, path):
             return None
         if not entry.overwrite and await already_stored(

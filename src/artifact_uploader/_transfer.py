@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._config import PartPolicy, RetryPolicy
-from ._errors import ConfigError
+from ._errors import ConfigError, ProviderError
 from ._events import EventKind
 from ._intake import Prepared
 from ._journal import Journal
 from ._report import Reporter
-from ._retry import StallWatchdog, retrying
+from ._retry import OnRetry, StallWatchdog, retrying
 from ._types import FileSlice, PartResult, PutResult, UploadResult
-from .providers._protocol import MultipartProvider, Provider
+from .providers._protocol import LostCreates, MultipartProvider, Provider
 
 T = TypeVar("T")
 log = logging.getLogger("artifact_uploader")
@@ -94,10 +94,15 @@ class RequestRunner:
                 # Watched once a slot is held: queueing for one is not a stall.
                 return await watchdog.run(op, what=what, name=name, uri=self.provider.uri(name))
 
+        return await retrying(self.retry, attempt, what=what, on_retry=self.on_retry(name, size))
+
+    def on_retry(self, name: str, size: int) -> OnRetry:
+        """A callback reporting each retry as a RETRY event of object ``name``."""
+
         def on_retry(n: int, exc: BaseException, delay: float) -> None:
             self.reporter.emit(EventKind.RETRY, name, size, attempt=n, delay=delay, error=exc)
 
-        return await retrying(self.retry, attempt, what=what, on_retry=on_retry)
+        return on_retry
 
 
 @dataclass(eq=False)
@@ -189,6 +194,8 @@ class Transfer:
                 # Inside the try: an upload whose id could not be journalled is aborted now,
                 # never left for no resume to find.
                 self.journal.multipart(staged.id, upload_id)
+            if isinstance(provider, LostCreates):
+                await self._abort_lost(provider, name, upload_id, size)
             await run_workers(worker, min(self.runner.max_concurrency, count))
             parts = [r for r in results if r is not None]
             return await request(
@@ -198,20 +205,49 @@ class Transfer:
                 size,
             )
         except BaseException:
-            await self.abort(provider, name, upload_id)
+            await self.abort(provider, name, upload_id, size)
             raise
         finally:
             self.live_ids.discard(upload_id)
 
-    async def abort(self, provider: MultipartProvider, name: str, upload_id: str) -> None:
-        """Abort a multipart upload, shielded and bounded by :attr:`cleanup_timeout`; a
-        failure is logged, never raised."""
+    async def _abort_lost(
+        self, provider: LostCreates, name: str, upload_id: str, size: int
+    ) -> None:
+        """Abort the uploads that creates of ``name`` whose answers were lost started.
+
+        The look is a request of its own, retried on its own: were it part of the create, each
+        failed look would fail the create and orphan one more upload. A look that fails for
+        good is logged (the store's lifecycle rule is left to clean up), never the upload's end.
+        """
+        try:
+            lost = await self.runner.request(
+                lambda: provider.lost_creates(name, upload_id),
+                f"look for uploads of {name!r} whose create answers were lost",
+                name,
+                size,
+            )
+        except ProviderError as exc:
+            log.warning("could not look for uploads of %r orphaned by a lost answer: %s", name, exc)
+            return
+        for orphan in lost:
+            if orphan != upload_id and orphan not in self.live_ids:
+                log.info("aborting an upload of %r whose create answer was lost", name)
+                await self.abort(provider, name, orphan, size)
+
+    async def abort(
+        self, provider: MultipartProvider, name: str, upload_id: str, size: int
+    ) -> None:
+        """Abort a multipart upload of ``name`` (``size`` bytes), shielded and bounded by
+        :attr:`cleanup_timeout`; each retry is reported as a RETRY event, a failure is logged,
+        never raised."""
 
         # Shielded so a cancelled upload (close timeout) still leaves no orphaned parts.
         # Not under the semaphore: a cancelled upload holds no permit, and while other uploads
         # hang in their requests (the reason close timed out) an abort queueing for a permit
         # could spend its whole cleanup budget waiting. Aborts are small and rare, so exceeding
         # max_concurrency by the uploads being aborted is the lesser cost.
+        on_retry = self.runner.on_retry(name, size)
+
         async def abort() -> None:
             try:
                 async with asyncio.timeout(self.cleanup_timeout):
@@ -219,6 +255,7 @@ class Transfer:
                         self.runner.retry,
                         lambda: provider.abort_multipart(name, upload_id),
                         what=f"abort multipart {name!r}",
+                        on_retry=on_retry,
                     )
             except Exception as exc:
                 why = (

@@ -77,9 +77,12 @@ async def test_20_percent_transient_faults_200_uploads_all_land(
     sizes += [5 * MiB + rng.randrange(1, 100 * 1024) for _ in range(10)]
     files = write_files(tmp_path, sizes, seed=5)
     events: list[UploadEvent] = []
-    # Eight attempts: a request fails all of them with probability 0.2**8 (about 3e-6).
+    # Ten attempts. A one-request attempt fails all of them with probability 0.2**10 (1e-7).
+    # Completing a multipart upload on moto takes two requests per attempt (moto leaves the
+    # checksum out of Complete's answer, so a HEAD asks for it, and a retry resends Complete
+    # before the HEAD): 0.36 per attempt, 0.36**10 (4e-5) for each of the 10 large files.
     # Retry-After asks for 1 s; max_delay caps it so the test stays fast.
-    policy = RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05)
+    policy = RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.05)
     async with proxied_s3_uploader(
         moto_server, fault_proxy, s3_bucket, policy, events, max_concurrency=8, parts=SMALL_PARTS
     ) as up:

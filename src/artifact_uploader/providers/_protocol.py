@@ -19,6 +19,8 @@ Capabilities, as small protocols:
   files at or above ``PartPolicy.threshold``, uploading parts concurrently.
 - :class:`MultipartListing`: adds ``list_multipart_uploads(name)``, the ids of an object's
   unfinished multipart uploads, so a resume can abort one its journal never recorded.
+- :class:`LostCreates`: adds ``lost_creates(name, upload_id)``, the ids of uploads that creates
+  whose answers were lost started; the engine aborts them once a create succeeds.
 - :class:`ReadableProvider`: the read side -- ``head`` (what the store recorded: size, entity tag,
   checksums), ``get_range`` (one ranged GET), ``list`` and ``delete``. The engine's ``download``
   splits large objects into ranges fetched concurrently under the same semaphore and verifies the
@@ -135,6 +137,25 @@ class MultipartListing(MultipartProvider, Protocol):
 
     async def list_multipart_uploads(self, name: str) -> Sequence[str]:
         """Ids of the unfinished multipart uploads of exactly ``name`` (not of longer names)."""
+        ...
+
+
+@runtime_checkable
+class LostCreates(MultipartProvider, Protocol):
+    """A multipart backend that remembers creates whose answers were lost.
+
+    Such a create may still have started an upload nobody holds the id of. Once a create of the
+    same name succeeds, the engine asks for those uploads as a request of its own (retried on
+    its own, so a failed look never fails the create) and aborts each.
+    """
+
+    async def lost_creates(self, name: str, upload_id: str) -> Sequence[str]:
+        """Ids of the uploads of ``name`` started by creates whose answers were lost, never
+        ``upload_id`` (the one the engine holds); ``[]`` without a request when none was lost.
+
+        Raises:
+            ProviderError: The look failed (``transient`` as for any request).
+        """
         ...
 
 

@@ -2,8 +2,10 @@
 
 A CreateMultipartUpload whose answer is lost may still have started an upload nobody holds the
 id of. :class:`S3Uploads` remembers since when such a Create's outcome is in doubt and, once a
-retry succeeds, aborts the uploads of that key the store started in that window (and only those:
-an upload started earlier is someone else's).
+retry succeeds, names (:meth:`S3Uploads.lost`) the uploads of that key the store started in that
+window, and only those: an upload started earlier is someone else's. The engine aborts them, each
+look and abort a request of its own, so a failure of one is never retried as the Create's (which
+would orphan one more upload with every retry).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any, Final
 
 import botocore.exceptions
 
-from .._errors import ProviderError
 from ._s3_errors import error_code
 from ._s3_target import S3Target
 
@@ -57,9 +58,8 @@ class S3Uploads:
         if self.checksum:
             params["ChecksumAlgorithm"] = "CRC32C"
         # A Create whose answer is lost may still have started an upload that nobody holds the
-        # id of: remember since when (monotonic clock) the outcome is in doubt, and once a
-        # retry succeeds, abort the uploads of this key that the store started in that window.
-        doubt = self._create_doubt.get(key)
+        # id of: remember since when (monotonic clock) the outcome is in doubt; the engine asks
+        # for those uploads (lost()) once a Create succeeds, as a request of its own.
         started = time.monotonic()
         try:
             resp = await client.create_multipart_upload(**params)
@@ -69,14 +69,9 @@ class S3Uploads:
                 raise t.error(name, what, transient=True)
         except Exception as exc:
             error = t.map(exc, "CreateMultipartUpload", name)
-            if error.transient and doubt is None:
-                self._create_doubt[key] = started
+            if error.transient:
+                self._create_doubt.setdefault(key, started)
             raise error from exc
-        if doubt is not None:
-            # A transient failure here is retried as this Create's own: the doubt (and its
-            # start) stays, so the next attempt aborts this attempt's upload as well.
-            await self._abort_orphans(name, upload_id, time.monotonic() - doubt)
-            self._create_doubt.pop(key, None)
         return upload_id
 
     async def ids(self, name: str) -> list[str]:
@@ -126,54 +121,50 @@ class S3Uploads:
                 params["UploadIdMarker"] = id_marker
         return uploads
 
-    async def _abort_orphans(self, name: str, ours: str, window: float) -> None:
-        """Abort the uploads of ``name`` that an unanswered Create started: in progress for
-        exactly this key and initiated, by the store's clock, within ``window`` seconds (plus a
-        margin) before ``ours``, the upload this attempt holds. Uploads started earlier (someone
-        else's) are left alone.
+    async def lost(self, name: str, ours: str) -> list[str]:
+        """Ids of the uploads of ``name`` that Creates whose answers were lost started; see
+        :meth:`S3Provider.lost_creates`. No request when no Create of ``name`` is in doubt.
+
+        The orphans: in progress for exactly this key and initiated, by the store's clock, since
+        the first lost Create (plus a margin) and no later than ``ours``. Uploads started earlier
+        (someone else's) are left alone, and so is every upload when the store's start times
+        cannot be trusted.
 
         Raises:
-            ProviderError: A transient failure to list or abort (the engine retries the Create);
-                other failures are logged and the upload goes on.
+            ProviderError: The listing failed; when ``transient``, the doubt stays for a retry.
         """
-        uri = self._target.uri(name)
+        t = self._target
+        key = t.key(name)
+        doubt = self._create_doubt.get(key)
+        if doubt is None:
+            return []
+        window = time.monotonic() - doubt
+        try:
+            uploads = await self._uploads_of(name)
+        except Exception as exc:
+            error = t.map(exc, "ListMultipartUploads", name)
+            if not error.transient:
+                self._create_doubt.pop(key, None)
+            raise error from exc
+        self._create_doubt.pop(key, None)
         found: list[tuple[str, datetime]] = []
         mine: datetime | None = None
-        try:
-            for uid, when in await self._uploads_of(name):
-                if not isinstance(when, datetime) or when.tzinfo is None:
-                    continue
-                if uid == ours:
-                    mine = when
-                else:
-                    found.append((uid, when))
-        except Exception as exc:
-            error = self._target.map(exc, "ListMultipartUploads", name)
-            if error.transient:
-                raise error from exc
-            log.warning(
-                "%s: could not look for an upload orphaned by a lost answer: %s",
-                uri,
-                type(exc).__name__,
-            )
-            return
-        now = datetime.now(UTC)
-        if mine is None or abs((now - mine).total_seconds()) > _CLOCK_TRUST:
+        for uid, when in uploads:
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                continue
+            if uid == ours:
+                mine = when
+            else:
+                found.append((uid, when))
+        if mine is None or abs((datetime.now(UTC) - mine).total_seconds()) > _CLOCK_TRUST:
             # The store does not report when uploads started (or its clock is far off): an
-            # orphan cannot be told from someone else's upload, so none is aborted.
+            # orphan cannot be told from someone else's upload, so none is named.
             log.warning(
                 "%s: cannot tell an upload orphaned by a lost answer from others (the store's "
                 "upload start times are missing or implausible); none aborted",
-                uri,
+                t.uri(name),
             )
-            return
-        earliest = mine - timedelta(seconds=window + _ORPHAN_MARGIN)
-        for uid, when in found:
-            if earliest <= when <= mine + timedelta(seconds=_ORPHAN_MARGIN):
-                log.info("%s: aborting an upload whose Create answer was lost", uri)
-                try:
-                    await self.abort(name, uid)
-                except ProviderError as exc:
-                    if exc.transient:
-                        raise
-                    log.warning("%s: could not abort it: %s", uri, exc)
+            return []
+        margin = timedelta(seconds=_ORPHAN_MARGIN)
+        earliest = mine - timedelta(seconds=window) - margin
+        return [uid for uid, when in found if earliest <= when <= mine + margin]

@@ -282,9 +282,16 @@ class S3Provider:
         """CreateMultipartUpload (with CRC32C as the checksum algorithm when enabled).
 
         ``overwrite`` is honoured at :meth:`complete_multipart`, where S3 checks the condition.
-        An upload orphaned by a lost answer is aborted once a retry succeeds.
+        A Create whose answer is lost is remembered for :meth:`lost_creates`.
         """
         return await self._uploads.create(name)
+
+    async def lost_creates(self, name: str, upload_id: str) -> list[str]:
+        """Uploads of ``name`` started by Creates whose answers were lost: initiated, by the
+        store's clock, since the first lost one and no later than ``upload_id`` (uploads started
+        earlier are someone else's). One ListMultipartUploads, none when no answer was lost.
+        """
+        return await self._uploads.lost(name, upload_id)
 
     async def list_multipart_uploads(self, name: str) -> list[str]:
         """Ids of the unfinished multipart uploads of exactly ``name`` (ListMultipartUploads

@@ -427,8 +427,8 @@ async def test_s3_upload_orphaned_by_a_lost_create_answer_is_aborted(
     ) as up:
         fault_proxy.script(Fault("lost"), match="o.bin?uploads", method="POST")
         if list_fails:
-            # The look for orphans fails once: retried as the Create's own failure, which
-            # orphans one more upload; both are aborted.
+            # The look for orphans fails once: retried as a request of its own (never as the
+            # Create's, which would orphan one more upload with each retry).
             fault_proxy.script(Fault("503"), match="?uploads&prefix", method="GET")
         # Uploads are told apart by when the store started them: the other one must be clearly
         # older than the margin (polled on the server's answers, with a deadline).
@@ -436,6 +436,10 @@ async def test_s3_upload_orphaned_by_a_lost_create_answer_is_aborted(
         await (await up.submit(src, "o.bin"))
     assert fault_proxy.counts["lost"] == 1
     assert fault_proxy.counts["503"] == (1 if list_fails else 0)
+    # Two Creates (the lost one and its retry) however the look fared: a failed look is not
+    # retried as a Create.
+    creates = [s for s in fault_proxy.seen("o.bin?uploads") if s.method == "POST"]
+    assert len(creates) == 2, creates
     assert len([e for e in events if e.kind is EventKind.RETRY]) == (2 if list_fails else 1)
     assert read_s3_object(moto_s3, s3_bucket, "run/o.bin") == data
     left = [u["UploadId"] for u in list_multipart_uploads(moto_s3, s3_bucket)]
