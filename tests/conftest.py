@@ -32,13 +32,16 @@ pytest_plugins = [
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until true or fail after ``timeout`` seconds (never a bare sleep)."""
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "", interval: float = 0.005
+) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until true or fail after ``timeout``
+    seconds (never a bare sleep); a longer interval for a predicate that asks a server."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.005)
+        time.sleep(interval)
 
 
 async def poll_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from artifact_uploader._commit import COMMITS_DIR, Store, is_file_name, parse_re
 from artifact_uploader._dcp import CheckpointReader
 from artifact_uploader._hf import HFUploadCallback
 from artifact_uploader._lightning import LightningUploadCallback
-from tests.conftest import reaped
+from tests.conftest import reaped, wait_until
 from tests.integrations.test_integrations import (
     THIRD_PARTY_WARNINGS,
     CaptureCheckpoints,
@@ -232,14 +231,14 @@ def test_hf_commit_run_killed_mid_upload_leaves_the_previous_checkpoint_latest(
     argv = [sys.executable, str(script), root, json.dumps(options), str(tmp_path / "out")]
     with log.open("wb") as err, reaped(subprocess.Popen(argv, env=env, stderr=err)) as child:
         # Ready when step 1 is committed and a step-2 upload is held at the proxy.
-        deadline = time.monotonic() + 240
-        while not (
-            fault_proxy.seen("/hf/step-0000000002/")
-            and committed_steps(root, provider_kwargs=moto_server.options()) == [1]
-        ):
+        def ready() -> bool:
             assert child.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the child never reached step 2's uploads"
-            time.sleep(0.2)  # the poll's interval; the loop waits on the state it checks
+            return bool(fault_proxy.seen("/hf/step-0000000002/")) and committed_steps(
+                root, provider_kwargs=moto_server.options()
+            ) == [1]
+
+        # Every 0.2 s: each look lists the store.
+        wait_until(ready, timeout=240, what="the child to reach step 2's uploads", interval=0.2)
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
     fault_proxy.release_stalls()

@@ -1,4 +1,7 @@
-"""One redaction path for every provider, the CLI and the SDK loggers.
+"""One redaction path for every provider and the SDK loggers.
+
+(The CLI's printed output goes through its own ``Scrubber`` on top: it also replaces the 4- to
+7-character values a user passed as ``--provider-kwarg``, which this module leaves alone.)
 
 A :class:`Redactor` knows the secrets of one store: values given explicitly (keys, secrets,
 session tokens, SAS strings), values read from the environment, and *sources* -- callables asked
