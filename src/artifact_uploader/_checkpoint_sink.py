@@ -14,7 +14,6 @@ import fnmatch
 import inspect
 import logging
 import os
-import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,31 +35,6 @@ _UPLOADER_OPTIONS = frozenset(inspect.signature(Uploader.__init__).parameters) -
     "store",
     "provider_kwargs",
 }
-
-
-def check_template(template: object, fields: Sequence[str], option: str = "object_name") -> str:
-    """Validate a :meth:`str.format` object-name template that may use only ``fields``.
-
-    Raises:
-        ConfigError: Not a str, malformed, or a positional or unknown field.
-    """
-    if not isinstance(template, str) or not template:
-        raise ConfigError(f"{option} must be a non-empty str, got {template!r}")
-    available = ", ".join("{" + f + "}" for f in fields)
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ConfigError(f"malformed {option} template {template!r}: {exc}") from None
-    for _, field, _, _ in parsed:
-        if field is None:
-            continue
-        base = field.split(".")[0].split("[")[0]
-        if base not in fields:
-            raise ConfigError(
-                f"{option} template {template!r} has unknown field {{{field}}}; "
-                f"available: {available}"
-            )
-    return template
 
 
 def check_commit_template(owner: str, object_name: str, commit: bool) -> None:

@@ -19,11 +19,11 @@ from ._checkpoint_sink import (
     CheckpointSink,
     check_commit_template,
     check_patterns,
-    check_template,
     render,
     selected_files,
 )
 from ._errors import ConfigError, MissingDependencyError, SourceFileError
+from ._naming import check_template
 from ._sync import Uploader
 from ._types import UploadResult
 from .providers._protocol import Provider

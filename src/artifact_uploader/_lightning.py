@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 from ._checkpoint_sink import (
     CheckpointSink,
     check_commit_template,
-    check_template,
     render,
     selected_files,
 )
 from ._errors import ConfigError, MissingDependencyError
+from ._naming import check_template
 from ._sync import Uploader
 from .providers._protocol import Provider
 

@@ -7,6 +7,7 @@ import secrets
 import string
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._errors import ConfigError
@@ -74,6 +75,46 @@ def default_run_name() -> str:
     return f"run-{int(time.time())}-{secrets.token_hex(3)}"
 
 
+def check_template(
+    template: object, fields: Sequence[str], option: str = "object_name", *, empty: bool = False
+) -> str:
+    """Validate a :meth:`str.format` object-name template that may use only named ``fields``.
+
+    Args:
+        template: The template.
+        fields: The field names it may use.
+        option: The option's name, for the error message.
+        empty: Accept ``""``.
+
+    Raises:
+        ConfigError: Not a str (or empty, unless ``empty``), malformed, or a positional or
+            unknown field.
+    """
+    if not isinstance(template, str) or not (template or empty):
+        kind = "a str" if empty else "a non-empty str"
+        raise ConfigError(f"{option} must be {kind}, got {template!r}")
+    available = ", ".join("{" + f + "}" for f in fields)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"malformed {option} template {template!r}: {exc}") from None
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        base = field.split(".")[0].split("[")[0]
+        if base == "" or base.isdigit():
+            raise ConfigError(
+                f"{option} template {template!r} uses a positional field; "
+                f"use named fields: {available}"
+            )
+        if base not in fields:
+            raise ConfigError(
+                f"{option} template {template!r} has unknown field {{{field}}}; "
+                f"available: {available}"
+            )
+    return template
+
+
 class NameTemplate:
     """A validated ``object_name`` format string.
 
@@ -85,26 +126,7 @@ class NameTemplate:
     """
 
     def __init__(self, template: str) -> None:
-        if not isinstance(template, str):
-            raise ConfigError(f"object_name must be a str, got {template!r}")
-        try:
-            parsed = list(string.Formatter().parse(template))
-        except ValueError as exc:
-            raise ConfigError(f"malformed object_name template {template!r}: {exc}") from None
-        for _, field, _, _ in parsed:
-            if field is None:
-                continue
-            base = field.split(".")[0].split("[")[0]
-            if base == "" or base.isdigit():
-                raise ConfigError(
-                    f"object_name template {template!r} uses a positional field; "
-                    f"use named fields: {', '.join('{' + f + '}' for f in FIELDS)}"
-                )
-            if base not in FIELDS:
-                raise ConfigError(
-                    f"object_name template {template!r} has unknown field {{{base}}}; "
-                    f"available: {', '.join('{' + f + '}' for f in FIELDS)}"
-                )
+        check_template(template, FIELDS, empty=True)
         self.template = template
 
     def __repr__(self) -> str:
