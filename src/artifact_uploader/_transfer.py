@@ -8,6 +8,7 @@ retry policy, in one place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -127,6 +128,13 @@ class Transfer:
         """The store."""
         return self.runner.provider
 
+    @functools.cached_property
+    def lost_creates(self) -> LostCreates | None:
+        """The store, if it names uploads that lost creates started (checked once: a
+        runtime-checkable Protocol isinstance costs tens of microseconds)."""
+        provider = self.provider
+        return provider if isinstance(provider, LostCreates) else None
+
     def _sent(self, name: str, size: int, n: int) -> None:
         self.reporter.count(bytes_sent=n)
         self.reporter.emit(EventKind.BYTES_SENT, name, size, nbytes=n)
@@ -194,8 +202,9 @@ class Transfer:
                 # Inside the try: an upload whose id could not be journalled is aborted now,
                 # never left for no resume to find.
                 self.journal.multipart(staged.id, upload_id)
-            if isinstance(provider, LostCreates):
-                await self._abort_lost(provider, name, upload_id, size)
+            lost = self.lost_creates
+            if lost is not None and lost.has_lost_creates(name):
+                await self._abort_lost(lost, name, upload_id, size)
             await run_workers(worker, min(self.runner.max_concurrency, count))
             parts = [r for r in results if r is not None]
             return await request(

@@ -19,8 +19,9 @@ Capabilities, as small protocols:
   files at or above ``PartPolicy.threshold``, uploading parts concurrently.
 - :class:`MultipartListing`: adds ``list_multipart_uploads(name)``, the ids of an object's
   unfinished multipart uploads, so a resume can abort one its journal never recorded.
-- :class:`LostCreates`: adds ``lost_creates(name, upload_id)``, the ids of uploads that creates
-  whose answers were lost started; the engine aborts them once a create succeeds.
+- :class:`LostCreates`: adds ``has_lost_creates(name)`` and ``lost_creates(name, upload_id)``,
+  the ids of uploads that creates whose answers were lost started; the engine aborts them once
+  a create succeeds.
 - :class:`ReadableProvider`: the read side -- ``head`` (what the store recorded: size, entity tag,
   checksums), ``get_range`` (one ranged GET), ``list`` and ``delete``. The engine's ``download``
   splits large objects into ranges fetched concurrently under the same semaphore and verifies the
@@ -148,6 +149,12 @@ class LostCreates(MultipartProvider, Protocol):
     same name succeeds, the engine asks for those uploads as a request of its own (retried on
     its own, so a failed look never fails the create) and aborts each.
     """
+
+    def has_lost_creates(self, name: str) -> bool:
+        """Whether a create of ``name`` went unanswered since the last look (no request): the
+        engine asks :meth:`lost_creates` only then, so a multipart upload with nothing lost
+        never queues for a request slot to learn it."""
+        ...
 
     async def lost_creates(self, name: str, upload_id: str) -> Sequence[str]:
         """Ids of the uploads of ``name`` started by creates whose answers were lost, never

@@ -121,6 +121,10 @@ class S3Uploads:
                 params["UploadIdMarker"] = id_marker
         return uploads
 
+    def in_doubt(self, name: str) -> bool:
+        """Whether a Create of ``name`` went unanswered since the last :meth:`lost`."""
+        return self._target.key(name) in self._create_doubt
+
     async def lost(self, name: str, ours: str) -> list[str]:
         """Ids of the uploads of ``name`` that Creates whose answers were lost started; see
         :meth:`S3Provider.lost_creates`. No request when no Create of ``name`` is in doubt.

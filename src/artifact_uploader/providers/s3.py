@@ -286,11 +286,12 @@ class S3Provider:
         """
         return await self._uploads.create(name)
 
+    def has_lost_creates(self, name: str) -> bool:
+        """Whether a CreateMultipartUpload of ``name`` went unanswered since the last look."""
+        return self._uploads.in_doubt(name)
+
     async def lost_creates(self, name: str, upload_id: str) -> list[str]:
-        """Uploads of ``name`` started by Creates whose answers were lost: initiated, by the
-        store's clock, since the first lost one and no later than ``upload_id`` (uploads started
-        earlier are someone else's). One ListMultipartUploads, none when no answer was lost.
-        """
+        """Uploads of ``name`` that lost Creates started; see :meth:`S3Uploads.lost`."""
         return await self._uploads.lost(name, upload_id)
 
     async def list_multipart_uploads(self, name: str) -> list[str]:
